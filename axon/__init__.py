@@ -1,0 +1,1 @@
+"""Axon: a deep-learning compiler."""

@@ -1,0 +1,17 @@
+"""Axon's graph IR: dtypes, symbolic shapes, typed immutable nodes, graphs, the verifier, the text form
+and the reference evaluator. Imports nothing else of Axon.
+"""
+from .dtypes import DType, promote
+from .errors import (AxonError, EvalError, IRSyntaxError, IRTypeError, PassError, Span, VerifyError)
+from .evaluate import evaluate
+from .graph import Graph, GraphBuilder, Node
+from .ops import OPS, Init, OpKind
+from .rewrite import apply_rules, rebuild, reachable
+from .shapes import Sym, TensorType
+from .verify import verify
+
+__all__ = [
+    "AxonError", "DType", "EvalError", "Graph", "GraphBuilder", "IRSyntaxError", "IRTypeError", "Init",
+    "Node", "OPS", "OpKind", "PassError", "Span", "Sym", "TensorType", "VerifyError", "apply_rules",
+    "evaluate", "promote", "reachable", "rebuild", "verify",
+]

@@ -1,0 +1,154 @@
+"""The reference evaluator: runs any graph on the CPU with PyTorch. It is the oracle that every pass
+and every generated kernel is checked against, so it is written for clarity, not speed.
+
+>>> from axon.ir import GraphBuilder, DType, Sym
+>>> b = GraphBuilder(); x = b.input("x", DType.F32, (Sym.of("n"),)); _ = b.output("y", b.mul(x, 2.0))
+>>> evaluate(b.build(), {"x": torch.tensor([1.0, 2.5])})["y"]
+tensor([2., 5.])
+
+Two modes: by default each op computes in its own dtype (fp8 through f32, as no CPU kernel takes fp8);
+with `precise=True` every floating-point value is held in float64 and only a `cast` rounds (to the
+cast's type, then back), which gives the "infinitely precise" answer to measure kernels against.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .dtypes import DType
+from .errors import AxonError, EvalError
+from .graph import Graph, Node
+from .ops import OPS, OpKind
+from .shapes import Sym, concrete, format_shape
+
+K = OpKind
+
+
+@dataclass
+class EvalContext:
+    """What an op's reference rule may ask of the evaluation: symbol values and the number model."""
+
+    env: dict[str, int] = field(default_factory=dict)
+    precise: bool = False
+
+    def compute_dtype(self, dtype: DType) -> torch.dtype:
+        """The torch dtype a value of `dtype` is held in during evaluation."""
+        if dtype.is_float and (self.precise or dtype.is_fp8):
+            return torch.float64 if self.precise else torch.float32
+        return dtype.torch
+
+    def cast(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
+        """An explicit conversion: always rounds to `dtype`, then holds the value as usual."""
+        return x.to(dtype.torch).to(self.compute_dtype(dtype))
+
+    def hold(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
+        """The value an op of result type `dtype` leaves: rounded to `dtype` unless `precise`."""
+        if self.precise and dtype.is_float:
+            return x.to(torch.float64)
+        return x.to(dtype.torch).to(self.compute_dtype(dtype))
+
+
+def bind_symbols(graph: Graph, inputs: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Values of the symbolic dimensions, read off the inputs' shapes (checked for consistency)."""
+    env: dict[str, int] = {}
+    where: dict[str, str] = {}
+    pending: list[tuple[str, int, Sym, int]] = []
+    for name, node in graph.inputs.items():
+        shape = tuple(inputs[name].shape)
+        if len(shape) != len(node.shape):
+            raise EvalError(f"input '{name}' should have shape {format_shape(node.shape)} (rank "
+                            f"{len(node.shape)}), got {list(shape)}")
+        for axis, (d, actual) in enumerate(zip(node.shape, shape)):
+            if isinstance(d, Sym) and len(d.factors) == 1:
+                if actual % d.coeff:
+                    raise EvalError(f"input '{name}' axis {axis} is {d}, which {actual} is not")
+                value = actual // d.coeff
+                sym = d.factors[0]
+                if sym in env and env[sym] != value:
+                    raise EvalError(f"dimension '{sym}' is {env[sym]} in {where[sym]} but {value} in "
+                                    f"input '{name}' (axis {axis})")
+                env.setdefault(sym, value)
+                where.setdefault(sym, f"input '{name}' (axis {axis})")
+            elif isinstance(d, Sym):
+                pending.append((name, axis, d, actual))
+            elif d != actual:
+                raise EvalError(f"input '{name}' should have shape {format_shape(node.shape)}, got "
+                                f"{list(shape)} (axis {axis})")
+    for name, axis, d, actual in pending:
+        if concrete((d,), env)[0] != actual:
+            raise EvalError(f"input '{name}' axis {axis} should be {d} = {concrete((d,), env)[0]}, "
+                            f"got {actual}")
+    return env
+
+
+def _as_tensor(value, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (np.ndarray, list, tuple, int, float, bool, np.generic)):
+        return torch.as_tensor(np.asarray(value))
+    raise EvalError(f"{what} must be a tensor or an array, got {type(value).__name__}")
+
+
+def _check_bound(node: Node, value: torch.Tensor, what: str, env: Mapping[str, int]) -> None:
+    if DType.from_torch(value.dtype) != node.dtype:
+        raise EvalError(f"{what} '{node.name}' should be {node.dtype}, got {DType.from_torch(value.dtype)}")
+    want = concrete(node.shape, env)
+    if tuple(value.shape) != want:
+        raise EvalError(f"{what} '{node.name}' should have shape {list(want)}, got {list(value.shape)}")
+
+
+def evaluate(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, object] | None = None,
+             *, precise: bool = False) -> dict[str, torch.Tensor]:
+    """Run `graph` on named inputs and parameters; returns the named outputs (CPU tensors).
+
+    Outputs have their nodes' dtypes, or float64 for floating outputs when `precise`.
+    """
+    params = params or {}
+    missing = [n for n in graph.inputs if n not in inputs]
+    missing += [n for n in graph.params if n not in params]
+    if missing:
+        raise EvalError(f"no value given for {', '.join(repr(m) for m in missing)}")
+    unknown = [n for n in inputs if n not in graph.inputs]
+    if unknown:
+        raise EvalError(f"unknown input(s) {', '.join(repr(u) for u in unknown)}; the graph takes "
+                        f"{', '.join(graph.inputs) or 'no inputs'}")
+    bound = {n: _as_tensor(v, f"input '{n}'") for n, v in inputs.items()}
+    bound_params = {n: _as_tensor(params[n], f"parameter '{n}'") for n in graph.params}
+    ctx = EvalContext(bind_symbols(graph, bound), precise)
+
+    # Free each value after its last use, so large graphs evaluate in bounded memory.
+    last_use: dict[Node, int] = {}
+    for i, n in enumerate(graph.nodes):
+        for src in n.inputs:
+            last_use[src] = i
+    keep = set(graph.outputs.values())
+    values: dict[Node, torch.Tensor] = {}
+    for i, node in enumerate(graph.nodes):
+        if node.op in (K.INPUT, K.PARAM):
+            what = "input" if node.op == K.INPUT else "parameter"
+            value = (bound if node.op == K.INPUT else bound_params)[node.name]
+            _check_bound(node, value, what, ctx.env)
+            out = ctx.hold(value, node.dtype)
+        else:
+            args = [values[src] for src in node.inputs]
+            try:
+                out = OPS[node.op].ref(node.attrs, args, ctx)
+            except AxonError as e:
+                raise EvalError(f"evaluating %{i} = {node.op}{_signature(node)}: {e.message}") from e
+            out = ctx.hold(out, node.dtype)
+        values[node] = out
+        for src in node.inputs:
+            if last_use.get(src) == i and src not in keep:
+                del values[src]
+    result = {}
+    for name, node in graph.outputs.items():
+        out = values[node]
+        result[name] = out if precise and node.dtype.is_float else out.to(node.dtype.torch)
+    return result
+
+
+def _signature(node: Node) -> str:
+    return "(" + ", ".join(str(i.type) for i in node.inputs) + f") -> {node.type}"

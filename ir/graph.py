@@ -1,0 +1,386 @@
+"""Nodes, graphs and the builder that makes them.
+
+A `Node` is immutable: op kind, input nodes, typed attributes and result type. Nodes are made only
+through a `GraphBuilder`, which infers the result type (so a badly typed node never exists) and interns
+structurally equal nodes (so common-subexpression elimination is free). A `Graph` is the builder's
+nodes in definition order, with named inputs, parameters and outputs.
+
+>>> b = GraphBuilder()
+>>> x = b.input("x", DType.F32, (Sym.of("batch"), 3))
+>>> y = b.add(b.relu(x), 1.0)
+>>> b.add(b.relu(x), 1.0) is y
+True
+>>> b.output("y", y); print(b.build().nodes[-1].type)
+f32[batch, 3]
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from . import op_elementwise, op_linalg, op_movement, op_reduce, op_source  # noqa: F401  (register ops)
+from .dtypes import DType, default_float, promote
+from .errors import IRTypeError
+from .ops import (FLOAT_ONLY_UNARY, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
+                  Init, InputAttrs, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
+                  PermuteAttrs, RandAttrs, ReduceAttrs, ReshapeAttrs, SliceAttrs, TensorAttrs)
+from .shapes import Dim, Shape, Sym, TensorType, format_shape, normalize_axes, normalize_axis, numel
+
+K = OpKind
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Node:
+    """One value of the graph. Identity is equality: the builder interns equal nodes."""
+
+    op: OpKind
+    inputs: tuple[Node, ...]
+    attrs: Attrs
+    type: TensorType
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+    @property
+    def shape(self) -> Shape:
+        return self.type.shape
+
+    @property
+    def name(self) -> str | None:
+        """The name of an input or parameter; None for computed values."""
+        return getattr(self.attrs, "name", None) if self.op in (K.INPUT, K.PARAM) else None
+
+    def __repr__(self) -> str:
+        label = f" {self.name}" if self.name else ""
+        return f"<{self.op}{label}: {self.type}>"
+
+
+class Graph:
+    """Nodes in definition order (each after its inputs), plus named inputs, parameters and outputs."""
+
+    def __init__(self, nodes: Sequence[Node], outputs: dict[str, Node], name: str = "main"):
+        self.name = name
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.inputs: dict[str, Node] = {n.name: n for n in self.nodes if n.op == K.INPUT}
+        self.params: dict[str, Node] = {n.name: n for n in self.nodes if n.op == K.PARAM}
+        self.outputs: dict[str, Node] = dict(outputs)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def users(self) -> dict[Node, list[Node]]:
+        out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n)
+        return out
+
+    def index(self) -> dict[Node, int]:
+        return {n: i for i, n in enumerate(self.nodes)}
+
+    def to_networkx(self):
+        """A `networkx.DiGraph` over node positions, for graph algorithms and DOT export."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        pos = self.index()
+        for i, n in enumerate(self.nodes):
+            g.add_node(i, op=n.op.value, type=str(n.type), label=n.name or f"%{i} {n.op}")
+            for src in n.inputs:
+                g.add_edge(pos[src], i)
+        return g
+
+    def __str__(self) -> str:
+        from .text import print_graph
+
+        return print_graph(self)
+
+
+class GraphBuilder:
+    """Makes typed, interned nodes and collects them into a `Graph`."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self._nodes: list[Node] = []
+        self._interned: dict[tuple, Node] = {}
+        self._members: set[int] = set()
+        self._names: dict[str, Node] = {}
+        self._outputs: dict[str, Node] = {}
+
+    # --- the one way to make a node ---------------------------------------------------------------
+    def node(self, op: OpKind, inputs: Sequence[Node] = (), attrs: Attrs | None = None) -> Node:
+        d = OPS[op]
+        attrs = NoAttrs() if attrs is None else attrs
+        inputs = tuple(inputs)
+        assert isinstance(attrs, d.attrs), f"{op} takes {d.attrs.__name__}, got {type(attrs).__name__}"
+        assert all(id(i) in self._members for i in inputs), f"{op}: an input belongs to another graph"
+        if d.arity is None and not inputs:
+            raise IRTypeError(f"'{op}' needs at least one operand")
+        if d.arity is not None and len(inputs) != d.arity:
+            raise IRTypeError(f"'{op}' takes {d.arity} operand(s), got {len(inputs)}")
+        key = (op, tuple(id(i) for i in inputs), attrs)
+        found = self._interned.get(key)
+        if found is not None:
+            return found
+        node = Node(op, inputs, attrs, d.infer(attrs, [i.type for i in inputs]))
+        if op in (K.INPUT, K.PARAM):
+            if attrs.name in self._names:
+                raise IRTypeError(f"'{attrs.name}' is declared twice")
+            self._names[attrs.name] = node
+        self._interned[key] = node
+        self._members.add(id(node))
+        self._nodes.append(node)
+        return node
+
+    def output(self, name: str, node: Node) -> Node:
+        if name in self._outputs:
+            raise IRTypeError(f"output '{name}' is declared twice")
+        assert id(node) in self._members, f"output {name}: node belongs to another graph"
+        self._outputs[name] = node
+        return node
+
+    def build(self) -> Graph:
+        return Graph(self._nodes, self._outputs, self.name)
+
+    def lookup(self, name: str) -> Node | None:
+        """The input or parameter of that name, if declared."""
+        return self._names.get(name)
+
+    # --- sources ----------------------------------------------------------------------------------
+    def input(self, name: str, dtype: DType, shape: Iterable[Dim]) -> Node:
+        return self.node(K.INPUT, (), InputAttrs(name, dtype, tuple(shape)))
+
+    def param(self, name: str, dtype: DType, shape: Iterable[Dim], init: Init = Init("zeros")) -> Node:
+        return self.node(K.PARAM, (), ParamAttrs(name, dtype, tuple(shape), init))
+
+    def const(self, value, dtype: DType, shape: Iterable[Dim] = ()) -> Node:
+        return self.node(K.CONST, (), ConstAttrs(_scalar(value, dtype), dtype, tuple(shape)))
+
+    def tensor(self, data, dtype: DType, shape: Iterable[int] | None = None) -> Node:
+        """A literal tensor from nested lists, a NumPy array or a torch tensor."""
+        import numpy as np
+
+        arr = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
+        shape = tuple(arr.shape) if shape is None else tuple(shape)
+        flat = tuple(_scalar(v, dtype) for v in arr.reshape(-1).tolist())
+        return self.node(K.TENSOR, (), TensorAttrs(flat, dtype, shape))
+
+    def iota(self, shape: Iterable[Dim], axis: int, dtype: DType = DType.I64) -> Node:
+        shape = tuple(shape)
+        return self.node(K.IOTA, (), IotaAttrs(normalize_axis(axis, len(shape)), dtype, shape))
+
+    def rand(self, seed: Node, shape: Iterable[Dim], dtype: DType = DType.F32, stream: int = 0) -> Node:
+        return self.node(K.RAND, (seed,), RandAttrs(stream, dtype, tuple(shape)))
+
+    # --- elementwise, with promotion and Python scalars ---------------------------------------------
+    def lift(self, x, like: Node | None = None) -> Node:
+        """A node for `x`: nodes pass through, Python scalars become constants typed after `like`."""
+        if isinstance(x, Node):
+            return x
+        if isinstance(x, bool):
+            return self.const(x, DType.BOOL)
+        if like is not None and not (isinstance(x, float) and not like.dtype.is_float):
+            if like.dtype == DType.BOOL and not isinstance(x, bool):
+                return self.const(x, DType.I64 if isinstance(x, int) else default_float())
+            return self.const(x, like.dtype)
+        return self.const(x, DType.I64 if isinstance(x, int) else default_float())
+
+    def cast(self, x: Node, dtype: DType) -> Node:
+        return x if x.dtype == dtype else self.node(K.CAST, (x,), CastAttrs(dtype))
+
+    def unary(self, op: OpKind, x: Node) -> Node:
+        if op in FLOAT_ONLY_UNARY and not x.dtype.is_float:
+            x = self.cast(x, default_float())
+        return self.node(op, (x,))
+
+    def binary(self, op: OpKind, a, b) -> Node:
+        a, b = self._promoted(a, b, float_only=op in (K.DIV, K.POW))
+        return self.node(op, (a, b))
+
+    def _promoted(self, a, b, float_only: bool = False) -> tuple[Node, Node]:
+        if not isinstance(a, Node) and not isinstance(b, Node):
+            raise IRTypeError("an operation needs at least one tensor operand")
+        a = self.lift(a, b if isinstance(b, Node) else None)
+        b = self.lift(b, a)
+        t = promote(a.dtype, b.dtype)
+        if float_only and not t.is_float:
+            t = default_float()
+        return self.cast(a, t), self.cast(b, t)
+
+    def where(self, cond: Node, a, b) -> Node:
+        a, b = self._promoted(a, b)
+        return self.node(K.WHERE, (cond, a, b))
+
+    # One method per op, for readable graph-building code (the frontend and the tests use these).
+    def neg(self, x): return self.unary(K.NEG, x)
+    def exp(self, x): return self.unary(K.EXP, x)
+    def log(self, x): return self.unary(K.LOG, x)
+    def sqrt(self, x): return self.unary(K.SQRT, x)
+    def rsqrt(self, x): return self.unary(K.RSQRT, x)
+    def tanh(self, x): return self.unary(K.TANH, x)
+    def sigmoid(self, x): return self.unary(K.SIGMOID, x)
+    def relu(self, x): return self.unary(K.RELU, x)
+    def erf(self, x): return self.unary(K.ERF, x)
+    def abs(self, x): return self.unary(K.ABS, x)
+    def sin(self, x): return self.unary(K.SIN, x)
+    def cos(self, x): return self.unary(K.COS, x)
+    def recip(self, x): return self.unary(K.RECIP, x)
+    def floor(self, x): return self.unary(K.FLOOR, x)
+    def ceil(self, x): return self.unary(K.CEIL, x)
+    def sign(self, x): return self.unary(K.SIGN, x)
+    def logical_not(self, x): return self.unary(K.NOT, x)
+    def add(self, a, b): return self.binary(K.ADD, a, b)
+    def sub(self, a, b): return self.binary(K.SUB, a, b)
+    def mul(self, a, b): return self.binary(K.MUL, a, b)
+    def div(self, a, b): return self.binary(K.DIV, a, b)
+    def pow(self, a, b): return self.binary(K.POW, a, b)
+    def maximum(self, a, b): return self.binary(K.MAXIMUM, a, b)
+    def minimum(self, a, b): return self.binary(K.MINIMUM, a, b)
+    def eq(self, a, b): return self.binary(K.EQ, a, b)
+    def ne(self, a, b): return self.binary(K.NE, a, b)
+    def lt(self, a, b): return self.binary(K.LT, a, b)
+    def le(self, a, b): return self.binary(K.LE, a, b)
+    def gt(self, a, b): return self.binary(K.GT, a, b)
+    def ge(self, a, b): return self.binary(K.GE, a, b)
+    def logical_and(self, a, b): return self.binary(K.AND, a, b)
+    def logical_or(self, a, b): return self.binary(K.OR, a, b)
+
+    # --- reductions -------------------------------------------------------------------------------
+    def reduce(self, op: OpKind, x: Node, axes: int | Iterable[int] | None = None,
+               keepdim: bool = False) -> Node:
+        """Reduce over `axes` (an int, several, or None for all); negative axes count from the end."""
+        if axes is None:
+            axes = range(len(x.shape))
+        elif isinstance(axes, int):
+            axes = (axes,)
+        axes = normalize_axes(axes, len(x.shape))
+        if op == K.MEAN and not x.dtype.is_float:
+            x = self.cast(x, default_float())
+        return self.node(op, (x,), ReduceAttrs(axes, keepdim))
+
+    def sum(self, x, axes=None, keepdim=False): return self.reduce(K.SUM, x, axes, keepdim)
+    def max(self, x, axes=None, keepdim=False): return self.reduce(K.MAX, x, axes, keepdim)
+    def min(self, x, axes=None, keepdim=False): return self.reduce(K.MIN, x, axes, keepdim)
+    def mean(self, x, axes=None, keepdim=False): return self.reduce(K.MEAN, x, axes, keepdim)
+    def argmax(self, x, axis: int, keepdim=False): return self.reduce(K.ARGMAX, x, axis, keepdim)
+    def argmin(self, x, axis: int, keepdim=False): return self.reduce(K.ARGMIN, x, axis, keepdim)
+
+    # --- linear algebra ---------------------------------------------------------------------------
+    def matmul(self, a: Node, b: Node) -> Node:
+        a, b = self._promoted(a, b)
+        return self.node(K.MATMUL, (a, b))
+
+    def conv2d(self, x: Node, w: Node, stride=1, padding=0, dilation=1, groups: int = 1) -> Node:
+        x, w = self._promoted(x, w, float_only=True)
+        attrs = Conv2dAttrs(_pair(stride), _pair(padding), _pair(dilation), groups)
+        return self.node(K.CONV2D, (x, w), attrs)
+
+    # --- movement ---------------------------------------------------------------------------------
+    def reshape(self, x: Node, shape: Iterable[Dim]) -> Node:
+        """Reshape; one entry may be -1 and is then inferred."""
+        shape = list(shape)
+        holes = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
+        if len(holes) > 1:
+            raise IRTypeError(f"reshape to {shape}: only one dimension can be -1")
+        if holes:
+            rest = numel(d for i, d in enumerate(shape) if i != holes[0])
+            shape[holes[0]] = _dim_div(numel(x.shape), rest, x, shape)
+        shape = tuple(shape)
+        if shape == x.shape:
+            return x
+        return self.node(K.RESHAPE, (x,), ReshapeAttrs(shape))
+
+    def permute(self, x: Node, perm: Iterable[int]) -> Node:
+        perm = tuple(normalize_axis(p, len(x.shape)) for p in perm)
+        if perm == tuple(range(len(x.shape))):
+            return x
+        return self.node(K.PERMUTE, (x,), PermuteAttrs(perm))
+
+    def transpose(self, x: Node, a: int = -2, b: int = -1) -> Node:
+        perm = list(range(len(x.shape)))
+        a, b = normalize_axis(a, len(perm)), normalize_axis(b, len(perm))
+        perm[a], perm[b] = perm[b], perm[a]
+        return self.permute(x, perm)
+
+    def expand(self, x: Node, shape: Iterable[Dim]) -> Node:
+        shape = tuple(shape)
+        return x if shape == x.shape else self.node(K.EXPAND, (x,), ExpandAttrs(shape))
+
+    def slice(self, x: Node, axis: int, start: int | None = None, stop: int | None = None,
+              step: int = 1) -> Node:
+        """`x[..., start:stop:step, ...]` on one axis, with Python's rules for negative and None bounds."""
+        axis = normalize_axis(axis, len(x.shape))
+        size = x.shape[axis]
+        if step < 1:
+            raise IRTypeError(f"slice step must be >= 1, got {step}")
+        if not isinstance(size, int):
+            if (start in (None, 0)) and stop is None and step == 1:
+                return x
+            raise IRTypeError(f"cannot slice the symbolic dimension {size} (axis {axis} of {x.type})")
+        lo, hi, _ = slice(start, stop, step).indices(size)
+        if (lo, hi, step) == (0, size, 1):
+            return x
+        return self.node(K.SLICE, (x,), SliceAttrs((axis,), (lo,), (max(hi, lo),), (step,)))
+
+    def pad(self, x: Node, pads: Sequence[tuple[int, int]], value: float = 0.0) -> Node:
+        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        if all(p == (0, 0) for p in pads) and len(pads) == len(x.shape):
+            return x
+        return self.node(K.PAD, (x,), PadAttrs(pads, float(value)))
+
+    def concat(self, xs: Sequence[Node], axis: int) -> Node:
+        if not xs:
+            raise IRTypeError("'concat' needs at least one operand")
+        if len(xs) == 1:
+            return xs[0]
+        return self.node(K.CONCAT, tuple(xs), AxisAttrs(normalize_axis(axis, len(xs[0].shape))))
+
+    def gather(self, x: Node, axis: int, index: Node) -> Node:
+        return self.node(K.GATHER, (x, index), AxisAttrs(normalize_axis(axis, len(x.shape))))
+
+    def take(self, x: Node, index: Node, axis: int = 0) -> Node:
+        return self.node(K.TAKE, (x, index), AxisAttrs(normalize_axis(axis, len(x.shape))))
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise IRTypeError(f"expected an int or a pair of ints, got {v}")
+    return v
+
+
+def _scalar(value, dtype: DType):
+    """Normalize a literal to the Python type that `dtype` stores (bool, int or float)."""
+    if dtype == DType.BOOL:
+        return bool(value)
+    if dtype.is_int:
+        if isinstance(value, float) and not value.is_integer():
+            raise IRTypeError(f"constant {value!r} is not an integer, so it cannot be {dtype}")
+        return int(value)
+    return float(value)
+
+
+def _dim_div(total: Dim, part: Dim, x: Node, shape) -> Dim:
+    """`total / part` when it is exact, for reshape's -1."""
+    if isinstance(total, int) and isinstance(part, int):
+        if part and total % part == 0:
+            return total // part
+    elif isinstance(total, Sym):
+        pf = part.factors if isinstance(part, Sym) else ()
+        pc = part.coeff if isinstance(part, Sym) else part
+        rest = list(total.factors)
+        try:
+            for f in pf:
+                rest.remove(f)
+        except ValueError:
+            rest = None
+        if rest is not None and pc and total.coeff % pc == 0:
+            coeff = total.coeff // pc
+            return Sym(tuple(rest), coeff) if rest else coeff
+    raise IRTypeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the -1 dimension "
+                      f"is not a whole number")
+
+

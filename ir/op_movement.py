@@ -1,0 +1,185 @@
+"""Movement ops (reshape, permute, expand, slice, pad, concat) and indexing (gather, take).
+
+Movement ops change where elements sit, never their values; codegen folds most of them into index
+arithmetic. Symbolic dimensions pass through untouched; an op that would need to compute with one
+(slicing or padding it) is refused with a message saying so.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dtypes import DType
+from .errors import EvalError, IRTypeError
+from .ops import (AxisAttrs, ExpandAttrs, NoAttrs, OpKind, PadAttrs, PermuteAttrs, ReshapeAttrs,
+                  SliceAttrs, register)
+from .shapes import Dim, Sym, TensorType, concrete, format_dim, format_shape, numel
+
+K = OpKind
+
+
+def dim_add(a: Dim, b: Dim) -> Dim:
+    """Sum of two dimensions where it stays a single term (ints, or like symbolic terms)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    if isinstance(a, Sym) and isinstance(b, Sym) and a.factors == b.factors:
+        return Sym(a.factors, a.coeff + b.coeff)
+    if a == 0:
+        return b
+    if b == 0:
+        return a
+    raise IRTypeError(f"cannot add dimensions {format_dim(a)} and {format_dim(b)}")
+
+
+def _infer_reshape(attrs: ReshapeAttrs, ts):
+    (x,) = ts
+    if any(isinstance(d, int) and d < 0 for d in attrs.shape):
+        raise IRTypeError(f"'reshape' to {format_shape(attrs.shape)}: sizes must be >= 0")
+    if numel(x.shape) != numel(attrs.shape):
+        raise IRTypeError(f"cannot reshape {x} to {format_shape(attrs.shape)}: "
+                          f"{format_dim(numel(x.shape))} elements vs {format_dim(numel(attrs.shape))}")
+    return x.with_shape(attrs.shape)
+
+
+def _infer_permute(attrs: PermuteAttrs, ts):
+    (x,) = ts
+    if sorted(attrs.perm) != list(range(x.rank)):
+        raise IRTypeError(f"'permute' order {list(attrs.perm)} is not a permutation of the "
+                          f"{x.rank} axes of {x}")
+    return x.with_shape(tuple(x.shape[p] for p in attrs.perm))
+
+
+def _infer_expand(attrs: ExpandAttrs, ts):
+    (x,) = ts
+    target = attrs.shape
+    if len(target) < x.rank:
+        raise IRTypeError(f"cannot expand {x} to the lower rank {format_shape(target)}")
+    for i, d in enumerate(x.shape):
+        t = target[len(target) - x.rank + i]
+        if d != t and d != 1:
+            raise IRTypeError(f"cannot expand {x} to {format_shape(target)}: dimension "
+                              f"{format_dim(d)} is neither 1 nor {format_dim(t)}")
+    return x.with_shape(target)
+
+
+def _infer_slice(attrs: SliceAttrs, ts):
+    (x,) = ts
+    if not len(attrs.axes) == len(attrs.starts) == len(attrs.stops) == len(attrs.steps):
+        raise IRTypeError("'slice' needs one start, stop and step per axis")
+    if len(set(attrs.axes)) != len(attrs.axes):
+        raise IRTypeError(f"'slice' names an axis twice: {list(attrs.axes)}")
+    shape = list(x.shape)
+    for a, start, stop, step in zip(attrs.axes, attrs.starts, attrs.stops, attrs.steps):
+        if not 0 <= a < x.rank:
+            raise IRTypeError(f"'slice' axis {a} out of range for {x}")
+        d = x.shape[a]
+        if not isinstance(d, int):
+            raise IRTypeError(f"cannot slice the symbolic dimension {format_dim(d)} (axis {a} of {x})")
+        if step < 1 or not 0 <= start < stop <= d:
+            raise IRTypeError(f"'slice' {start}:{stop}:{step} of axis {a} (size {d}) is empty or out "
+                              f"of range")
+        shape[a] = (stop - start + step - 1) // step
+    return x.with_shape(tuple(shape))
+
+
+def _infer_pad(attrs: PadAttrs, ts):
+    (x,) = ts
+    if len(attrs.pads) != x.rank:
+        raise IRTypeError(f"'pad' needs one (before, after) pair per axis of {x}, got {len(attrs.pads)}")
+    shape = []
+    for d, (lo, hi) in zip(x.shape, attrs.pads):
+        if lo < 0 or hi < 0:
+            raise IRTypeError(f"'pad' amounts must be >= 0, got {list(attrs.pads)} (use slice to crop)")
+        shape.append(dim_add(d, lo + hi) if lo + hi else d)
+    return x.with_shape(tuple(shape))
+
+
+def _infer_concat(attrs: AxisAttrs, ts):
+    first = ts[0]
+    if not 0 <= attrs.axis < first.rank:
+        raise IRTypeError(f"'concat' axis {attrs.axis} out of range for {first}")
+    total = first.shape[attrs.axis]
+    for t in ts[1:]:
+        if t.dtype != first.dtype:
+            raise IRTypeError(f"'concat' of different dtypes {first.dtype} and {t.dtype}")
+        same = t.rank == first.rank and all(
+            a == b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != attrs.axis)
+        if not same:
+            raise IRTypeError(f"'concat' along axis {attrs.axis}: {t} does not match {first} "
+                              f"on the other axes")
+        total = dim_add(total, t.shape[attrs.axis])
+    shape = list(first.shape)
+    shape[attrs.axis] = total
+    return first.with_shape(tuple(shape))
+
+
+def _check_index(t: TensorType, op: str) -> None:
+    if not t.dtype.is_int:
+        raise IRTypeError(f"the index of '{op}' must be an integer tensor, got {t}")
+
+
+def _infer_gather(attrs: AxisAttrs, ts):
+    x, idx = ts
+    _check_index(idx, "gather")
+    if idx.rank != x.rank or not 0 <= attrs.axis < x.rank:
+        raise IRTypeError(f"'gather' along axis {attrs.axis} needs an index of the rank of {x}, got {idx}")
+    for i, (a, b) in enumerate(zip(x.shape, idx.shape)):
+        if i != attrs.axis and a != b:
+            raise IRTypeError(f"'gather' along axis {attrs.axis}: index {idx} and source {x} differ "
+                              f"on axis {i}")
+    return TensorType(x.dtype, idx.shape)
+
+
+def _infer_take(attrs: AxisAttrs, ts):
+    x, idx = ts
+    _check_index(idx, "take")
+    if not 0 <= attrs.axis < x.rank:
+        raise IRTypeError(f"'take' axis {attrs.axis} out of range for {x}")
+    return TensorType(x.dtype, x.shape[:attrs.axis] + idx.shape + x.shape[attrs.axis + 1:])
+
+
+def _bounds(idx: torch.Tensor, size: int, op: str) -> torch.Tensor:
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        raise EvalError(f"'{op}' index out of range: values span [{int(idx.min())}, {int(idx.max())}] "
+                        f"for an axis of size {size}")
+    return idx.to(torch.int64)
+
+
+def _ref_slice(attrs: SliceAttrs, xs, ctx):
+    index = [slice(None)] * xs[0].dim()
+    for a, start, stop, step in zip(attrs.axes, attrs.starts, attrs.stops, attrs.steps):
+        index[a] = slice(start, stop, step)
+    return xs[0][tuple(index)]
+
+
+def _ref_pad(attrs: PadAttrs, xs, ctx):
+    flat = [p for lo_hi in reversed(attrs.pads) for p in lo_hi]  # torch lists the last axis first
+    x = xs[0]
+    if x.dtype == torch.bool:
+        return F.pad(x.to(torch.uint8), flat, value=float(attrs.value)).to(torch.bool)
+    return F.pad(x, flat, value=attrs.value)
+
+
+def _ref_gather(attrs: AxisAttrs, xs, ctx):
+    x, idx = xs
+    return torch.gather(x, attrs.axis, _bounds(idx, x.shape[attrs.axis], "gather"))
+
+
+def _ref_take(attrs: AxisAttrs, xs, ctx):
+    x, idx = xs
+    flat = _bounds(idx, x.shape[attrs.axis], "take").reshape(-1)
+    out = torch.index_select(x, attrs.axis, flat)
+    return out.reshape(tuple(x.shape[:attrs.axis]) + tuple(idx.shape) + tuple(x.shape[attrs.axis + 1:]))
+
+
+register(K.RESHAPE, ReshapeAttrs, 1, _infer_reshape,
+         lambda attrs, xs, ctx: xs[0].reshape(concrete(attrs.shape, ctx.env)))
+register(K.PERMUTE, PermuteAttrs, 1, _infer_permute, lambda attrs, xs, ctx: xs[0].permute(attrs.perm))
+register(K.EXPAND, ExpandAttrs, 1, _infer_expand,
+         lambda attrs, xs, ctx: xs[0].expand(concrete(attrs.shape, ctx.env)))
+register(K.SLICE, SliceAttrs, 1, _infer_slice, _ref_slice)
+register(K.PAD, PadAttrs, 1, _infer_pad, _ref_pad)
+register(K.CONCAT, AxisAttrs, None, _infer_concat, lambda attrs, xs, ctx: torch.cat(xs, attrs.axis))
+register(K.GATHER, AxisAttrs, 2, _infer_gather, _ref_gather)
+register(K.TAKE, AxisAttrs, 2, _infer_take, _ref_take)
+

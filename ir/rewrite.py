@@ -1,0 +1,77 @@
+"""Rebuilding graphs: the one mechanism every pass uses.
+
+`rebuild` copies a graph node by node into a fresh builder, letting a visitor replace nodes as it goes;
+the builder re-infers types and interns, so a rebuilt graph is verified-by-construction and CSE'd.
+`apply_rules` runs a table of local rewrite rules bottom-up to a fixed point.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from .graph import Graph, GraphBuilder, Node
+from .ops import OpKind
+
+Visit = Callable[[GraphBuilder, Node, tuple[Node, ...]], "Node | None"]
+Rule = Callable[[GraphBuilder, Node], "Node | None"]
+MAX_RULE_STEPS = 64  # rewrites of one node before we call the rule set non-terminating
+
+
+def rebuild(graph: Graph, visit: Visit | None = None,
+            keep: Iterable[Node] | None = None) -> tuple[Graph, dict[Node, Node]]:
+    """Copy `graph` (only the nodes in `keep`, if given), mapping each old node to its new one.
+
+    `visit(builder, old_node, new_inputs)` returns a replacement built in `builder`, or None to copy the
+    node as it is. A replacement must have the old node's type.
+    """
+    b = GraphBuilder(graph.name)
+    keep_set = None if keep is None else set(keep)
+    mapping: dict[Node, Node] = {}
+    for node in graph.nodes:
+        if keep_set is not None and node not in keep_set:
+            continue
+        new_inputs = tuple(mapping[i] for i in node.inputs)
+        new = visit(b, node, new_inputs) if visit else None
+        if new is None:
+            new = b.node(node.op, new_inputs, node.attrs)
+        assert new.type == node.type, f"rewrite of {node!r} changed its type to {new.type}"
+        mapping[node] = new
+    for name, out in graph.outputs.items():
+        b.output(name, mapping[out])
+    return b.build(), mapping
+
+
+def apply_rules(graph: Graph, rules: Sequence[Rule]) -> tuple[Graph, int]:
+    """Rewrite bottom-up: each node is rebuilt on rewritten operands, then every rule is tried on it
+    until none fires. Returns the new graph and the number of rewrites made."""
+    count = 0
+
+    def visit(b: GraphBuilder, old: Node, inputs: tuple[Node, ...]) -> Node:
+        nonlocal count
+        node = b.node(old.op, inputs, old.attrs)
+        for _ in range(MAX_RULE_STEPS):
+            for rule in rules:
+                new = rule(b, node)
+                if new is not None and new is not node:
+                    assert new.type == node.type, f"rule {rule.__name__} changed {node!r} to {new!r}"
+                    node = new
+                    count += 1
+                    break
+            else:
+                return node
+        raise AssertionError(f"rewrite rules did not reach a fixed point on {old!r}")
+
+    new, _ = rebuild(graph, visit)
+    return new, count
+
+
+def reachable(graph: Graph) -> set[Node]:
+    """The nodes the outputs depend on (iteratively, no recursion), plus every input."""
+    seen = {n for n in graph.nodes if n.op == OpKind.INPUT}
+    stack = list(graph.outputs.values())
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(n.inputs)
+    return seen

@@ -1,0 +1,81 @@
+"""The verifier: checks every invariant a graph must keep, and names the node that breaks one,
+showing the IR text around it. Passes run it after each step in tests (`PassManager(verify=True)`).
+"""
+from __future__ import annotations
+
+from .errors import AxonError, VerifyError
+from .graph import Graph, Node
+from .ops import OPS, OpKind
+
+K = OpKind
+CONTEXT_LINES = 3  # lines of IR shown on each side of a broken node
+
+
+def verify(graph: Graph) -> Graph:
+    """Raise `VerifyError` if the graph is malformed; return it unchanged otherwise.
+
+    Checks: each node defined once and after its inputs (so no cycles), attributes of the op's kind,
+    arity, a result type equal to what the op's rule infers, input/parameter names unique, outputs
+    defined, and symbolic dimensions introduced only by inputs.
+    """
+    position: dict[Node, int] = {}
+    names: dict[str, Node] = {}
+    for i, node in enumerate(graph.nodes):
+        if node in position:
+            _fail(graph, node, f"%{i} appears twice in the node list")
+        for src in node.inputs:
+            if src not in position:
+                _fail(graph, node, f"an operand of {node.op} is used before it is defined (or never is)")
+        d = OPS[node.op]
+        if not isinstance(node.attrs, d.attrs):
+            _fail(graph, node, f"{node.op} carries {type(node.attrs).__name__}, not {d.attrs.__name__}")
+        if d.arity is not None and len(node.inputs) != d.arity:
+            _fail(graph, node, f"{node.op} has {len(node.inputs)} operands, wants {d.arity}")
+        try:
+            want = d.infer(node.attrs, [src.type for src in node.inputs])
+        except AxonError as e:
+            _fail(graph, node, f"{node.op} is ill-typed: {e.message}")
+        if want != node.type:
+            _fail(graph, node, f"{node.op} is typed {node.type} but its operands give {want}")
+        if node.op in (K.INPUT, K.PARAM):
+            if node.name in names:
+                _fail(graph, node, f"'{node.name}' is declared twice")
+            names[node.name] = node
+        position[node] = i
+    for name, out in graph.outputs.items():
+        if out not in position:
+            raise VerifyError(f"output '{name}' is not a node of the graph")
+    _check_symbols(graph)
+    return graph
+
+
+def _check_symbols(graph: Graph) -> None:
+    from .shapes import symbols
+
+    bound = set()
+    for node in graph.inputs.values():
+        bound |= {d.factors[0] for d in node.shape if getattr(d, "factors", ()) and len(d.factors) == 1}
+    for node in graph.nodes:
+        free = symbols(node.shape) - bound
+        if free:
+            _fail(graph, node, f"symbolic dimension(s) {', '.join(sorted(free))} appear in {node.type} "
+                               f"but no input's shape binds them")
+
+
+def _fail(graph: Graph, node: Node, message: str):
+    raise VerifyError(f"{message}\n{excerpt(graph, node)}")
+
+
+def excerpt(graph: Graph, node: Node) -> str:
+    """The IR text around `node`, the node's line marked with '>'."""
+    from .text import print_lines
+
+    try:
+        lines, line_of = print_lines(graph)
+    except Exception:  # the graph may be too broken to print; say so rather than hide the real error
+        return f"  (graph cannot be printed) {node!r}"
+    at = line_of.get(node)
+    if at is None:
+        return f"  {node!r} (not in the node list)"
+    lo, hi = max(0, at - CONTEXT_LINES), min(len(lines), at + CONTEXT_LINES + 1)
+    return "\n".join(("> " if i == at else "  ") + lines[i] for i in range(lo, hi))
