@@ -5,6 +5,7 @@ from .dtypes import DType, promote
 from .errors import (AxonError, EvalError, IRSyntaxError, IRTypeError, PassError, Span, VerifyError)
 from .evaluate import evaluate
 from .graph import Graph, GraphBuilder, Node
+from .init import init_params
 from .ops import OPS, Init, OpKind
 from .rewrite import apply_rules, rebuild, reachable
 from .shapes import Sym, TensorType
@@ -13,5 +14,5 @@ from .verify import verify
 __all__ = [
     "AxonError", "DType", "EvalError", "Graph", "GraphBuilder", "IRSyntaxError", "IRTypeError", "Init",
     "Node", "OPS", "OpKind", "PassError", "Span", "Sym", "TensorType", "VerifyError", "apply_rules",
-    "evaluate", "promote", "reachable", "rebuild", "verify",
+    "evaluate", "init_params", "promote", "reachable", "rebuild", "verify",
 ]

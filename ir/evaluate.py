@@ -9,6 +9,7 @@ tensor([2., 5.])
 Two modes: by default each op computes in its own dtype (fp8 through f32, as no CPU kernel takes fp8);
 with `precise=True` every floating-point value is held in float64 and only a `cast` rounds (to the
 cast's type, then back), which gives the "infinitely precise" answer to measure kernels against.
+Literals (`const`, `tensor`) hold the value their dtype stores, as inputs and parameters do.
 """
 from __future__ import annotations
 
@@ -93,8 +94,9 @@ def _as_tensor(value, what: str) -> torch.Tensor:
 
 
 def _check_bound(node: Node, value: torch.Tensor, what: str, env: Mapping[str, int]) -> None:
-    if DType.from_torch(value.dtype) != node.dtype:
-        raise EvalError(f"{what} '{node.name}' should be {node.dtype}, got {DType.from_torch(value.dtype)}")
+    if value.dtype != node.dtype.torch:  # compared as torch dtypes: torch has some Axon lacks (int16)
+        got = next((d.value for d in DType if d.torch == value.dtype), str(value.dtype))
+        raise EvalError(f"{what} '{node.name}' should be {node.dtype}, got {got}")
     want = concrete(node.shape, env)
     if tuple(value.shape) != want:
         raise EvalError(f"{what} '{node.name}' should have shape {list(want)}, got {list(value.shape)}")
@@ -140,7 +142,7 @@ def evaluate(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, ob
                 raise EvalError(f"evaluating %{i} = {node.op}{_signature(node)}: {e.message}") from e
             out = ctx.hold(out, node.dtype)
         values[node] = out
-        for src in node.inputs:
+        for src in set(node.inputs):  # a set: x * x must free x once
             if last_use.get(src) == i and src not in keep:
                 del values[src]
     result = {}

@@ -119,7 +119,7 @@ class GraphBuilder:
             raise IRTypeError(f"'{op}' needs at least one operand")
         if d.arity is not None and len(inputs) != d.arity:
             raise IRTypeError(f"'{op}' takes {d.arity} operand(s), got {len(inputs)}")
-        key = (op, tuple(id(i) for i in inputs), attrs)
+        key = (op, tuple(id(i) for i in inputs), _intern_key(attrs))
         found = self._interned.get(key)
         if found is not None:
             return found
@@ -143,6 +143,9 @@ class GraphBuilder:
     def build(self) -> Graph:
         return Graph(self._nodes, self._outputs, self.name)
 
+    def __len__(self) -> int:
+        return len(self._nodes)
+
     def lookup(self, name: str) -> Node | None:
         """The input or parameter of that name, if declared."""
         return self._names.get(name)
@@ -161,7 +164,12 @@ class GraphBuilder:
         """A literal tensor from nested lists, a NumPy array or a torch tensor."""
         import numpy as np
 
-        arr = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
+        if hasattr(data, "detach"):  # torch: numpy has no bf16/fp8, and float64 holds them exactly
+            t = data.detach().cpu()
+            data = (t.double() if t.is_floating_point() else t).numpy()
+        arr = np.asarray(data)
+        if arr.dtype.kind not in "biuf":
+            raise IRTypeError(f"a literal tensor holds numbers or bools, got {arr.dtype} data")
         shape = tuple(arr.shape) if shape is None else tuple(shape)
         flat = tuple(_scalar(v, dtype) for v in arr.reshape(-1).tolist())
         return self.node(K.TENSOR, (), TensorAttrs(flat, dtype, shape))
@@ -180,13 +188,15 @@ class GraphBuilder:
             return x
         if isinstance(x, bool):
             return self.const(x, DType.BOOL)
-        if like is not None and not (isinstance(x, float) and not like.dtype.is_float):
-            if like.dtype == DType.BOOL and not isinstance(x, bool):
-                return self.const(x, DType.I64 if isinstance(x, int) else default_float())
-            return self.const(x, like.dtype)
-        return self.const(x, DType.I64 if isinstance(x, int) else default_float())
+        if not isinstance(x, (int, float)):
+            raise IRTypeError(f"expected a tensor or a number, got {type(x).__name__} {x!r}")
+        if like is None or like.dtype == DType.BOOL or (isinstance(x, float) and not like.dtype.is_float):
+            return self.const(x, DType.I64 if isinstance(x, int) else default_float())
+        return self.const(x, like.dtype)  # a Python number takes the tensor's type, as in PyTorch
 
     def cast(self, x: Node, dtype: DType) -> Node:
+        if not isinstance(dtype, DType):
+            raise IRTypeError(f"cast to {dtype!r}: expected a DType (e.g. DType.F16)")
         return x if x.dtype == dtype else self.node(K.CAST, (x,), CastAttrs(dtype))
 
     def unary(self, op: OpKind, x: Node) -> Node:
@@ -252,8 +262,11 @@ class GraphBuilder:
         """Reduce over `axes` (an int, several, or None for all); negative axes count from the end."""
         if axes is None:
             axes = range(len(x.shape))
-        elif isinstance(axes, int):
+        elif isinstance(axes, (int, float)):
             axes = (axes,)
+        axes = tuple(axes)
+        if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            raise IRTypeError(f"'{op}' axes must be integers, got {list(axes)}")
         axes = normalize_axes(axes, len(x.shape))
         if op == K.MEAN and not x.dtype.is_float:
             x = self.cast(x, default_float())
@@ -279,7 +292,7 @@ class GraphBuilder:
     # --- movement ---------------------------------------------------------------------------------
     def reshape(self, x: Node, shape: Iterable[Dim]) -> Node:
         """Reshape; one entry may be -1 and is then inferred."""
-        shape = list(shape)
+        shape = _dims(shape, "reshape")
         holes = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
         if len(holes) > 1:
             raise IRTypeError(f"reshape to {shape}: only one dimension can be -1")
@@ -304,7 +317,7 @@ class GraphBuilder:
         return self.permute(x, perm)
 
     def expand(self, x: Node, shape: Iterable[Dim]) -> Node:
-        shape = tuple(shape)
+        shape = tuple(_dims(shape, "expand"))
         return x if shape == x.shape else self.node(K.EXPAND, (x,), ExpandAttrs(shape))
 
     def slice(self, x: Node, axis: int, start: int | None = None, stop: int | None = None,
@@ -343,6 +356,15 @@ class GraphBuilder:
         return self.node(K.TAKE, (x, index), AxisAttrs(normalize_axis(axis, len(x.shape))))
 
 
+_FLOAT_VALUED = (ConstAttrs, TensorAttrs, PadAttrs)
+
+
+def _intern_key(attrs: Attrs):
+    """Attributes as an interning key. Floats compare by their exact text: -0.0 == 0.0 and nan != nan
+    under `==`, but const(-0.0) is not const(0.0), and two const(nan) are the same value."""
+    return repr(attrs) if isinstance(attrs, _FLOAT_VALUED) else attrs
+
+
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
@@ -352,8 +374,19 @@ def _pair(v) -> tuple[int, int]:
     return v
 
 
+def _dims(shape, op: str) -> list[Dim]:
+    dims = list(shape)
+    if not all(isinstance(d, Sym) or (isinstance(d, int) and not isinstance(d, bool)) for d in dims):
+        raise IRTypeError(f"'{op}' sizes must be integers or symbolic dimensions, got {dims}")
+    return dims
+
+
 def _scalar(value, dtype: DType):
     """Normalize a literal to the Python type that `dtype` stores (bool, int or float)."""
+    if not isinstance(dtype, DType):
+        raise IRTypeError(f"expected a DType (e.g. DType.F32), got {dtype!r}")
+    if not isinstance(value, (bool, int, float)):
+        raise IRTypeError(f"a constant must be a number or a bool, got {type(value).__name__} {value!r}")
     if dtype == DType.BOOL:
         return bool(value)
     if dtype.is_int:

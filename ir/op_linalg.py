@@ -27,10 +27,6 @@ def _infer_matmul(attrs, ts: list[TensorType]) -> TensorType:
     return TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))
 
 
-def _pair(v) -> tuple[int, int]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
 def _infer_conv2d(attrs: Conv2dAttrs, ts: list[TensorType]) -> TensorType:
     x, w = ts
     if x.rank != 4 or w.rank != 4:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from .dtypes import DType
 from .errors import EvalError, IRTypeError
-from .ops import (AxisAttrs, ExpandAttrs, NoAttrs, OpKind, PadAttrs, PermuteAttrs, ReshapeAttrs,
+from .op_source import check_scalar
+from .ops import (AxisAttrs, ExpandAttrs, OpKind, PadAttrs, PermuteAttrs, ReshapeAttrs,
                   SliceAttrs, register)
 from .shapes import Dim, Sym, TensorType, concrete, format_dim, format_shape, numel
 
@@ -86,6 +87,12 @@ def _infer_pad(attrs: PadAttrs, ts):
     (x,) = ts
     if len(attrs.pads) != x.rank:
         raise IRTypeError(f"'pad' needs one (before, after) pair per axis of {x}, got {len(attrs.pads)}")
+    value = attrs.value  # stored as a float: it must still be a value of x's dtype
+    if x.dtype == DType.BOOL and value in (0, 1):
+        value = bool(value)
+    elif x.dtype.is_int and float(value).is_integer():
+        value = int(value)
+    check_scalar(value, x.dtype)
     shape = []
     for d, (lo, hi) in zip(x.shape, attrs.pads):
         if lo < 0 or hi < 0:

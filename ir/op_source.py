@@ -91,12 +91,19 @@ def _no_ref(attrs, xs, ctx):
     raise AssertionError("inputs and parameters are bound by the evaluator, never computed")
 
 
+def _literal(values, dtype: DType, ctx) -> torch.Tensor:
+    """A literal holds its value as `dtype` stores it (0.1 as an f16 is 0.0999755859375), even when
+    `precise` holds everything in float64: rounding a literal is no error of the computation."""
+    staged = torch.tensor(values, dtype=torch.float64 if dtype.is_float else dtype.torch)
+    return ctx.cast(staged, dtype)
+
+
 def _ref_const(attrs: ConstAttrs, xs, ctx):
-    return torch.full(concrete(attrs.shape, ctx.env), attrs.value, dtype=ctx.compute_dtype(attrs.dtype))
+    return _literal(attrs.value, attrs.dtype, ctx).expand(concrete(attrs.shape, ctx.env)).contiguous()
 
 
 def _ref_tensor(attrs: TensorAttrs, xs, ctx):
-    return torch.tensor(attrs.data, dtype=ctx.compute_dtype(attrs.dtype)).reshape(attrs.shape)
+    return _literal(attrs.data, attrs.dtype, ctx).reshape(attrs.shape)
 
 
 def _ref_iota(attrs: IotaAttrs, xs, ctx):

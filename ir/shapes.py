@@ -113,9 +113,9 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
 
 
 def normalize_axis(axis: int, rank: int) -> int:
-    if not -rank <= axis < max(rank, 1):
+    if not -rank <= axis < rank:  # a scalar has no axes at all
         raise IRTypeError(f"axis {axis} is out of range for a tensor of rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def normalize_axes(axes: Iterable[int], rank: int) -> tuple[int, ...]:

@@ -1,0 +1,92 @@
+"""The Axon language: grammar (`axon.lark`), typed AST (`ast.py`), parser, and elaboration to the graph
+IR, with the standard layers written in Axon in `prelude.axon`.
+
+>>> from axon.frontend import compile_source
+>>> g = compile_source('''
+... model MLP(hidden = 16) {
+...     input x: f32[batch, 8]
+...     h = relu(linear(x, hidden))
+...     output logits = linear(h, 3)
+... }''', "mlp.axon")
+>>> sorted(g.params)
+['h.b', 'h.w', 'logits.b', 'logits.w']
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from axon.ir import Graph
+from axon.ir.errors import did_you_mean
+
+from . import ast
+from .elaborator import Elaborator
+from .errors import (ArityError, AxonImportError, AxonNameError, AxonSyntaxError, AxonTypeError,
+                     AxonValueError, ShapeError)
+from .parser import parse
+from .program import Program, load_program
+from .train import TrainSpec, check_train, check_train_def
+
+__all__ = [
+    "ArityError", "AxonImportError", "AxonNameError", "AxonSyntaxError", "AxonTypeError",
+    "AxonValueError", "Program", "ShapeError", "TrainSpec", "ast", "compile_source", "elaborate",
+    "load", "load_program", "parse", "read_axon", "train_spec",
+]
+
+
+def elaborate(module: ast.Module, model: str | None = None, *, hparams: dict | None = None,
+              training: bool = False, root: str | Path | None = None) -> Graph:
+    """The graph of one model of a parsed module (the only one, when `model` is None).
+
+    `hparams` overrides the model's hyper-parameters; `training` turns on dropout; imports are
+    confined to `root` (default: the module's folder).
+    """
+    program = load_program(module, root)
+    name = _pick_model(program, model)
+    for td in program.user.trains.values():  # checked now, run by the training driver later
+        check_train_def(program, td)
+    return Elaborator(program, training=training).model(name, hparams)
+
+
+def compile_source(text: str, file: str = "<string>", model: str | None = None, **options) -> Graph:
+    """Parse and elaborate source text (see `elaborate` for the options)."""
+    return elaborate(parse(text, file), model, **options)
+
+
+def read_axon(path: str | Path) -> ast.Module:
+    """Parse a `.axon` file (a missing or unreadable file is an `AxonImportError`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AxonImportError(f"cannot read {p}: {e}") from e
+    return parse(text, str(p))
+
+
+def load(path: str | Path, model: str | None = None, **options) -> Graph:
+    """Parse and elaborate a `.axon` file."""
+    return elaborate(read_axon(path), model, **options)
+
+
+def train_spec(module: ast.Module, model: str | None = None) -> TrainSpec | None:
+    """The checked `train` block for a model of the module (None when it has none)."""
+    program = load_program(module)
+    name = _pick_model(program, model)
+    return check_train(program, name)
+
+
+def _pick_model(program: Program, model: str | None) -> str:
+    models = program.user.models
+    if model is not None:
+        if model not in models:
+            raise AxonNameError(f"no model named '{model}' in {program.main.file}",
+                                hint=did_you_mean(model, models) or _listing(models))
+        return model
+    if len(models) == 1:
+        return next(iter(models))
+    if not models:
+        raise AxonNameError(f"{program.main.file} defines no model")
+    raise AxonNameError(f"{program.main.file} defines several models; choose one", hint=_listing(models))
+
+
+def _listing(models) -> str:
+    return "models: " + ", ".join(models) if models else "there are no models"

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+# Kernels run through Triton's interpreter unless a GPU is present.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def gen():
+    """A seeded torch generator, so every test draws the same random inputs on every run."""
+    return torch.Generator().manual_seed(1234)
