@@ -15,6 +15,7 @@ f32[batch, 3]
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -119,14 +120,16 @@ class GraphBuilder:
             raise IRTypeError(f"'{op}' needs at least one operand")
         if d.arity is not None and len(inputs) != d.arity:
             raise IRTypeError(f"'{op}' takes {d.arity} operand(s), got {len(inputs)}")
+        if op in (K.INPUT, K.PARAM):  # before interning: a second declaration is an error, not a hit
+            _check_name(attrs.name, str(op))
+            if attrs.name in self._names:
+                raise IRTypeError(f"'{attrs.name}' is declared twice")
         key = (op, tuple(id(i) for i in inputs), _intern_key(attrs))
         found = self._interned.get(key)
         if found is not None:
             return found
         node = Node(op, inputs, attrs, d.infer(attrs, [i.type for i in inputs]))
         if op in (K.INPUT, K.PARAM):
-            if attrs.name in self._names:
-                raise IRTypeError(f"'{attrs.name}' is declared twice")
             self._names[attrs.name] = node
         self._interned[key] = node
         self._members.add(id(node))
@@ -134,6 +137,7 @@ class GraphBuilder:
         return node
 
     def output(self, name: str, node: Node) -> Node:
+        _check_name(name, "output")
         if name in self._outputs:
             raise IRTypeError(f"output '{name}' is declared twice")
         assert id(node) in self._members, f"output {name}: node belongs to another graph"
@@ -357,6 +361,14 @@ class GraphBuilder:
 
 
 _FLOAT_VALUED = (ConstAttrs, TensorAttrs, PadAttrs)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def _check_name(name, what: str) -> None:
+    """Names of inputs, parameters and outputs are what the text form can write: `fc1.w`, `x_0`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise IRTypeError(f"{what} name {name!r} is not an identifier (letters, digits, '_' and '.', "
+                          f"not starting with a digit or '.')")
 
 
 def _intern_key(attrs: Attrs):

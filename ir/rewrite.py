@@ -35,9 +35,9 @@ def rebuild(graph: Graph, visit: Visit | None = None,
             new = b.node(node.op, new_inputs, node.attrs)
         assert new.type == node.type, f"rewrite of {node!r} changed its type to {new.type}"
         mapping[node] = new
-    for name, out in graph.outputs.items():
-        b.output(name, mapping[out])
-    return b.build(), mapping
+    outputs = {name: mapping[out] for name, out in graph.outputs.items()}
+    new = b.build()
+    return Graph(new.nodes, outputs, new.name), mapping
 
 
 def apply_rules(graph: Graph, rules: Sequence[Rule]) -> tuple[Graph, int]:

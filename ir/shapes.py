@@ -49,6 +49,8 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
         return a * b
     if isinstance(a, int) or isinstance(b, int):
         n, s = (a, b) if isinstance(a, int) else (b, a)
+        if n < 0:
+            raise IRTypeError(f"negative size {n} times the symbolic dimension {s}")
         return 0 if n == 0 else Sym(s.factors, s.coeff * n)
     return Sym(tuple(sorted(a.factors + b.factors)), a.coeff * b.coeff)
 

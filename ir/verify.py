@@ -3,11 +3,14 @@ showing the IR text around it. Passes run it after each step in tests (`PassMana
 """
 from __future__ import annotations
 
+import re
+
 from .errors import AxonError, VerifyError
 from .graph import Graph, Node
 from .ops import OPS, OpKind
 
 K = OpKind
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 CONTEXT_LINES = 3  # lines of IR shown on each side of a broken node
 
 
@@ -45,6 +48,8 @@ def verify(graph: Graph) -> Graph:
     for name, out in graph.outputs.items():
         if out not in position:
             raise VerifyError(f"output '{name}' is not a node of the graph")
+        if not _NAME.fullmatch(name):
+            raise VerifyError(f"output name {name!r} is not an identifier the text form can write")
     _check_symbols(graph)
     return graph
 
