@@ -15,6 +15,7 @@ f32[batch, 3]
 """
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -156,13 +157,13 @@ class GraphBuilder:
 
     # --- sources ----------------------------------------------------------------------------------
     def input(self, name: str, dtype: DType, shape: Iterable[Dim]) -> Node:
-        return self.node(K.INPUT, (), InputAttrs(name, dtype, tuple(shape)))
+        return self.node(K.INPUT, (), InputAttrs(name, _dtype(dtype), tuple(_dims(shape, "input"))))
 
     def param(self, name: str, dtype: DType, shape: Iterable[Dim], init: Init = Init("zeros")) -> Node:
-        return self.node(K.PARAM, (), ParamAttrs(name, dtype, tuple(shape), init))
+        return self.node(K.PARAM, (), ParamAttrs(name, _dtype(dtype), tuple(_dims(shape, "param")), init))
 
     def const(self, value, dtype: DType, shape: Iterable[Dim] = ()) -> Node:
-        return self.node(K.CONST, (), ConstAttrs(_scalar(value, dtype), dtype, tuple(shape)))
+        return self.node(K.CONST, (), ConstAttrs(_scalar(value, dtype), dtype, tuple(_dims(shape, "const"))))
 
     def tensor(self, data, dtype: DType, shape: Iterable[int] | None = None) -> Node:
         """A literal tensor from nested lists, a NumPy array or a torch tensor."""
@@ -171,19 +172,21 @@ class GraphBuilder:
         if hasattr(data, "detach"):  # torch: numpy has no bf16/fp8, and float64 holds them exactly
             t = data.detach().cpu()
             data = (t.double() if t.is_floating_point() else t).numpy()
+        _dtype(dtype)
         arr = np.asarray(data)
         if arr.dtype.kind not in "biuf":
             raise IRTypeError(f"a literal tensor holds numbers or bools, got {arr.dtype} data")
-        shape = tuple(arr.shape) if shape is None else tuple(shape)
+        shape = tuple(arr.shape) if shape is None else tuple(_dims(shape, "tensor"))
         flat = tuple(_scalar(v, dtype) for v in arr.reshape(-1).tolist())
         return self.node(K.TENSOR, (), TensorAttrs(flat, dtype, shape))
 
     def iota(self, shape: Iterable[Dim], axis: int, dtype: DType = DType.I64) -> Node:
-        shape = tuple(shape)
-        return self.node(K.IOTA, (), IotaAttrs(normalize_axis(axis, len(shape)), dtype, shape))
+        shape = tuple(_dims(shape, "iota"))
+        return self.node(K.IOTA, (), IotaAttrs(_axis(axis, len(shape), "iota"), _dtype(dtype), shape))
 
     def rand(self, seed: Node, shape: Iterable[Dim], dtype: DType = DType.F32, stream: int = 0) -> Node:
-        return self.node(K.RAND, (seed,), RandAttrs(stream, dtype, tuple(shape)))
+        attrs = RandAttrs(_int(stream, "'rand' stream"), _dtype(dtype), tuple(_dims(shape, "rand")))
+        return self.node(K.RAND, (seed,), attrs)
 
     # --- elementwise, with promotion and Python scalars ---------------------------------------------
     def lift(self, x, like: Node | None = None) -> Node:
@@ -309,14 +312,14 @@ class GraphBuilder:
         return self.node(K.RESHAPE, (x,), ReshapeAttrs(shape))
 
     def permute(self, x: Node, perm: Iterable[int]) -> Node:
-        perm = tuple(normalize_axis(p, len(x.shape)) for p in perm)
+        perm = tuple(_axis(p, len(x.shape), "permute") for p in perm)
         if perm == tuple(range(len(x.shape))):
             return x
         return self.node(K.PERMUTE, (x,), PermuteAttrs(perm))
 
     def transpose(self, x: Node, a: int = -2, b: int = -1) -> Node:
         perm = list(range(len(x.shape)))
-        a, b = normalize_axis(a, len(perm)), normalize_axis(b, len(perm))
+        a, b = _axis(a, len(perm), "transpose"), _axis(b, len(perm), "transpose")
         perm[a], perm[b] = perm[b], perm[a]
         return self.permute(x, perm)
 
@@ -327,9 +330,10 @@ class GraphBuilder:
     def slice(self, x: Node, axis: int, start: int | None = None, stop: int | None = None,
               step: int = 1) -> Node:
         """`x[..., start:stop:step, ...]` on one axis, with Python's rules for negative and None bounds."""
-        axis = normalize_axis(axis, len(x.shape))
+        axis = _axis(axis, len(x.shape), "slice")
+        start, stop = (None if v is None else _int(v, "a slice bound") for v in (start, stop))
         size = x.shape[axis]
-        if step < 1:
+        if _int(step, "a slice step") < 1:
             raise IRTypeError(f"slice step must be >= 1, got {step}")
         if not isinstance(size, int):
             if (start in (None, 0)) and stop is None and step == 1:
@@ -341,7 +345,9 @@ class GraphBuilder:
         return self.node(K.SLICE, (x,), SliceAttrs((axis,), (lo,), (max(hi, lo),), (step,)))
 
     def pad(self, x: Node, pads: Sequence[tuple[int, int]], value: float = 0.0) -> Node:
-        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        pads = tuple((_int(lo, "a pad amount"), _int(hi, "a pad amount")) for lo, hi in pads)
+        if not isinstance(value, (int, float)):
+            raise IRTypeError(f"the pad value must be a number, got {value!r}")
         if all(p == (0, 0) for p in pads) and len(pads) == len(x.shape):
             return x
         return self.node(K.PAD, (x,), PadAttrs(pads, float(value)))
@@ -351,13 +357,13 @@ class GraphBuilder:
             raise IRTypeError("'concat' needs at least one operand")
         if len(xs) == 1:
             return xs[0]
-        return self.node(K.CONCAT, tuple(xs), AxisAttrs(normalize_axis(axis, len(xs[0].shape))))
+        return self.node(K.CONCAT, tuple(xs), AxisAttrs(_axis(axis, len(xs[0].shape), "concat")))
 
     def gather(self, x: Node, axis: int, index: Node) -> Node:
-        return self.node(K.GATHER, (x, index), AxisAttrs(normalize_axis(axis, len(x.shape))))
+        return self.node(K.GATHER, (x, index), AxisAttrs(_axis(axis, len(x.shape), "gather")))
 
     def take(self, x: Node, index: Node, axis: int = 0) -> Node:
-        return self.node(K.TAKE, (x, index), AxisAttrs(normalize_axis(axis, len(x.shape))))
+        return self.node(K.TAKE, (x, index), AxisAttrs(_axis(axis, len(x.shape), "take")))
 
 
 _FLOAT_VALUED = (ConstAttrs, TensorAttrs, PadAttrs)
@@ -378,12 +384,26 @@ def _intern_key(attrs: Attrs):
 
 
 def _pair(v) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(v)
-    if len(v) != 2:
-        raise IRTypeError(f"expected an int or a pair of ints, got {v}")
-    return v
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return (_int(v[0], "a conv2d size"), _int(v[1], "a conv2d size"))
+    return (_int(v, "a conv2d size"),) * 2
+
+
+def _int(v, what: str) -> int:
+    """An integer argument (an axis, a bound): floats and bools are refused rather than truncated."""
+    if not isinstance(v, bool) and hasattr(type(v), "__index__"):  # int, numpy integers
+        return operator.index(v)
+    raise IRTypeError(f"{what} must be an integer, got {v!r}")
+
+
+def _axis(axis, rank: int, op: str) -> int:
+    return normalize_axis(_int(axis, f"'{op}' axis"), rank)
+
+
+def _dtype(dtype) -> DType:
+    if not isinstance(dtype, DType):
+        raise IRTypeError(f"expected a DType (e.g. DType.F32), got {dtype!r}")
+    return dtype
 
 
 def _dims(shape, op: str) -> list[Dim]:
@@ -395,8 +415,7 @@ def _dims(shape, op: str) -> list[Dim]:
 
 def _scalar(value, dtype: DType):
     """Normalize a literal to the Python type that `dtype` stores (bool, int or float)."""
-    if not isinstance(dtype, DType):
-        raise IRTypeError(f"expected a DType (e.g. DType.F32), got {dtype!r}")
+    _dtype(dtype)
     if not isinstance(value, (bool, int, float)):
         raise IRTypeError(f"a constant must be a number or a bool, got {type(value).__name__} {value!r}")
     if dtype == DType.BOOL:

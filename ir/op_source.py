@@ -30,6 +30,8 @@ def check_scalar(value, dtype: DType) -> None:
     """A literal must fit the dtype it is given: bools for bool, integers for integer types."""
     if isinstance(value, bool):
         return
+    if not isinstance(value, (int, float)):
+        raise IRTypeError(f"constant {value!r} is not a number")
     if dtype == DType.BOOL:
         raise IRTypeError(f"constant {value!r} is not a bool")
     if dtype.is_int:

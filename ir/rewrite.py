@@ -52,7 +52,9 @@ def apply_rules(graph: Graph, rules: Sequence[Rule]) -> tuple[Graph, int]:
             for rule in rules:
                 new = rule(b, node)
                 if new is not None and new is not node:
-                    assert new.type == node.type, f"rule {rule.__name__} changed {node!r} to {new!r}"
+                    # getattr: a rule may be any callable (a rule object has no __name__)
+                    assert new.type == node.type, \
+                        f"rule {getattr(rule, '__name__', rule)!r} changed {node!r} to {new!r}"
                     node = new
                     count += 1
                     break

@@ -25,15 +25,20 @@ def verify(graph: Graph) -> Graph:
     names: dict[str, Node] = {}
     for i, node in enumerate(graph.nodes):
         if node in position:
-            _fail(graph, node, f"%{i} appears twice in the node list")
+            _fail(graph, node, f"{node.op} is listed twice in the node list (at positions "
+                               f"{position[node]} and {i})", index=i)
         for src in node.inputs:
             if src not in position:
                 _fail(graph, node, f"an operand of {node.op} is used before it is defined (or never is)")
+        if node.op not in OPS:
+            _fail(graph, node, f"{node.op!r} is not an op kind")
         d = OPS[node.op]
         if not isinstance(node.attrs, d.attrs):
             _fail(graph, node, f"{node.op} carries {type(node.attrs).__name__}, not {d.attrs.__name__}")
-        if d.arity is not None and len(node.inputs) != d.arity:
-            _fail(graph, node, f"{node.op} has {len(node.inputs)} operands, wants {d.arity}")
+        # arity None: variadic, and its type rule reads the first operand, so it needs one
+        if (len(node.inputs) != d.arity) if d.arity is not None else not node.inputs:
+            wants = "at least 1" if d.arity is None else d.arity
+            _fail(graph, node, f"{node.op} has {len(node.inputs)} operands, wants {wants}")
         try:
             want = d.infer(node.attrs, [src.type for src in node.inputs])
         except AxonError as e:
@@ -45,9 +50,10 @@ def verify(graph: Graph) -> Graph:
                 _fail(graph, node, f"'{node.name}' is declared twice")
             names[node.name] = node
         position[node] = i
-    for name, out in graph.outputs.items():
-        if out not in position:
-            raise VerifyError(f"output '{name}' is not a node of the graph")
+    for k, (name, out) in enumerate(graph.outputs.items()):
+        if out not in position:  # output lines follow the nodes' lines, before the closing brace
+            line = len(graph.nodes) + 1 + k
+            raise VerifyError(f"output '{name}' is not a node of the graph\n{excerpt(graph, out, line)}")
         if not _NAME.fullmatch(name):
             raise VerifyError(f"output name {name!r} is not an identifier the text form can write")
     _check_symbols(graph)
@@ -67,20 +73,25 @@ def _check_symbols(graph: Graph) -> None:
                                f"but no input's shape binds them")
 
 
-def _fail(graph: Graph, node: Node, message: str):
-    raise VerifyError(f"{message}\n{excerpt(graph, node)}")
+def _fail(graph: Graph, node: Node, message: str, index: int | None = None):
+    line = None if index is None else index + 1  # line 0 is `graph NAME {`, then one line per node
+    raise VerifyError(f"{message}\n{excerpt(graph, node, line)}")
 
 
-def excerpt(graph: Graph, node: Node) -> str:
-    """The IR text around `node`, the node's line marked with '>'."""
+def excerpt(graph: Graph, node: Node, line: int | None = None) -> str:
+    """The IR text around `node` (or around `line`, if given), the marked line starting with '>'.
+    Never raises: it runs on graphs broken in any way, while another error is being reported."""
     from .text import print_lines
 
     try:
         lines, line_of = print_lines(graph)
+        at = line_of.get(node) if line is None else line
+        if at is None or not 0 <= at < len(lines):
+            return f"  {node!r} (not in the node list)"
+        lo, hi = max(0, at - CONTEXT_LINES), min(len(lines), at + CONTEXT_LINES + 1)
+        return "\n".join(("> " if i == at else "  ") + lines[i] for i in range(lo, hi))
     except Exception:  # the graph may be too broken to print; say so rather than hide the real error
-        return f"  (graph cannot be printed) {node!r}"
-    at = line_of.get(node)
-    if at is None:
-        return f"  {node!r} (not in the node list)"
-    lo, hi = max(0, at - CONTEXT_LINES), min(len(lines), at + CONTEXT_LINES + 1)
-    return "\n".join(("> " if i == at else "  ") + lines[i] for i in range(lo, hi))
+        try:
+            return f"  (graph cannot be printed) {node!r}"
+        except Exception:
+            return f"  (graph cannot be printed) {object.__repr__(node)}"
