@@ -21,7 +21,8 @@ def rebuild(graph: Graph, visit: Visit | None = None,
     """Copy `graph` (only the nodes in `keep`, if given), mapping each old node to its new one.
 
     `visit(builder, old_node, new_inputs)` returns a replacement built in `builder`, or None to copy the
-    node as it is. A replacement must have the old node's type.
+    node as it is. A replacement must have the old node's type. Nodes the rewrite leaves unused are
+    dropped; values that were already dead are kept (with what they use) for dce to remove and report.
     """
     b = GraphBuilder(graph.name)
     keep_set = None if keep is None else set(keep)
@@ -36,8 +37,14 @@ def rebuild(graph: Graph, visit: Visit | None = None,
         assert new.type == node.type, f"rewrite of {node!r} changed its type to {new.type}"
         mapping[node] = new
     outputs = {name: mapping[out] for name, out in graph.outputs.items()}
-    new = b.build()
-    return Graph(new.nodes, outputs, new.name), mapping
+    # Drop what the rewrite orphaned (an `x * 1` that became `x`, a folded node's literal operands);
+    # values that were already dead stay, so removing them is dce's decision and dce's report.
+    old_live = reachable(graph)
+    used = {i for n in graph.nodes for i in n.inputs}
+    dead_ends = [mapping[n] for n in graph.nodes if n in mapping and n not in old_live and n not in used]
+    live = _cone(list(outputs.values()) + dead_ends)
+    nodes = [n for n in b.build().nodes if n in live or n.op in (OpKind.INPUT, OpKind.PARAM)]
+    return Graph(nodes, outputs, graph.name), mapping
 
 
 def apply_rules(graph: Graph, rules: Sequence[Rule]) -> tuple[Graph, int]:
@@ -68,12 +75,16 @@ def apply_rules(graph: Graph, rules: Sequence[Rule]) -> tuple[Graph, int]:
 
 def reachable(graph: Graph) -> set[Node]:
     """The nodes the outputs depend on (iteratively, no recursion), plus every input."""
-    seen = {n for n in graph.nodes if n.op == OpKind.INPUT}
-    stack = list(graph.outputs.values())
+    return _cone(graph.outputs.values()) | {n for n in graph.nodes if n.op == OpKind.INPUT}
+
+
+def _cone(roots: Iterable[Node]) -> set[Node]:
+    """`roots` and everything they depend on."""
+    seen: set[Node] = set()
+    stack = list(roots)
     while stack:
         n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.extend(n.inputs)
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.inputs)
     return seen
