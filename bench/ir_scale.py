@@ -21,11 +21,11 @@ from axon.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline  #
 from bigraphs import deep_graph  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, arg, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        fn(arg)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -41,13 +41,11 @@ def main(argv=None) -> int:
         g = deep_graph(n)
         text = print_graph(g)
         pm = PassManager(parse_pipeline(DEFAULT_PIPELINE))
-        t = {
-            "build": _median_time(lambda: deep_graph(n), args.repeats),
-            "verify": _median_time(lambda: verify(g), args.repeats),
-            "print": _median_time(lambda: print_graph(g), args.repeats),
-            "parse": _median_time(lambda: parse_graph(text), args.repeats),
-            "pipeline": _median_time(lambda: pm.run(g), args.repeats),
+        work = {
+            "build": (deep_graph, n), "verify": (verify, g), "print": (print_graph, g),
+            "parse": (parse_graph, text), "pipeline": (pm.run, g),
         }
+        t = {stage: _median_time(fn, arg, args.repeats) for stage, (fn, arg) in work.items()}
         per_node = sum(t.values()) / len(g) * 1e6
         print(f"{len(g):>8} " + " ".join(f"{t[s]:>10.3f}" for s in stages) + f" {per_node:>16.1f}")
     return 0
