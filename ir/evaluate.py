@@ -23,7 +23,7 @@ from .dtypes import DType
 from .errors import AxonError, EvalError
 from .graph import Graph, Node
 from .ops import OPS, OpKind
-from .shapes import Sym, concrete, format_shape
+from .shapes import Sym, TensorType, concrete, format_shape
 
 K = OpKind
 
@@ -34,6 +34,7 @@ class EvalContext:
 
     env: dict[str, int] = field(default_factory=dict)
     precise: bool = False
+    out: TensorType | None = None  # the result type of the node being evaluated
 
     def compute_dtype(self, dtype: DType) -> torch.dtype:
         """The torch dtype a value of `dtype` is held in during evaluation."""
@@ -42,8 +43,23 @@ class EvalContext:
         return dtype.torch
 
     def cast(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
-        """An explicit conversion: always rounds to `dtype`, then holds the value as usual."""
+        """An explicit conversion: always rounds to `dtype`, then holds the value as usual.
+
+        Float to integer truncates toward zero, NaN becomes 0, and values out of range saturate to the
+        type's limits (C leaves all three undefined; generated kernels must do the same as this).
+        """
+        if x.is_floating_point() and dtype.is_int:
+            info = torch.iinfo(dtype.torch)
+            top = float(info.max) if info.bits < 64 else float(2**63 - 1024)  # the last f64 below 2**63
+            x = x.double().trunc().nan_to_num(0.0, posinf=top, neginf=float(info.min))
+            x = x.clamp(float(info.min), top)
         return x.to(dtype.torch).to(self.compute_dtype(dtype))
+
+    def literal(self, values, dtype: DType) -> torch.Tensor:
+        """A literal holds its value as `dtype` stores it (0.1 as an f16 is 0.0999755859375), even when
+        `precise` holds everything in float64: rounding a literal is no error of the computation."""
+        staged = torch.tensor(values, dtype=torch.float64 if dtype.is_float else dtype.torch)
+        return self.cast(staged, dtype)
 
     def hold(self, x: torch.Tensor, dtype: DType) -> torch.Tensor:
         """The value an op of result type `dtype` leaves: rounded to `dtype` unless `precise`."""
@@ -89,7 +105,13 @@ def _as_tensor(value, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, (np.ndarray, list, tuple, int, float, bool, np.generic)):
-        return torch.as_tensor(np.asarray(value))
+        try:
+            arr = np.asarray(value)
+        except ValueError as e:
+            raise EvalError(f"{what} is not a rectangular array: {e}") from None
+        if arr.dtype.kind not in "biuf":
+            raise EvalError(f"{what} must hold numbers or bools, got {arr.dtype} data")
+        return torch.as_tensor(arr)
     raise EvalError(f"{what} must be a tensor or an array, got {type(value).__name__}")
 
 
@@ -137,10 +159,11 @@ def evaluate(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, ob
         else:
             args = [values[src] for src in node.inputs]
             try:
-                out = OPS[node.op].ref(node.attrs, args, ctx)
+                out = run_op(node.op, node.attrs, node.type, args, ctx)
             except AxonError as e:
                 raise EvalError(f"evaluating %{i} = {node.op}{_signature(node)}: {e.message}") from e
-            out = ctx.hold(out, node.dtype)
+            except (RuntimeError, ValueError, IndexError) as e:  # torch refusing what the rules allowed
+                raise EvalError(f"evaluating %{i} = {node.op}{_signature(node)} failed: {e}") from e
         values[node] = out
         for src in set(node.inputs):  # a set: x * x must free x once
             if last_use.get(src) == i and src not in keep:
@@ -150,6 +173,13 @@ def evaluate(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, ob
         out = values[node]
         result[name] = out if precise and node.dtype.is_float else out.to(node.dtype.torch)
     return result
+
+
+def run_op(op: OpKind, attrs, out_type: TensorType, args: list[torch.Tensor],
+           ctx: EvalContext) -> torch.Tensor:
+    """One op's reference rule on evaluated operands, its result held as `out_type.dtype` holds it."""
+    ctx.out = out_type
+    return ctx.hold(OPS[op].ref(attrs, args, ctx), out_type.dtype)
 
 
 def _signature(node: Node) -> str:

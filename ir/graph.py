@@ -16,7 +16,6 @@ f32[batch, 3]
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,8 @@ from .errors import IRTypeError
 from .ops import (FLOAT_ONLY_UNARY, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
                   Init, InputAttrs, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
                   PermuteAttrs, RandAttrs, ReduceAttrs, ReshapeAttrs, SliceAttrs, TensorAttrs)
-from .shapes import Dim, Shape, Sym, TensorType, format_shape, normalize_axes, normalize_axis, numel
+from .shapes import (NAME, Dim, Shape, Sym, TensorType, format_shape, normalize_axes, normalize_axis,
+                     numel)
 
 K = OpKind
 
@@ -116,7 +116,11 @@ class GraphBuilder:
         attrs = NoAttrs() if attrs is None else attrs
         inputs = tuple(inputs)
         assert isinstance(attrs, d.attrs), f"{op} takes {d.attrs.__name__}, got {type(attrs).__name__}"
-        assert all(id(i) in self._members for i in inputs), f"{op}: an input belongs to another graph"
+        for i in inputs:
+            if not isinstance(i, Node):
+                raise IRTypeError(f"an operand of '{op}' must be a tensor, got {type(i).__name__} {i!r}")
+            if id(i) not in self._members:
+                raise IRTypeError(f"an operand of '{op}' belongs to another graph")
         if d.arity is None and not inputs:
             raise IRTypeError(f"'{op}' needs at least one operand")
         if d.arity is not None and len(inputs) != d.arity:
@@ -173,7 +177,10 @@ class GraphBuilder:
             t = data.detach().cpu()
             data = (t.double() if t.is_floating_point() else t).numpy()
         _dtype(dtype)
-        arr = np.asarray(data)
+        try:
+            arr = np.asarray(data)
+        except ValueError as e:  # ragged nested lists
+            raise IRTypeError(f"a literal tensor must be rectangular: {e}") from None
         if arr.dtype.kind not in "biuf":
             raise IRTypeError(f"a literal tensor holds numbers or bools, got {arr.dtype} data")
         shape = tuple(arr.shape) if shape is None else tuple(_dims(shape, "tensor"))
@@ -269,11 +276,9 @@ class GraphBuilder:
         """Reduce over `axes` (an int, several, or None for all); negative axes count from the end."""
         if axes is None:
             axes = range(len(x.shape))
-        elif isinstance(axes, (int, float)):
+        elif isinstance(axes, (int, float)) or hasattr(type(axes), "__index__"):
             axes = (axes,)
-        axes = tuple(axes)
-        if not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
-            raise IRTypeError(f"'{op}' axes must be integers, got {list(axes)}")
+        axes = tuple(_int(a, f"'{op}' axis") for a in axes)
         axes = normalize_axes(axes, len(x.shape))
         if op == K.MEAN and not x.dtype.is_float:
             x = self.cast(x, default_float())
@@ -293,7 +298,7 @@ class GraphBuilder:
 
     def conv2d(self, x: Node, w: Node, stride=1, padding=0, dilation=1, groups: int = 1) -> Node:
         x, w = self._promoted(x, w, float_only=True)
-        attrs = Conv2dAttrs(_pair(stride), _pair(padding), _pair(dilation), groups)
+        attrs = Conv2dAttrs(_pair(stride), _pair(padding), _pair(dilation), _int(groups, "conv2d groups"))
         return self.node(K.CONV2D, (x, w), attrs)
 
     # --- movement ---------------------------------------------------------------------------------
@@ -303,6 +308,8 @@ class GraphBuilder:
         holes = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
         if len(holes) > 1:
             raise IRTypeError(f"reshape to {shape}: only one dimension can be -1")
+        if any(isinstance(d, int) and d < -1 for d in shape):
+            raise IRTypeError(f"reshape to {shape}: sizes must be >= 0 (or one -1)")
         if holes:
             rest = numel(d for i, d in enumerate(shape) if i != holes[0])
             shape[holes[0]] = _dim_div(numel(x.shape), rest, x, shape)
@@ -345,6 +352,9 @@ class GraphBuilder:
         return self.node(K.SLICE, (x,), SliceAttrs((axis,), (lo,), (max(hi, lo),), (step,)))
 
     def pad(self, x: Node, pads: Sequence[tuple[int, int]], value: float = 0.0) -> Node:
+        pads = list(pads)
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pads):
+            raise IRTypeError(f"'pad' takes one (before, after) pair per axis, got {pads}")
         pads = tuple((_int(lo, "a pad amount"), _int(hi, "a pad amount")) for lo, hi in pads)
         if not isinstance(value, (int, float)):
             raise IRTypeError(f"the pad value must be a number, got {value!r}")
@@ -353,11 +363,11 @@ class GraphBuilder:
         return self.node(K.PAD, (x,), PadAttrs(pads, float(value)))
 
     def concat(self, xs: Sequence[Node], axis: int) -> Node:
-        if not xs:
-            raise IRTypeError("'concat' needs at least one operand")
-        if len(xs) == 1:
-            return xs[0]
-        return self.node(K.CONCAT, tuple(xs), AxisAttrs(_axis(axis, len(xs[0].shape), "concat")))
+        xs = list(xs)
+        if not xs or not all(isinstance(x, Node) for x in xs):
+            raise IRTypeError(f"'concat' needs one or more tensors, got {xs!r}")
+        attrs = AxisAttrs(_axis(axis, len(xs[0].shape), "concat"))
+        return xs[0] if len(xs) == 1 else self.node(K.CONCAT, tuple(xs), attrs)
 
     def gather(self, x: Node, axis: int, index: Node) -> Node:
         return self.node(K.GATHER, (x, index), AxisAttrs(_axis(axis, len(x.shape), "gather")))
@@ -367,12 +377,11 @@ class GraphBuilder:
 
 
 _FLOAT_VALUED = (ConstAttrs, TensorAttrs, PadAttrs)
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def _check_name(name, what: str) -> None:
     """Names of inputs, parameters and outputs are what the text form can write: `fc1.w`, `x_0`."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise IRTypeError(f"{what} name {name!r} is not an identifier (letters, digits, '_' and '.', "
                           f"not starting with a digit or '.')")
 
@@ -424,7 +433,10 @@ def _scalar(value, dtype: DType):
         if isinstance(value, float) and not value.is_integer():
             raise IRTypeError(f"constant {value!r} is not an integer, so it cannot be {dtype}")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise IRTypeError(f"constant {value} is too large for any floating-point type") from None
 
 
 def _dim_div(total: Dim, part: Dim, x: Node, shape) -> Dim:

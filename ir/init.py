@@ -159,4 +159,7 @@ def _as_dtype_value(name: str, value, dtype):
         check_scalar(value, dtype)
     except IRTypeError as e:
         raise IRTypeError(f"parameter '{name}': {e.message}") from e
+    if dtype.is_float and math.isfinite(value) and abs(value) > torch.finfo(dtype.torch).max:
+        # a literal may round to infinity; a parameter that starts at infinity is a mistake
+        raise IRTypeError(f"parameter '{name}': initial value {value!r} overflows {dtype}")
     return value

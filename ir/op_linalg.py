@@ -49,6 +49,8 @@ def _infer_conv2d(attrs: Conv2dAttrs, ts: list[TensorType]) -> TensorType:
         raise IRTypeError(f"'conv2d' needs stride and dilation >= 1 and padding >= 0, got {attrs}")
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if kh < 1 or kw < 1:
+        raise IRTypeError(f"'conv2d' kernel {kh}x{kw} is empty")
     if oh < 1 or ow < 1:
         raise IRTypeError(f"'conv2d' kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit the "
                           f"{h}x{wd} input padded by {ph}x{pw}")

@@ -53,6 +53,8 @@ def _infer_permute(attrs: PermuteAttrs, ts):
 def _infer_expand(attrs: ExpandAttrs, ts):
     (x,) = ts
     target = attrs.shape
+    if any(isinstance(d, int) and d < 0 for d in target):
+        raise IRTypeError(f"cannot expand {x} to {format_shape(target)}: sizes must be >= 0")
     if len(target) < x.rank:
         raise IRTypeError(f"cannot expand {x} to the lower rank {format_shape(target)}")
     for i, d in enumerate(x.shape):
@@ -164,7 +166,8 @@ def _ref_pad(attrs: PadAttrs, xs, ctx):
     x = xs[0]
     if x.dtype == torch.bool:
         return F.pad(x.to(torch.uint8), flat, value=float(attrs.value)).to(torch.bool)
-    return F.pad(x, flat, value=attrs.value)
+    value = ctx.literal(attrs.value, ctx.out.dtype).item()  # the pad value as the tensor's dtype holds it
+    return F.pad(x, flat, value=value)
 
 
 def _ref_gather(attrs: AxisAttrs, xs, ctx):

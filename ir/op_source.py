@@ -29,6 +29,8 @@ def _check_shape(shape) -> None:
 def check_scalar(value, dtype: DType) -> None:
     """A literal must fit the dtype it is given: bools for bool, integers for integer types."""
     if isinstance(value, bool):
+        if dtype != DType.BOOL:
+            raise IRTypeError(f"constant {value!r} is a bool, so it cannot be {dtype}")
         return
     if not isinstance(value, (int, float)):
         raise IRTypeError(f"constant {value!r} is not a number")
@@ -40,9 +42,10 @@ def check_scalar(value, dtype: DType) -> None:
         info = torch.iinfo(dtype.torch)
         if not info.min <= int(value) <= info.max:
             raise IRTypeError(f"constant {value!r} does not fit in {dtype}")
-    elif isinstance(value, float) and math.isfinite(value):
-        if abs(value) > torch.finfo(dtype.torch).max:
-            raise IRTypeError(f"constant {value!r} overflows {dtype}")
+    elif dtype == DType.F8E4M3 and math.isfinite(value) and abs(value) > torch.finfo(dtype.torch).max:
+        # Other float types round a too-large literal to infinity (a -1e9 attention mask in f16 is
+        # -inf, as in PyTorch); e4m3 has no infinity to round to.
+        raise IRTypeError(f"constant {value!r} overflows {dtype}, which has no infinity")
 
 
 def _infer_signature(attrs, ts):  # input, param: the type is the declaration
@@ -93,19 +96,12 @@ def _no_ref(attrs, xs, ctx):
     raise AssertionError("inputs and parameters are bound by the evaluator, never computed")
 
 
-def _literal(values, dtype: DType, ctx) -> torch.Tensor:
-    """A literal holds its value as `dtype` stores it (0.1 as an f16 is 0.0999755859375), even when
-    `precise` holds everything in float64: rounding a literal is no error of the computation."""
-    staged = torch.tensor(values, dtype=torch.float64 if dtype.is_float else dtype.torch)
-    return ctx.cast(staged, dtype)
-
-
 def _ref_const(attrs: ConstAttrs, xs, ctx):
-    return _literal(attrs.value, attrs.dtype, ctx).expand(concrete(attrs.shape, ctx.env)).contiguous()
+    return ctx.literal(attrs.value, attrs.dtype).expand(concrete(attrs.shape, ctx.env)).contiguous()
 
 
 def _ref_tensor(attrs: TensorAttrs, xs, ctx):
-    return _literal(attrs.data, attrs.dtype, ctx).reshape(attrs.shape)
+    return ctx.literal(attrs.data, attrs.dtype).reshape(attrs.shape)
 
 
 def _ref_iota(attrs: IotaAttrs, xs, ctx):
@@ -113,7 +109,7 @@ def _ref_iota(attrs: IotaAttrs, xs, ctx):
     view = [1] * len(shape)
     view[attrs.axis] = shape[attrs.axis]
     ramp = torch.arange(shape[attrs.axis], dtype=torch.int64).reshape(view).expand(shape)
-    return ramp.to(ctx.compute_dtype(attrs.dtype))
+    return ctx.cast(ramp, attrs.dtype)  # an f8 iota past 16 holds what f8 can: round even in precise mode
 
 
 # --- Philox4x32-10, as triton.language.random computes it -------------------------------------------
@@ -154,7 +150,7 @@ def _ref_rand(attrs: RandAttrs, xs, ctx):
     index = np.arange(math.prod(shape), dtype=np.uint64).astype(np.uint32)
     bits, _, _, _ = philox(int(xs[0]), index, attrs.stream)
     out = torch.from_numpy(uniform_from_bits(bits)).reshape(shape)
-    return out.to(ctx.compute_dtype(attrs.dtype))
+    return ctx.cast(out, attrs.dtype)
 
 
 register(K.INPUT, InputAttrs, 0, _infer_signature, _no_ref)

@@ -100,7 +100,7 @@ LINALG = frozenset({K.MATMUL, K.CONV2D})
 MOVEMENT = frozenset({K.RESHAPE, K.PERMUTE, K.EXPAND, K.SLICE, K.PAD, K.CONCAT})
 INDEXING = frozenset({K.GATHER, K.TAKE})
 FLOAT_ONLY_UNARY = frozenset({K.EXP, K.LOG, K.SQRT, K.RSQRT, K.TANH, K.SIGMOID, K.ERF, K.SIN, K.COS,
-                              K.RECIP, K.FLOOR, K.CEIL})
+                              K.RECIP})
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,11 +12,14 @@ into `[batch*seq, d]` and back), and equality of products is decidable, so shape
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import re
 from dataclasses import dataclass
 from typing import Union
 
 from .dtypes import DType
 from .errors import EvalError, IRTypeError
+
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # names of symbols, inputs, parameters and outputs
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,12 @@ class Sym:
         return Sym((name,), 1)
 
     def __post_init__(self):
-        assert self.factors and list(self.factors) == sorted(self.factors), self.factors
-        assert self.coeff >= 1
+        if not self.factors or not all(isinstance(f, str) and NAME.fullmatch(f) for f in self.factors):
+            raise IRTypeError(f"symbolic dimension names must be identifiers, got {self.factors!r}")
+        if not isinstance(self.coeff, int) or isinstance(self.coeff, bool) or self.coeff < 1:
+            raise IRTypeError(f"a symbolic dimension's coefficient must be a positive int, "
+                              f"got {self.coeff!r}")
+        object.__setattr__(self, "factors", tuple(sorted(self.factors)))  # one normal form per product
 
     def __str__(self) -> str:
         parts = ([str(self.coeff)] if self.coeff != 1 else []) + list(self.factors)
@@ -40,6 +47,11 @@ class Sym:
 
 
 Dim = Union[int, Sym]
+
+
+def is_dim(d) -> bool:
+    """A valid dimension: a non-negative int or a `Sym`."""
+    return isinstance(d, Sym) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
 Shape = tuple  # tuple[Dim, ...]
 
 

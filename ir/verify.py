@@ -3,14 +3,12 @@ showing the IR text around it. Passes run it after each step in tests (`PassMana
 """
 from __future__ import annotations
 
-import re
-
 from .errors import AxonError, VerifyError
 from .graph import Graph, Node
 from .ops import OPS, OpKind
+from .shapes import NAME, Sym, is_dim, symbols
 
 K = OpKind
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 CONTEXT_LINES = 3  # lines of IR shown on each side of a broken node
 
 
@@ -30,21 +28,7 @@ def verify(graph: Graph) -> Graph:
         for src in node.inputs:
             if src not in position:
                 _fail(graph, node, f"an operand of {node.op} is used before it is defined (or never is)")
-        if node.op not in OPS:
-            _fail(graph, node, f"{node.op!r} is not an op kind")
-        d = OPS[node.op]
-        if not isinstance(node.attrs, d.attrs):
-            _fail(graph, node, f"{node.op} carries {type(node.attrs).__name__}, not {d.attrs.__name__}")
-        # arity None: variadic, and its type rule reads the first operand, so it needs one
-        if (len(node.inputs) != d.arity) if d.arity is not None else not node.inputs:
-            wants = "at least 1" if d.arity is None else d.arity
-            _fail(graph, node, f"{node.op} has {len(node.inputs)} operands, wants {wants}")
-        try:
-            want = d.infer(node.attrs, [src.type for src in node.inputs])
-        except AxonError as e:
-            _fail(graph, node, f"{node.op} is ill-typed: {e.message}")
-        if want != node.type:
-            _fail(graph, node, f"{node.op} is typed {node.type} but its operands give {want}")
+        _check_node(graph, node)
         if node.op in (K.INPUT, K.PARAM):
             if node.name in names:
                 _fail(graph, node, f"'{node.name}' is declared twice")
@@ -54,18 +38,41 @@ def verify(graph: Graph) -> Graph:
         if out not in position:  # output lines follow the nodes' lines, before the closing brace
             line = len(graph.nodes) + 1 + k
             raise VerifyError(f"output '{name}' is not a node of the graph\n{excerpt(graph, out, line)}")
-        if not _NAME.fullmatch(name):
+        if not NAME.fullmatch(name):
             raise VerifyError(f"output name {name!r} is not an identifier the text form can write")
     _check_symbols(graph)
     return graph
 
 
-def _check_symbols(graph: Graph) -> None:
-    from .shapes import symbols
+def _check_node(graph: Graph, node: Node) -> None:
+    """The node against its op's declaration: attributes, arity and the type its rule infers."""
+    if node.op not in OPS:
+        _fail(graph, node, f"{node.op!r} is not an op kind")
+    op = OPS[node.op]
+    if not isinstance(node.attrs, op.attrs):
+        _fail(graph, node, f"{node.op} carries {type(node.attrs).__name__}, not {op.attrs.__name__}")
+    # arity None: variadic, and its type rule reads the first operand, so it needs one
+    if (len(node.inputs) != op.arity) if op.arity is not None else not node.inputs:
+        wants = "at least 1" if op.arity is None else op.arity
+        _fail(graph, node, f"{node.op} has {len(node.inputs)} operands, wants {wants}")
+    try:
+        want = op.infer(node.attrs, [src.type for src in node.inputs])
+    except AxonError as e:
+        _fail(graph, node, f"{node.op} is ill-typed: {e.message}")
+    except (TypeError, ValueError, IndexError, AttributeError) as e:  # attributes of the wrong kind
+        _fail(graph, node, f"{node.op} has malformed attributes {node.attrs}: {e}")
+    if want != node.type:
+        _fail(graph, node, f"{node.op} is typed {node.type} but its operands give {want}")
+    if not all(is_dim(dim) for dim in node.type.shape):
+        _fail(graph, node, f"{node.op} has an invalid shape {node.type.shape} (sizes are ints >= 0 "
+                           f"or symbols)")
 
-    bound = set()
-    for node in graph.inputs.values():
-        bound |= {d.factors[0] for d in node.shape if getattr(d, "factors", ()) and len(d.factors) == 1}
+
+def _check_symbols(graph: Graph) -> None:
+    # An input binds a symbol where it appears alone (`batch`, `2*batch`); products such as
+    # `batch*seq` are computed from symbols bound elsewhere (as evaluate.bind_symbols reads them).
+    bound = {d.factors[0] for node in graph.inputs.values() for d in node.shape
+             if isinstance(d, Sym) and len(d.factors) == 1}
     for node in graph.nodes:
         free = symbols(node.shape) - bound
         if free:

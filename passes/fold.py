@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from axon.ir import AxonError, Graph, GraphBuilder, Node, OpKind, OPS, rebuild
-from axon.ir.evaluate import EvalContext
+from axon.ir import AxonError, Graph, GraphBuilder, Node, OpKind, TensorType, rebuild
+from axon.ir.evaluate import EvalContext, run_op
 from axon.ir.ops import ELEMENTWISE, TensorAttrs
 from axon.ir.shapes import is_static
 
@@ -70,7 +70,8 @@ class Fold:
                 return b.const(inputs[0].attrs.value, old.dtype, old.shape), "folded to const"
             if old.op in ELEMENTWISE:  # computed on the scalars: the result is uniform, at any size
                 scalars = [replace(i.attrs, shape=()) for i in inputs]
-                value = _evaluate(old, [(K.CONST, a, i.dtype) for a, i in zip(scalars, inputs)])
+                scalar_types = [TensorType(i.dtype, ()) for i in inputs]
+                value = _evaluate(old, [(K.CONST, a, t) for a, t in zip(scalars, scalar_types)])
                 if value is None:
                     return None, "kept: evaluation failed"
                 return b.const(value.item(), old.dtype, old.shape), "folded to const"
@@ -78,7 +79,7 @@ class Fold:
             return None, "kept: symbolic shape"
         if max(math.prod(n.shape) for n in (old, *inputs)) > FOLD_MAX_EVAL_ELEMENTS:
             return None, "kept: too large to evaluate"
-        value = _evaluate(old, [(i.op, i.attrs, i.dtype) for i in inputs])
+        value = _evaluate(old, [(i.op, i.attrs, i.type) for i in inputs])
         if value is None:
             return None, "kept: evaluation failed"
         flat = value.reshape(-1)
@@ -101,12 +102,12 @@ def _is_literal(n: Node) -> bool:
 
 
 def _evaluate(node: Node, literals) -> torch.Tensor | None:
-    """`node` applied to literal operands (op, attrs, dtype), as the reference evaluator computes it
+    """`node` applied to literal operands (op, attrs, type), as the reference evaluator computes it
     (each value held in its own dtype); None if the evaluator refuses."""
     ctx = EvalContext()
     try:
-        args = [ctx.hold(OPS[op].ref(attrs, [], ctx), dtype) for op, attrs, dtype in literals]
-        return ctx.hold(OPS[node.op].ref(node.attrs, args, ctx), node.dtype)
+        args = [run_op(op, attrs, t, [], ctx) for op, attrs, t in literals]
+        return run_op(node.op, node.attrs, node.type, args, ctx)
     except (AxonError, RuntimeError, IndexError):  # e.g. an index out of range: left for run time
         return None
 

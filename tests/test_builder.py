@@ -292,7 +292,45 @@ MISUSE = {
     "bad_input_name": lambda b, x: b.input("2x", F32, (3,)),
     "bad_output_name": lambda b, x: b.output("y z", x),
     "add_of_bools_and_a_scalar_bool": lambda b, x: b.add(b.input("m", BOOL, (3,)), True),
+    # found in review: each used to raise a raw Python exception or build a nonsense node
+    "expand_to_negative_size": lambda b, x: b.expand(x, (-1, 3)),
+    "reshape_minus_two_with_symbol": lambda b, x: b.reshape(b.input("s", F32, (BATCH, 4)), (-2, -1)),
+    "huge_integer_constant": lambda b, x: b.const(10**400, F32),
+    "huge_integer_scalar": lambda b, x: b.add(x, 10**400),
+    "pad_pair_of_one": lambda b, x: b.pad(x, [(1,), (0, 0)]),
+    "ragged_literal": lambda b, x: b.tensor([[1, 2], [3]], F32),
+    "where_on_a_python_bool": lambda b, x: b.where(True, x, 1.0),
+    "relu_of_a_float": lambda b, x: b.relu(3.0),
+    "node_of_another_builder": lambda b, x: b.relu(GraphBuilder().input("x", F32, (3,))),
+    "concat_of_floats": lambda b, x: b.concat([1.0], 0),
+    "concat_axis_out_of_range": lambda b, x: b.concat([x], 99),
+    "float_conv_groups": lambda b, x: b.conv2d(b.input("i", F32, (1, 2, 4, 4)),
+                                               b.param("w", F32, (2, 1, 2, 2)), groups=2.0),
+    "empty_conv_kernel": lambda b, x: b.conv2d(b.input("i", F32, (1, 1, 4, 4)),
+                                               b.param("w", F32, (1, 1, 0, 3))),
+    "symbol_named_like_a_number": lambda b, x: b.input("z", F32, (Sym.of("2"),)),
+    "symbol_named_like_a_product": lambda b, x: b.input("z", F32, (Sym.of("a*b"),)),
 }
+
+
+def test_numpy_integer_axes_are_accepted():
+    import numpy as np
+
+    b, x = builder_with()
+    assert b.sum(x, np.int64(1)).shape == (2,)
+
+
+def test_floor_and_ceil_keep_integers_integer():
+    b, x = builder_with(I64, (3,))
+    b.output("f", b.floor(x))
+    b.output("c", b.ceil(x))
+    out = evaluate(b.build(), {"x": torch.tensor([16777217, -3, 5])})
+    assert out["f"].dtype == torch.int64 and out["f"].tolist() == [16777217, -3, 5]
+    assert out["c"].tolist() == [16777217, -3, 5]
+
+
+def test_symbol_factors_are_kept_sorted():
+    assert Sym(("seq", "batch")) == Sym(("batch", "seq"))
 
 
 @pytest.mark.parametrize("case", MISUSE, ids=str)

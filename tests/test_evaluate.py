@@ -141,3 +141,37 @@ def test_runtime_failures_name_the_node():
     g.output("m", g.max(x, 0))
     with pytest.raises(EvalError, match=r"evaluating %1 = max\(f32\[n, 4\]\) -> f32\[4\]: .*size 0"):
         evaluate(g.build(), {"x": np.zeros((0, 4), np.float32)})
+
+
+def test_float_to_int_cast_truncates_zeroes_nan_and_saturates():
+    """The rule generated kernels must follow too: C leaves all three cases undefined."""
+    b = GraphBuilder()
+    x = b.input("x", DType.F32, (6,))
+    for d in (DType.I8, DType.U8, DType.I32, DType.I64):
+        b.output(str(d), b.cast(x, d))
+    g = b.build()
+    xs = torch.tensor([float("nan"), 300.5, -1.7, -200.0, float("inf"), -float("inf")])
+    out = evaluate(g, {"x": xs})
+    assert out["i8"].tolist() == [0, 127, -1, -128, 127, -128]
+    assert out["u8"].tolist() == [0, 255, 0, 0, 255, 0]
+    assert out["i32"].tolist() == [0, 300, -1, -200, 2**31 - 1, -2**31]
+    assert out["i64"].tolist()[:4] == [0, 300, -1, -200]
+
+
+def test_large_literal_rounds_to_infinity_as_in_torch():
+    b = GraphBuilder()
+    x = b.input("x", DType.F16, (3,))
+    m = b.input("m", DType.BOOL, (3,))
+    b.output("y", b.where(m, x, -1e9))  # the usual attention-mask pattern
+    out = evaluate(b.build(), {"x": torch.ones(3, dtype=torch.float16), "m": torch.tensor([1, 0, 1]).bool()})
+    assert out["y"].tolist() == [1.0, -float("inf"), 1.0]
+
+
+def test_precise_mode_rounds_sources_to_their_dtype():
+    b = GraphBuilder()
+    x = b.input("x", DType.F16, (2,))
+    b.output("iota", b.iota((20,), 0, DType.F8E4M3))
+    b.output("pad", b.pad(x, [(1, 0)], 0.1))
+    out = evaluate(b.build(), {"x": torch.zeros(2, dtype=torch.float16)}, precise=True)
+    assert out["iota"][17].item() == 16.0  # e4m3 holds 16 or 18, not 17: round to even
+    assert out["pad"][0].item() == torch.tensor(0.1, dtype=torch.float16).item()

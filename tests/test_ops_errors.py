@@ -29,7 +29,7 @@ BAD = [  # (id, build(b, x, i, m, s, h), message fragment)
     ("scalars-only", lambda b, x, i, m, s, h: b.add(1, 2.0), "at least one tensor operand"),
     ("const-overflow", lambda b, x, i, m, s, h: b.add(b.cast(i, D.U8), 300), "300 does not fit in u8"),
     ("const-not-int", lambda b, x, i, m, s, h: b.const(1.5, D.I32), "1.5 is not an integer"),
-    ("const-f16-overflow", lambda b, x, i, m, s, h: b.const(1e6, D.F16), "overflows f16"),
+    ("const-f8e4m3-overflow", lambda b, x, i, m, s, h: b.const(1e6, D.F8E4M3), "overflows f8e4m3"),
     ("sum-axis", lambda b, x, i, m, s, h: b.sum(x, 3), "axis 3 is out of range for a tensor of rank 3"),
     ("sum-neg-axis", lambda b, x, i, m, s, h: b.sum(x, -4), "axis -4 is out of range"),
     ("sum-repeated", lambda b, x, i, m, s, h: b.sum(x, (1, -2)), "repeated axis"),
