@@ -24,12 +24,12 @@ from .errors import (ArityError, AxonImportError, AxonNameError, AxonSyntaxError
                      AxonValueError, ShapeError)
 from .parser import parse
 from .program import Program, load_program
-from .train import TrainSpec, check_train, check_train_def
+from .train import TrainSpec, add_loss, check_train, check_train_def
 
 __all__ = [
     "ArityError", "AxonImportError", "AxonNameError", "AxonSyntaxError", "AxonTypeError",
     "AxonValueError", "Program", "ShapeError", "TrainSpec", "ast", "compile_source", "elaborate",
-    "load", "load_program", "parse", "read_axon", "train_spec",
+    "load", "load_program", "parse", "read_axon", "train_spec", "training_graph",
 ]
 
 
@@ -47,6 +47,22 @@ def elaborate(module: ast.Module, model: str | None = None, *, hparams: dict | N
     return Elaborator(program, training=training).model(name, hparams)
 
 
+def training_graph(module: ast.Module, model: str | None = None, *, hparams: dict | None = None,
+                   root: str | Path | None = None) -> tuple[Graph, TrainSpec]:
+    """The model compiled for training (dropout on) with its train block's loss as the output `loss`;
+    labels become inputs typed from the loss function's declaration. Returns the graph and the spec."""
+    program = load_program(module, root)
+    name = _pick_model(program, model)
+    td = program.user.trains.get(name)
+    if td is None:
+        raise AxonNameError(f"model '{name}' has no train block")
+    spec = check_train_def(program, td)
+    el = Elaborator(program, training=True)
+    el.model(name, hparams)
+    add_loss(el, td, spec)
+    return el.b.build(), spec
+
+
 def compile_source(text: str, file: str = "<string>", model: str | None = None, **options) -> Graph:
     """Parse and elaborate source text (see `elaborate` for the options)."""
     return elaborate(parse(text, file), model, **options)
@@ -57,8 +73,12 @@ def read_axon(path: str | Path) -> ast.Module:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AxonImportError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise AxonImportError(f"{p}: is a directory, not an .axon file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise AxonImportError(f"cannot read {p}: {e}") from e
+        raise AxonImportError(f"{p}: cannot read it ({e})") from e
     return parse(text, str(p))
 
 
@@ -81,11 +101,13 @@ def _pick_model(program: Program, model: str | None) -> str:
             raise AxonNameError(f"no model named '{model}' in {program.main.file}",
                                 hint=did_you_mean(model, models) or _listing(models))
         return model
-    if len(models) == 1:
-        return next(iter(models))
-    if not models:
+    own = [m for m in models.values() if m.span.file == program.main.file] or list(models.values())
+    if len(own) == 1:  # the main file's own model, even if imported files define others
+        return own[0].name
+    if not own:
         raise AxonNameError(f"{program.main.file} defines no model")
-    raise AxonNameError(f"{program.main.file} defines several models; choose one", hint=_listing(models))
+    raise AxonNameError(f"{program.main.file} defines several models; choose one",
+                        hint=_listing([m.name for m in own]))
 
 
 def _listing(models) -> str:

@@ -1,0 +1,263 @@
+"""The `train` block, checked into a `TrainSpec` (the training loop that runs it comes with a later issue).
+
+    train MLP {
+        data   = digits(val = 0.2)
+        loss   = cross_entropy(logits, label)
+        optim  = adam(lr = 1e-3, weight_decay = 1e-4)
+        epochs = 30   batch = 64   early_stop(patience = 5)
+    }
+
+Checked now: the model exists; every key is known and given once; `data`, `loss`, `optim` and
+`epochs` are present; numbers are numbers in range; the optimizer and its options are known; the
+loss is a call of a known function whose arguments are names, each a model output or input or a
+label (a name the model does not define, fed from the data set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from axon.ir import AxonError, Node, Span
+from axon.ir.errors import Note, did_you_mean
+
+from . import ast as A
+from .builtins import BUILTINS
+from .elaborator import Elaborator, Frame
+from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
+from .typecheck import ANY_DTYPE, dtype_of, match
+from .values import Scope, describe
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """A configuration call such as `adam(lr = 1e-3)`: its name and constant keyword arguments."""
+
+    name: str
+    kwargs: tuple[tuple[str, object], ...]
+    span: Span
+
+    def get(self, key: str, default=None):
+        return dict(self.kwargs).get(key, default)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    fn: str
+    args: tuple[str, ...]      # names, in call order
+    outputs: tuple[str, ...]   # those that are model outputs
+    labels: tuple[str, ...]    # those the model does not define: fed from the data set
+    span: Span
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str
+    data: CallSpec
+    loss: LossSpec
+    optimizer: CallSpec
+    epochs: int
+    batch: int | None
+    early_stop: CallSpec | None
+    seed: int | None
+    span: Span
+
+
+OPTIMIZERS = {
+    "sgd": ("lr", "momentum", "weight_decay", "nesterov"),
+    "adam": ("lr", "betas", "eps", "weight_decay"),
+    "adamw": ("lr", "betas", "eps", "weight_decay"),
+    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
+}
+EARLY_STOP = ("patience", "min_delta", "metric")
+KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed")
+ALIASES = {"optimizer": "optim"}
+REQUIRED = ("data", "loss", "optim", "epochs")
+
+
+def check_train(program, model: str) -> TrainSpec | None:
+    """The checked train block of `model` in `program`, or None if it has none."""
+    td = program.user.trains.get(model)
+    if td is None:
+        return None
+    return check_train_def(program, td)
+
+
+def check_train_def(program, td: A.TrainDef) -> TrainSpec:
+    models = program.user.models
+    if td.model not in models:
+        raise AxonNameError(f"train block for unknown model '{td.model}'", td.model_span,
+                            hint=did_you_mean(td.model, models))
+    items: dict[str, A.TrainItem] = {}
+    for it in td.items:
+        key = ALIASES.get(it.key, it.key)
+        if key not in KEYS:
+            raise AxonNameError(f"unknown train setting '{it.key}'", it.span,
+                                hint=did_you_mean(it.key, KEYS) or f"known: {', '.join(KEYS)}")
+        if key in items:
+            raise AxonNameError(f"train setting '{it.key}' is given twice", it.span,
+                                notes=[Note("first given here", items[key].span)])
+        items[key] = it
+    for key in REQUIRED:
+        if key not in items:
+            raise ArityError(f"the train block for '{td.model}' needs '{key} = ...'", td.span)
+    optim = _call(items["optim"], "the optimizer")
+    _known_options(optim, OPTIMIZERS, "optimizer")
+    early = _call(items["early_stop"], "early_stop") if "early_stop" in items else None
+    if early is not None:
+        _known_options(early, {"early_stop": EARLY_STOP}, "setting")
+    return TrainSpec(
+        model=td.model, data=_call(items["data"], "the data set"),
+        loss=_loss(program, td, items["loss"]), optimizer=optim,
+        epochs=_count(items["epochs"], "epochs"),
+        batch=_count(items["batch"], "batch") if "batch" in items else None,
+        early_stop=early, seed=_count(items["seed"], "seed", 0) if "seed" in items else None,
+        span=td.span)
+
+
+def _call(it: A.TrainItem, what: str) -> CallSpec:
+    if not isinstance(it.value, A.Call):
+        raise AxonTypeError(f"{what} must be a call such as name(option = value)", it.value.span)
+    call = it.value
+    if call.args:
+        raise ArityError(f"'{call.func}' takes options by name (name = value)", call.args[0].span)
+    return CallSpec(call.func, tuple((k.name, _const(k.value)) for k in call.kwargs), call.span)
+
+
+def _known_options(spec: CallSpec, table: dict, what: str) -> None:
+    if spec.name not in table:
+        raise AxonNameError(f"unknown {what} '{spec.name}'", spec.span,
+                            hint=did_you_mean(spec.name, table) or f"known: {', '.join(table)}")
+    for key, value in spec.kwargs:
+        if key not in table[spec.name]:
+            raise ArityError(f"'{spec.name}' has no option '{key}'", spec.span,
+                             hint=did_you_mean(key, table[spec.name]))
+        if key == "lr" and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+            raise AxonValueError(f"the learning rate must be a positive number, got {value!r}", spec.span)
+
+
+def _count(it: A.TrainItem, what: str, least: int = 1) -> int:
+    v = _const(it.value)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise AxonTypeError(f"'{what}' must be an int, got {v!r}", it.value.span)
+    if v < least:
+        raise AxonValueError(f"'{what}' must be at least {least}, got {v}", it.value.span)
+    return v
+
+
+def _loss(program, td: A.TrainDef, it: A.TrainItem) -> LossSpec:
+    call = it.value
+    if not isinstance(call, A.Call):
+        raise AxonTypeError("the loss must be a call such as cross_entropy(logits, label)", call.span)
+    known = {**BUILTINS, **program.prelude.fns, **program.user.fns}
+    if call.func not in known:
+        raise AxonNameError(f"unknown loss function '{call.func}'", call.func_span,
+                            hint=did_you_mean(call.func, known))
+    args = []
+    for a in list(call.args) + [k.value for k in call.kwargs]:
+        if not isinstance(a, A.Name):
+            raise AxonTypeError("the loss's arguments must be names of model outputs or labels",
+                                a.span)
+        args.append(a.name)
+    outputs, inputs = _declared(program.user.models[td.model])
+    used = tuple(a for a in args if a in outputs)
+    if not used:
+        raise AxonNameError(f"the loss uses no output of '{td.model}'", call.span,
+                            hint=f"outputs: {', '.join(outputs) or 'none'}")
+    labels = tuple(a for a in args if a not in outputs and a not in inputs)
+    return LossSpec(call.func, tuple(args), used, labels, call.span)
+
+
+def _declared(model: A.ModelDef) -> tuple[list[str], list[str]]:
+    """The names of a model's outputs and inputs, wherever they sit in its body."""
+    outputs, inputs, todo = [], [], list(model.body)
+    while todo:
+        st = todo.pop()
+        if isinstance(st, A.Output):
+            outputs.append(st.name)
+        elif isinstance(st, A.InputDecl):
+            inputs.append(st.name)
+        elif isinstance(st, A.For):
+            todo.extend(st.body)
+        elif isinstance(st, A.If):
+            todo.extend(st.then + st.orelse)
+    return outputs, inputs
+
+
+def _const(e):
+    """A constant option value: a number, string, bool, or a list of them."""
+    if isinstance(e, (A.Num, A.Str, A.Bool)):
+        return e.value
+    if isinstance(e, A.Unary) and e.op == "-" and isinstance(e.operand, A.Num):
+        return -e.operand.value
+    if isinstance(e, A.ListLit):
+        return tuple(_const(i) for i in e.items)
+    raise AxonTypeError("an option's value must be a constant (number, string, bool or list)", e.span)
+
+
+# --- the loss, in the model's graph ------------------------------------------------------------------
+LOSS_OUTPUT = "loss"
+
+
+def add_loss(el: Elaborator, td: A.TrainDef, spec: TrainSpec) -> None:
+    """Append the train block's loss to the graph of `el` (an `Elaborator` that has just run the
+    model): each label becomes an input typed from the loss function's declaration (`labels: i64[*lead]`
+    after `logits: f32[*lead, classes]`), and the scalar loss becomes the output `loss`."""
+    call = next(it.value for it in td.items if ALIASES.get(it.key, it.key) == "loss")
+    model = el.frames[0]
+    if LOSS_OUTPUT in el.output_names:
+        raise AxonNameError(f"the model already has an output named '{LOSS_OUTPUT}'", spec.span)
+    fn = el.visible(model).get(call.func)
+    if not isinstance(fn, A.FnDef):
+        raise AxonTypeError(f"the loss must call an Axon function, not the built-in '{call.func}'",
+                            call.func_span)
+    for label in spec.loss.labels:
+        param, arg = _param_for(fn, call, label)
+        dims = _label_dims(el, fn, call, param)
+        if dims is None or param.type.name in ANY_DTYPE:
+            raise AxonTypeError(f"cannot tell the type of the label '{label}' from '{call.func}'",
+                                arg.span, hint=f"declare it in the model: input {label}: <dtype>[...]")
+        model.vars[label] = el.b.input(label, dtype_of(param.type), dims)
+    loss = el.eval(call)
+    if not isinstance(loss, Node) or loss.shape != ():
+        raise AxonTypeError(f"the loss must be a scalar tensor, got {describe(loss)}", call.span)
+    el.b.output(LOSS_OUTPUT, loss)
+
+
+def _param_for(fn: A.FnDef, call: A.Call, label: str) -> tuple[A.Param | None, A.Expr]:
+    for p, a in zip(fn.params, call.args):
+        if isinstance(a, A.Name) and a.name == label:
+            return p, a
+    k = next(k for k in call.kwargs if isinstance(k.value, A.Name) and k.value.name == label)
+    return next((p for p in fn.params if p.name == k.name), None), k
+
+
+def _label_dims(el: Elaborator, fn: A.FnDef, call: A.Call, param: A.Param | None) -> tuple | None:
+    """The label's shape: match the other arguments against their declared types in a scratch frame,
+    then read the label's pattern with the sizes they bound. None when a size stays unknown."""
+    if param is None or param.type is None or param.type.dims is None:
+        return None
+    model = el.frames[0]
+    args = [(p.name, a) for p, a in zip(fn.params, call.args)] + [(k.name, k.value) for k in call.kwargs]
+    known = {name: model.vars[a.name] for name, a in args
+             if isinstance(a, A.Name) and a.name in model.vars}
+    scratch = Frame(fn.name, call.span, Scope(None), False, True)
+    el.frames.append(scratch)
+    try:
+        for p in fn.params:
+            if p.name in known and p.type is not None:
+                match(el, known[p.name], p.type, p.name)
+        dims: list = []
+        for d in param.type.dims:
+            if isinstance(d, A.DimRest):
+                bound = scratch.vars.get(d.name) if d.name else None
+                if not isinstance(bound, tuple):
+                    return None
+                dims.extend(bound)
+            elif isinstance(d, A.Name) and d.name not in scratch.vars:
+                return None
+            else:
+                dims.append(el.eval(d))
+        return tuple(dims)
+    except AxonError:
+        return None  # the real call reports the mismatch, where it is
+    finally:
+        el.frames.pop()

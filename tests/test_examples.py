@@ -1,0 +1,161 @@
+"""Every example compiles, and its graph, run by the reference evaluator, matches a PyTorch twin written
+by hand with the same parameter tensors (copied by name). Shapes are irregular on purpose (batch 5,
+sequence 7)."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from axon.frontend import load, read_axon, train_spec
+from axon.ir import evaluate, verify
+from axon.ir.init import init_params as ir_init_params
+from axon.ir.text import parse_graph, print_graph
+from axon.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline
+from numerics import assert_close
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NAMES = ["perceptron", "mlp", "cnn", "lstm", "gpt", "gan"]
+
+
+def init_params(graph, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """Deterministic parameters by name (any init will do: both sides get the same tensors)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(tuple(node.shape), generator=gen) * scale
+            for name, node in graph.params.items()}
+
+
+def run(name: str, inputs: dict, scale: float = 0.5):
+    g = load(EXAMPLES / f"{name}.axon")
+    verify(g)
+    p = init_params(g, scale=scale)
+    return evaluate(g, inputs, p), p
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_checks_clean(name):
+    g = load(EXAMPLES / f"{name}.axon")
+    verify(g)
+    assert g.outputs
+    spec = train_spec(read_axon(EXAMPLES / f"{name}.axon"))
+    assert spec is None or spec.model == g.name
+    values = ir_init_params(g, seed=0)  # every declared initializer is one the IR can draw
+    assert values.keys() == g.params.keys() and all(torch.isfinite(v).all() for v in values.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_example_graph_prints_parses_back_and_survives_the_clean_up_pipeline(name):
+    g = load(EXAMPLES / f"{name}.axon")
+    text = print_graph(g)
+    assert print_graph(parse_graph(text, file=name)) == text
+    opt = PassManager(parse_pipeline(DEFAULT_PIPELINE), verify=True).run(g)
+    p = init_params(g)
+    gen = torch.Generator().manual_seed(3)
+    inputs = {}
+    for n, node in g.inputs.items():
+        shape = tuple(d if isinstance(d, int) else 5 for d in node.shape)
+        inputs[n] = (torch.randint(0, 8, shape, generator=gen) if node.dtype.is_int
+                     else torch.randn(shape, generator=gen))
+    before = evaluate(g, inputs, p)
+    after = evaluate(opt, inputs, {k: v for k, v in p.items() if k in opt.params})
+    for out in g.outputs:
+        assert_close(after[out], before[out], what=out)
+
+
+def test_perceptron(gen):
+    x = torch.randn(5, 2, generator=gen)
+    out, p = run("perceptron", {"x": x})
+    assert_close(out["logit"], x @ p["logit.w"] + p["logit.b"])
+
+
+def test_mlp(gen):
+    x = torch.randn(5, 64, generator=gen)
+    out, p = run("mlp", {"x": x})
+    h = torch.relu(x @ p["h.w"] + p["h.b"])  # dropout is the identity outside training
+    assert_close(out["logits"], h @ p["logits.w"] + p["logits.b"])
+
+
+def test_cnn(gen):
+    x = torch.randn(5, 1, 8, 8, generator=gen)
+    out, p = run("cnn", {"image": x})
+    h = F.max_pool2d(torch.relu(F.conv2d(x, p["c1.w"], p["c1.b"], padding=1)), 2)
+    h = F.avg_pool2d(torch.relu(F.conv2d(h, p["c2.w"], p["c2.b"], padding=1)), 2)
+    h = torch.relu(h.flatten(1) @ p["h.w"] + p["h.b"])
+    assert_close(out["logits"], h @ p["logits.w"] + p["logits.b"])
+
+
+def test_lstm_against_torch_lstm(gen):
+    x = torch.randn(5, 12, 4, generator=gen)
+    out, p = run("lstm", {"x": x}, scale=0.3)
+    lstm = torch.nn.LSTM(4, 16, batch_first=True)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(p["hs.cell.wi"].T)
+        lstm.weight_hh_l0.copy_(p["hs.cell.wh"].T)
+        lstm.bias_ih_l0.copy_(p["hs.cell.bi"])
+        lstm.bias_hh_l0.copy_(p["hs.cell.bh"])
+        hs, _ = lstm(x)
+    assert_close(out["logits"], hs[:, -1] @ p["logits.w"] + p["logits.b"])
+
+
+def _layernorm(x, p, name):
+    return F.layer_norm(x, x.shape[-1:], p[f"{name}.w"], p[f"{name}.b"], eps=1e-5)
+
+
+def test_gpt(gen):
+    tokens = torch.randint(0, 65, (5, 7), generator=gen)
+    out, p = run("gpt", {"tokens": tokens}, scale=0.3)
+    b, t, d, heads = 5, 7, 32, 4
+    h = F.embedding(tokens, p["tok.w"]) + p["pos.w"][:t]
+    for i in range(2):
+        blk = f"block.{i}"
+        a_in = _layernorm(h, p, f"{blk}.ln1")
+        q, k, v = ((a_in @ p[f"{blk}.attn.{w}"]).reshape(b, t, heads, d // heads).transpose(1, 2)
+                   for w in ("wq", "wk", "wv"))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + att.transpose(1, 2).reshape(b, t, d) @ p[f"{blk}.attn.wo"]
+        m = F.gelu(_layernorm(h, p, f"{blk}.ln2") @ p[f"{blk}.up.w"] + p[f"{blk}.up.b"])
+        h = h + m @ p[f"{blk}.down.w"] + p[f"{blk}.down.b"]
+    ref = _layernorm(h, p, "hn") @ p["logits.w"]
+    assert_close(out["logits"], ref, tol=1e-4)
+
+
+def test_gan_shares_the_discriminator(gen):
+    z, real = torch.randn(5, 16, generator=gen), torch.randn(5, 64, generator=gen)
+    out, p = run("gan", {"z": z, "real": real})
+
+    def lin(x, name):
+        return x @ p[f"{name}.w"] + p[f"{name}.b"]
+
+    h = F.leaky_relu(lin(z, "gen.h1"), 0.2)
+    h = F.leaky_relu(lin(h, "gen.h2"), 0.2)
+    fake = torch.tanh(lin(h, "gen.linear"))
+
+    def disc(x):
+        return lin(F.leaky_relu(lin(x, "disc.h1"), 0.2), "disc.linear")
+
+    assert_close(out["sample"], fake)
+    assert_close(out["fake_score"], disc(fake))
+    assert_close(out["real_score"], disc(real))
+    assert not any(n.startswith("disc_") for n in p), "the two discriminator calls share weights"
+
+
+def test_training_graphs_add_typed_labels_and_a_scalar_loss(gen):
+    from axon.frontend import training_graph
+
+    g, spec = training_graph(read_axon(EXAMPLES / "cnn.axon"))
+    assert str(g.inputs["label"].type) == "i64[batch]" and str(g.outputs["loss"].type) == "f32[]"
+    p = init_params(g)
+    x, y = torch.randn(5, 1, 8, 8, generator=gen), torch.randint(0, 10, (5,), generator=gen)
+    out = evaluate(g, {"image": x, "label": y}, p)
+    assert_close(out["loss"], F.cross_entropy(out["logits"], y))
+
+    g, spec = training_graph(read_axon(EXAMPLES / "gpt.axon"))
+    assert str(g.inputs["next_tokens"].type) == "i64[batch, seq]"
+    tokens, targets = (torch.randint(0, 65, (3, 6), generator=gen) for _ in range(2))
+    out = evaluate(g, {"tokens": tokens, "next_tokens": targets}, init_params(g, scale=0.3))
+    assert_close(out["loss"], F.cross_entropy(out["logits"].reshape(-1, 65), targets.reshape(-1)))
+
+    g, spec = training_graph(read_axon(EXAMPLES / "perceptron.axon"))
+    x, t = torch.randn(5, 2, generator=gen), torch.rand(5, 1, generator=gen)
+    out = evaluate(g, {"x": x, "label": t}, init_params(g))
+    assert_close(out["loss"], F.binary_cross_entropy_with_logits(out["logit"], t))
