@@ -1,10 +1,10 @@
-"""The compiler driver: the named stages from source text to optimized graph, in one straight line.
+"""The compiler driver: the named stages from a source file to an optimized graph, in one straight line.
 
-    parse     text (.axir IR text, or .axon once the language lands) -> ir.Graph
-    verify    check every invariant of the parsed graph
-    passes    the pass pipeline (default: fold, simplify, cse, dce), each pass a stage of its own
+    ast       an `.axon` file parsed into the typed AST (frontend)
+    ir        the graph: elaborated from `.axon`, or parsed from `.axir` IR text; verified
+    <pass>    each pass of the pipeline (default: fold, simplify, cse, dce) is a stage of its own
 
->>> g = load_graph("examples/mlp.axir")                              # doctest: +SKIP
+>>> g = load_graph("examples/mlp.axon")                              # doctest: +SKIP
 >>> g, report = optimize(g, "fold,simplify,cse,dce", verify=True)    # doctest: +SKIP
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ from axon.ir import AxonError, Graph, verify
 from axon.ir.text import parse_graph
 from axon.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline
 
-STAGES = ("parse", "verify", "passes")
-IR_SUFFIX = ".axir"
+STAGES = ("ast", "ir")  # then the passes, by name
+IR_SUFFIX, AXON_SUFFIX = ".axir", ".axon"
 
 
 class InputError(AxonError):
-    """A file that cannot be read or is of an unknown kind."""
+    """A file that cannot be read, or is of a kind the command does not take."""
 
 
 def read_source(path: str | Path) -> str:
@@ -39,13 +39,39 @@ def read_source(path: str | Path) -> str:
         raise InputError(f"{p}: not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x})") from e
 
 
-def load_graph(path: str | Path) -> Graph:
-    """Parse and verify a graph from a file (`.axir` IR text)."""
+def _kind(path: Path) -> str:
+    if path.suffix not in (IR_SUFFIX, AXON_SUFFIX):
+        raise InputError(f"{path}: expected an Axon model ({AXON_SUFFIX}) or IR text ({IR_SUFFIX})")
+    return path.suffix
+
+
+def load_ast(path: str | Path):
+    """The typed AST of an `.axon` file."""
+    from axon.frontend import parse
+
     p = Path(path)
-    if p.suffix != IR_SUFFIX:
-        raise InputError(f"{p}: expected an IR text file ({IR_SUFFIX}); the .axon language is not "
-                         f"supported by this command yet")
-    return verify(parse_graph(read_source(p), file=str(p)))
+    if _kind(p) != AXON_SUFFIX:
+        raise InputError(f"{p}: only .axon files have an AST")
+    return parse(read_source(p), str(p))
+
+
+def load_graph(path: str | Path, model: str | None = None, *, hparams: dict | None = None,
+               training: bool = False, loss: bool = False) -> Graph:
+    """The verified graph of a file: an `.axon` model (elaborated; `loss` adds the train block's loss as
+    output `loss`, with labels as inputs) or `.axir` IR text."""
+    p = Path(path)
+    if _kind(p) == IR_SUFFIX:
+        if model or hparams or training or loss:
+            raise InputError(f"{p}: --model, --set, --training and --loss apply to .axon files")
+        return verify(parse_graph(read_source(p), file=str(p)))
+    from axon.frontend import elaborate, training_graph
+
+    module = load_ast(p)
+    if loss:
+        graph, _spec = training_graph(module, model, hparams=hparams)
+    else:
+        graph = elaborate(module, model, hparams=hparams, training=training)
+    return verify(graph)
 
 
 def optimize(graph: Graph, pipeline: str = DEFAULT_PIPELINE, *, verify: bool = True,

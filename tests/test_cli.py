@@ -7,7 +7,8 @@ import pytest
 
 from axon.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mlp.axir"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE = EXAMPLES / "mlp.axir"
 
 
 def run(capsys, *argv):
@@ -23,7 +24,7 @@ def test_check_example(capsys):
 
 
 def test_show_runs_pipeline_and_shrinks_the_graph(capsys):
-    _, before, _ = run(capsys, "show", EXAMPLE, "--stage", "parse")
+    _, before, _ = run(capsys, "show", EXAMPLE, "--stage", "ir")
     code, after, err = run(capsys, "show", EXAMPLE, "--time")
     assert code == 0, err
     assert before.startswith("graph ") and after.count("\n  %") < before.count("\n  %")
@@ -79,3 +80,38 @@ def test_unknown_pass_has_a_hint(capsys):
 def test_installed_entry_point():
     out = subprocess.run([sys.executable, "-m", "axon.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "check" in out.stdout and "show" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["perceptron", "mlp", "cnn", "lstm", "gpt", "gan"])
+def test_every_example_model_checks_clean(capsys, name):
+    code, out, err = run(capsys, "check", EXAMPLES / f"{name}.axon")
+    assert code == 0, err
+    assert "ok (" in out
+
+
+def test_show_axon_stages_params_and_loss(capsys):
+    code, out, err = run(capsys, "show", EXAMPLES / "mlp.axon", "--stage", "ast")
+    assert code == 0, err
+    assert out.startswith("Module file=") and "ModelDef name='MLP' @3:1" in out
+    code, out, err = run(capsys, "show", EXAMPLES / "mlp.axon", "--set", "hidden=32", "--loss")
+    assert code == 0, err
+    assert "param %h.w: f32[64, 32]" in out and "output %loss" in out
+    code, out, err = run(capsys, "show", EXAMPLES / "gan.axon", "--params")
+    assert code == 0, err
+    first = out.splitlines()[0].split()
+    assert first[:3] == ["gen.h1.w", "f32[16,", "32]"] and first[3] == "512"
+    assert out.splitlines()[-1].endswith("values") and "parameters" in out.splitlines()[-1]
+
+
+def test_axon_errors_are_located_without_traceback(capsys, tmp_path):
+    bad = tmp_path / "bad.axon"
+    bad.write_text("model M {\n  input x: f32[b, 8]\n  output y = lineer(x, 3)\n}\n")
+    for argv in (["check", bad], ["check", tmp_path / "missing.axon"],
+                 ["check", EXAMPLES / "mlp.axon", "--set", "h"], ["check", tmp_path / "x.txt"],
+                 ["show", EXAMPLE, "--stage", "ast"], ["check", EXAMPLE, "--model", "M"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1
+        assert "error: " in err and "Traceback" not in err
+    _, _, err = run(capsys, "check", bad)
+    assert err.startswith(f"{bad}:3:14: error: unknown function 'lineer'")
+    assert "^^^^^^" in err
