@@ -14,6 +14,9 @@ import difflib
 from dataclasses import dataclass
 
 
+SHOWN_LINE = 120  # characters of a long source line shown around the caret
+
+
 @dataclass(frozen=True)
 class Span:
     """A place in a source text. Lines and columns count from 1; `end_col` is exclusive."""
@@ -28,12 +31,18 @@ class Span:
     def caret(self) -> str:
         if self.source_line is None:
             return ""
-        text = self.source_line.rstrip("\n").expandtabs(1)
-        width = 1
+        text = self.source_line.rstrip("\r\n").expandtabs(1)
+        col, width = self.col, 1
         if self.end_col is not None and (self.end_line in (None, self.line)):
             width = max(1, self.end_col - self.col)
-        width = max(1, min(width, len(text) - self.col + 1))
-        return f"    {text}\n    {' ' * (self.col - 1)}{'^' * width}"
+        if len(text) > SHOWN_LINE:  # a window around the caret, not a megabyte of source
+            start = max(0, min(col - 1 - SHOWN_LINE // 4, len(text) - SHOWN_LINE))
+            shown = text[start:start + SHOWN_LINE]
+            lead, tail = ("..." if start else ""), ("..." if start + SHOWN_LINE < len(text) else "")
+            text, col = lead + shown + tail, col - start + len(lead)
+            width = min(width, len(lead) + len(shown) - col + 1)
+        width = max(1, min(width, len(text) - col + 1))
+        return f"    {text}\n    {' ' * (col - 1)}{'^' * width}"
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
