@@ -24,7 +24,14 @@ class InputError(AxonError):
 
 
 def read_source(path: str | Path) -> str:
+    from axon.frontend.program import MAX_SOURCE_BYTES
+
     p = Path(path)
+    if p.exists() and not p.is_file():  # a FIFO or a device could block forever
+        raise InputError(f"{p}: not a regular file")
+    if p.exists() and p.stat().st_size > MAX_SOURCE_BYTES:
+        raise InputError(f"{p}: {p.stat().st_size:,} bytes, more than the {MAX_SOURCE_BYTES:,} a "
+                         f"source file may have")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

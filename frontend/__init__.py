@@ -23,7 +23,7 @@ from .elaborator import Elaborator
 from .errors import (ArityError, AxonImportError, AxonNameError, AxonSyntaxError, AxonTypeError,
                      AxonValueError, ShapeError)
 from .parser import parse
-from .program import Program, load_program
+from .program import Program, load_program, read_source
 from .train import TrainSpec, add_loss, check_train, check_train_def
 
 __all__ = [
@@ -72,7 +72,7 @@ def read_axon(path: str | Path) -> ast.Module:
     """Parse a `.axon` file (a missing or unreadable file is an `AxonImportError`)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_source(p)
     except FileNotFoundError:
         raise AxonImportError(f"{p}: no such file") from None
     except IsADirectoryError:

@@ -17,7 +17,7 @@ from axon.ir import DType, GraphBuilder, Node
 from axon.ir.ops import OpKind
 
 from .errors import AxonTypeError, AxonValueError
-from .values import check_int, describe, dim_product, is_dim, kind_of, shape_of
+from .values import MAX_LIST, check_int, describe, dim_product, is_dim, kind_of, shape_of
 
 K = OpKind
 
@@ -348,8 +348,9 @@ def range_(ctx, start, stop):
     """`range(n)` is [0, 1, ..., n-1]; `range(a, b)` is [a, ..., b-1] (for lists of axes)."""
     lo, hi = (0, start) if stop is None else (start, stop)
     lo, hi = as_int(lo, "start"), as_int(hi, "stop")
-    if hi - lo > 1_000_000:
-        raise AxonValueError(f"range({lo}, {hi}) is too long for a compile-time list")
+    if hi - lo > MAX_LIST:
+        raise AxonValueError(f"range({lo}, {hi}) is longer than {MAX_LIST:,}, too long for a "
+                             f"compile-time list")
     return tuple(range(lo, hi))
 
 

@@ -17,6 +17,7 @@ nest on the Python stack, at most `MAX_CALL_DEPTH` deep.
 from __future__ import annotations
 
 import math
+import re
 
 from axon.ir import AxonError, DType, Graph, GraphBuilder, Node, Span, Sym
 from axon.ir.errors import Note, did_you_mean
@@ -29,7 +30,7 @@ from .errors import (ArityError, AxonNameError, AxonSyntaxError, AxonTypeError, 
 from .operators import apply_binary, apply_index, apply_unary
 from .program import PRELUDE_PATH, Program
 from .report import is_placed, place
-from .values import Scope, describe, format_dims, kind_of
+from .values import INT_LIMIT, Scope, describe, format_dims, kind_of, show
 
 # Nesting bounds that keep elaboration (which recurses once per call and per block) far from Python's
 # recursion limit: about 6 frames per call and 3 per block.
@@ -39,8 +40,15 @@ MAX_BLOCK_DEPTH = 100  # blocks (loop and if bodies, function bodies) open at on
 # executed and calls made, and the nodes made. A 1,000-step LSTM takes about 19,000 of each.
 MAX_STEPS = 250_000
 MAX_NODES = 100_000
+# The elements of all compile-time lists made (by `+`, `*`, slicing, list literals, `range`, ...): a
+# loop that rebuilds a long list (`repeat 100000 { s = s + [1] }`) is quadratic work in few steps.
+MAX_LIST_WORK = 20_000_000
+# Elements of one parameter (8 GiB of f32): a size typed with a few zeros too many is caught at the
+# call that makes the parameter, not when memory runs out.
+MAX_PARAM_ELEMENTS = 2**31
 _PRELUDE = str(PRELUDE_PATH)
 
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # `{name}` in an assert message
 CONSTANTS = {"inf": math.inf, "nan": math.nan, "pi": math.pi, **{d.value: d for d in DType}}
 
 class _Returned:
@@ -62,7 +70,8 @@ class Frame:
         self.vars: dict[str, object] = {}
         self.is_model = is_model
         self.prelude = prelude
-        self.stmt_scope: tuple[str, bool] | None = None  # (name, explicit) for calls in this statement
+        # (name, explicit, where it was chosen) for the calls in this statement
+        self.stmt_scope: tuple[str, bool, Span] | None = None
         self.declared: dict[str, A.ParamDecl] = {}  # parameter declarations run in this frame
 
 
@@ -75,6 +84,7 @@ class Elaborator:
         self.frames: list[Frame] = []
         self.b: GraphBuilder | None = None
         self.steps = 0
+        self.list_work = 0
         self.depth = 0
         self._stream = 0
         self._outputs: set[str] = set()
@@ -96,6 +106,10 @@ class Elaborator:
         for p in model.params:
             if p.name in given:
                 value = given[p.name]
+                if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+                    shown = value if value.bit_length() < 200 else f"a {value.bit_length()}-bit integer"
+                    raise AxonValueError(f"hyper-parameter '{p.name}' is set to {shown}, which does "
+                                         f"not fit in 64 bits", p.span)
             elif p.default is not None:
                 value = self.eval(p.default)
             else:
@@ -165,7 +179,7 @@ class Elaborator:
         return None
 
     def stmt_Assign(self, st: A.Assign, frame: Frame):
-        frame.stmt_scope = self._scope_name(st.scope, st.targets[0])
+        frame.stmt_scope = self._scope_name(st.scope, st.targets[0], st.span)
         value = self.eval(st.value)
         if len(st.targets) == 1:
             frame.vars[st.targets[0]] = value
@@ -179,13 +193,13 @@ class Elaborator:
         if frame.is_model:
             raise AxonSyntaxError("a model has outputs, not a return value; use 'output name = ...'",
                                   st.span)
-        frame.stmt_scope = self._scope_name(st.scope, None)
+        frame.stmt_scope = self._scope_name(st.scope, None, st.span)
         return _Returned(self.eval(st.value))
 
     def stmt_Output(self, st: A.Output, frame: Frame):
         if not frame.is_model:
             raise AxonSyntaxError("'output' belongs in a model; a function returns its result", st.span)
-        frame.stmt_scope = self._scope_name(st.scope, st.name)
+        frame.stmt_scope = self._scope_name(st.scope, st.name, st.span)
         if st.value is None:
             value = self._lookup(st.name, st.span, frame)
         else:
@@ -221,7 +235,12 @@ class Elaborator:
         dtype = T.dtype_of(st.type)
         dims = [self._checked(lambda d=d: T.param_dim(self, d), d.span) for d in st.type.dims or ()]
         init = self._checked(lambda: T.initializer(self, st.init), st.init.span)
+        self._claim_scopes()
         name = frame.scope.qualify(st.name)
+        if math.prod(dims) > MAX_PARAM_ELEMENTS:
+            raise AxonValueError(f"parameter '{name}' would hold {math.prod(dims):,} elements "
+                                 f"({dtype}{format_dims(dims)}); at most {MAX_PARAM_ELEMENTS:,} are "
+                                 f"allowed", st.span, hint="is a size too large?")
         existing = self.b.lookup(name)
         if existing is not None:
             if existing.type.dtype != dtype or existing.shape != tuple(dims):
@@ -263,8 +282,14 @@ class Elaborator:
             raise self.locate(AxonTypeError(f"an assert needs a bool known at compile time, got "
                                             f"{describe(cond)}"), st.cond.span)
         if not cond:
-            raise self.locate(AxonValueError(st.message or "assertion failed"), st.span)
+            message = _FIELD.sub(lambda m: self._field(m, frame), st.message or "assertion failed")
+            raise self.locate(AxonValueError(message), st.span)
         return None
+
+    def _field(self, m: re.Match, frame: Frame) -> str:
+        """`{name}` in an assert message: the variable's value (`got {k}` reads `got 0`)."""
+        name = m.group(1)
+        return show(frame.vars[name]) if name in frame.vars else m.group(0)
 
     # --- expressions: post-order with an explicit stack ----------------------------------------------
     def eval(self, expr):
@@ -296,16 +321,24 @@ class Elaborator:
         if isinstance(e, (A.Num, A.Bool, A.Str)):
             return e.value
         if isinstance(e, A.Binary):
-            return apply_binary(self.b, e.op, args[0], args[1])
-        if isinstance(e, A.Unary):
-            return apply_unary(self.b, e.op, args[0])
-        if isinstance(e, A.ListLit):
-            return tuple(args)
-        if isinstance(e, A.Index):
-            return apply_index(self.b, args[0], e.items, args[1:])
-        if isinstance(e, A.Call):
-            return self.call(e, args[:len(e.args)], args[len(e.args):])
-        raise AssertionError(f"unknown expression {type(e).__name__}")
+            out = apply_binary(self.b, e.op, args[0], args[1])
+        elif isinstance(e, A.Unary):
+            out = apply_unary(self.b, e.op, args[0])
+        elif isinstance(e, A.ListLit):
+            out = tuple(args)
+        elif isinstance(e, A.Index):
+            out = apply_index(self.b, args[0], e.items, args[1:])
+        elif isinstance(e, A.Call):
+            out = self.call(e, args[:len(e.args)], args[len(e.args):])
+        else:
+            raise AssertionError(f"unknown expression {type(e).__name__}")
+        if isinstance(out, tuple):  # a new list: its length is work done
+            self.list_work += len(out)
+            if self.list_work > MAX_LIST_WORK:
+                raise self.locate(AxonValueError(f"the program builds more than {MAX_LIST_WORK:,} "
+                                                 f"list elements; is a loop rebuilding a long list?"),
+                                  e.span)
+        return out
 
     def _lookup(self, name: str, span: Span, frame: Frame):
         if name in frame.vars:
@@ -384,8 +417,8 @@ class Elaborator:
         defaults = {p.name: None for p in fn.params if p.default is not None}
         bound = self.bind(e, fn.name, names, defaults, args, kwargs)
         given = {name for name, _v, _s in kwargs} | set(names[:len(args)])
-        base, explicit = caller.stmt_scope or (fn.name, False)
-        frame = Frame(fn.name, e.span, Scope(caller.scope, base or fn.name, explicit), False,
+        base, explicit, where = caller.stmt_scope or (fn.name, False, e.span)
+        frame = Frame(fn.name, e.span, Scope(caller.scope, base or fn.name, explicit, where), False,
                       fn.span.file == _PRELUDE)
         self.frames.append(frame)
         try:
@@ -412,8 +445,8 @@ class Elaborator:
             if p.type is not None:
                 value = T.match(self, value, p.type, f"argument '{p.name}' of '{fn.name}'")
             if p.name in frame.vars and frame.vars[p.name] != value:  # also a size in a type
-                raise ShapeError(f"argument '{p.name}' of '{fn.name}' is {value}, but the shapes of "
-                                 f"the other arguments make it {frame.vars[p.name]}")
+                raise ShapeError(f"argument '{p.name}' of '{fn.name}' is {show(value)}, but the shapes "
+                                 f"of the other arguments make it {show(frame.vars[p.name])}")
         except AxonError as err:
             if is_placed(err):
                 raise
@@ -423,16 +456,25 @@ class Elaborator:
         return value
 
     # --- helpers ------------------------------------------------------------------------------------
-    def _scope_name(self, scope: A.ScopeName | None, default: str | None):
+    def _scope_name(self, scope: A.ScopeName | None, default: str | None, span: Span):
         if scope is None:
-            return (default, False) if default else None
+            return (default, False, span) if default else None
         parts = [scope.name]
         for ix in scope.indices:
             v = self.eval(ix)
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise AxonTypeError(f"a name index must be an int, got {describe(v)}", ix.span)
             parts.append(str(v))
-        return (".".join(parts), True)
+        return (".".join(parts), True, scope.span)
+
+    def _claim_scopes(self) -> None:
+        """Claim the scope names of the active calls, outermost first, so that a clash of names (see
+        `Scope`) is reported in the code that chose the name, seen from its callers."""
+        for i, f in enumerate(self.frames):
+            try:
+                f.scope.path()
+            except AxonNameError as err:
+                raise place(err, err.span, self.frames[:i]) from None
 
     def _bound(self, expr) -> int:
         v = self.eval(expr)

@@ -13,7 +13,7 @@ from axon.ir.ops import OpKind
 
 from . import ast as A
 from .errors import AxonTypeError, AxonValueError, ShapeError
-from .values import check_int, describe, dim_floordiv, is_dim
+from .values import MAX_LIST, check_int, describe, dim_floordiv, is_dim, size_mul
 
 K = OpKind
 _TENSOR_OPS = {
@@ -40,10 +40,13 @@ def apply_binary(b: GraphBuilder, op: str, x, y):
             isinstance(x, (int, float)) and isinstance(y, (int, float)))
         return (same and x == y) == (op == "==")
     if isinstance(x, tuple) and isinstance(y, tuple) and op == "+":
+        if len(x) + len(y) > MAX_LIST:
+            raise AxonValueError(f"joining lists of {len(x)} and {len(y)} values gives more than "
+                                 f"{MAX_LIST:,}")
         return x + y
     if isinstance(x, tuple) and op == "*" and isinstance(y, int) and not isinstance(y, bool):
-        if len(x) * y > 1_000_000:
-            raise AxonValueError(f"a list of {len(x)} repeated {y} times is too long")
+        if len(x) * y > MAX_LIST:
+            raise AxonValueError(f"a list of {len(x)} repeated {y} times is longer than {MAX_LIST:,}")
         return x * max(y, 0)
     if isinstance(x, Sym) or isinstance(y, Sym):
         return _size_binary(op, x, y)
@@ -74,9 +77,7 @@ def _size_binary(op: str, x, y):
     if not (is_dim(x) and is_dim(y)):
         raise AxonTypeError(f"'{op}' of the size {x if isinstance(x, Sym) else y} and {describe(y)}")
     if op == "*":
-        from axon.ir.shapes import dim_mul
-
-        return dim_mul(x, y)
+        return size_mul(x, y)
     if op == "//":
         return dim_floordiv(x, y)
     if op in ("+", "-") and isinstance(x, Sym) and isinstance(y, Sym) and x.factors == y.factors:

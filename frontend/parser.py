@@ -12,6 +12,7 @@ parenthesized expression parses as well as a flat one.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -21,7 +22,8 @@ from lark.lexer import PatternStr
 from axon.ir import AxonError, Span
 
 from . import ast as A
-from .errors import AxonSyntaxError
+from .errors import AxonSyntaxError, AxonValueError
+from .values import INT_LIMIT
 
 _GRAMMAR = Path(__file__).with_name("axon.lark")
 
@@ -49,13 +51,23 @@ def _lark() -> Lark:
 def parse(text: str, file: str = "<string>") -> A.Module:
     """Parse Axon source text into a `Module` (raises `AxonSyntaxError` with a located message)."""
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the program
-    lines = text.splitlines()
+    lines = source_lines(text)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(e, file, lines) from None
     items = AstBuilder(file, lines).transform(tree)
     return A.Module(file, tuple(items), text)
+
+
+def source_lines(text: str) -> list[str]:
+    """The lines as the lexer counts them: split at newlines only (`str.splitlines` also splits at form
+    feeds, U+2028 and lone carriage returns, which would shift every later line), without the `\r` of
+    a CRLF ending or the empty line after a final newline."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 @v_args(meta=True)
@@ -220,10 +232,19 @@ class AstBuilder(Transformer):
         return A.Name(self.span(meta), str(ch[0]))
 
     def int_lit(self, meta, ch):
-        return A.Num(self.span(meta), int(ch[0]))
+        digits = str(ch[0]).lstrip("0") or "0"
+        # Checked by length first: Python refuses to convert more than 4,300 digits.
+        if len(digits) > len(str(INT_LIMIT)) or int(digits) >= INT_LIMIT:
+            shown = digits if len(digits) <= 30 else f"{digits[:12]}... ({len(digits)} digits)"
+            raise AxonValueError(f"integer {shown} does not fit in 64 bits", self.span(meta))
+        return A.Num(self.span(meta), int(digits))
 
     def float_lit(self, meta, ch):
-        return A.Num(self.span(meta), float(ch[0]))
+        value = float(ch[0])
+        if not math.isfinite(value):
+            raise AxonValueError(f"the number {ch[0]} is too large for a float", self.span(meta),
+                                 hint="write 'inf' for infinity")
+        return A.Num(self.span(meta), value)
 
     def string_lit(self, meta, ch):
         return A.Str(self.span(meta), str(ch[0])[1:-1])

@@ -17,9 +17,11 @@ from axon.ir.errors import Note
 from . import ast as A
 from .errors import AxonImportError, AxonNameError
 from .parser import parse
+from .typecheck import ANY_DTYPE, SCALAR_TYPES, dtype_of
 
 PRELUDE_PATH = Path(__file__).with_name("prelude.axon")
 SUFFIX = ".axon"
+MAX_SOURCE_BYTES = 10 * 2**20  # one source file; a larger one is not a program a person wrote
 
 
 @dataclass
@@ -37,8 +39,24 @@ class Namespace:
         if prev is not None:
             raise AxonNameError(f"{what}'{key}' is defined twice", item.span,
                                 notes=[Note("first defined here", prev.span)])
+        if not isinstance(item, A.TrainDef):
+            check_params(item)
         table = {A.FnDef: self.fns, A.ModelDef: self.models, A.TrainDef: self.trains}[type(item)]
         table[key] = item
+
+
+def check_params(item: A.FnDef | A.ModelDef) -> None:
+    """A definition's parameters, checked when it is loaded (even if it is never called): each name
+    once, and each type's dtype known."""
+    seen: dict[str, A.Param] = {}
+    for p in item.params:
+        if p.name in seen:
+            raise AxonNameError(f"parameter '{p.name}' of '{item.name}' is declared twice", p.span,
+                                notes=[Note("first declared here", seen[p.name].span)])
+        seen[p.name] = p
+        t = p.type
+        if t is not None and t.name not in ANY_DTYPE and not (t.dims is None and t.name in SCALAR_TYPES):
+            dtype_of(t)  # raises for an unknown dtype, at the type
 
 
 @dataclass
@@ -97,9 +115,20 @@ def _resolve(item: A.Import, here: Path, root: Path) -> Path:
 
 def _read(item: A.Import, path: Path) -> A.Module:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_source(path)
     except FileNotFoundError:
         raise AxonImportError(f"cannot import '{item.path}': no such file ({path})", item.span) from None
     except (OSError, UnicodeDecodeError) as e:
         raise AxonImportError(f"cannot import '{item.path}': {e}", item.span) from e
     return parse(text, str(path))
+
+
+def read_source(path: Path) -> str:
+    """The text of an `.axon` file; a FIFO or a device (which could block forever or never end) and a
+    file over `MAX_SOURCE_BYTES` are refused with an `OSError` that says why."""
+    if path.exists() and not path.is_file():
+        raise OSError(f"{path} is not a regular file")
+    size = path.stat().st_size
+    if size > MAX_SOURCE_BYTES:
+        raise OSError(f"{path} is {size:,} bytes, more than the {MAX_SOURCE_BYTES:,} a source file may have")
+    return path.read_text(encoding="utf-8")

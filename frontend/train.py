@@ -8,23 +8,24 @@
     }
 
 Checked now: the model exists; every key is known and given once; `data`, `loss`, `optim` and
-`epochs` are present; numbers are numbers in range; the optimizer and its options are known; the
-loss is a call of a known function whose arguments are names, each a model output or input or a
-label (a name the model does not define, fed from the data set).
+`epochs` are present; numbers are numbers in range (`OPTION_RANGES`, `MAX_COUNT`); the optimizer and
+its options are known; the loss is a call of a known function, bound to its parameters like any
+call, whose arguments are names, each a model output or input or a label (a name the model does not
+define, fed from the data set).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from axon.ir import AxonError, Node, Span
 from axon.ir.errors import Note, did_you_mean
 
 from . import ast as A
-from .builtins import BUILTINS
 from .elaborator import Elaborator, Frame
 from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
-from .typecheck import ANY_DTYPE, dtype_of, match
-from .values import Scope, describe
+from .typecheck import ANY_DTYPE, dtype_of
+from .values import INT_LIMIT, Scope, describe, show
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class CallSpec:
     name: str
     kwargs: tuple[tuple[str, object], ...]
     span: Span
+    call: A.Call = field(repr=False, compare=False)  # where each option was given
 
     def get(self, key: str, default=None):
         return dict(self.kwargs).get(key, default)
@@ -43,6 +45,7 @@ class CallSpec:
 class LossSpec:
     fn: str
     args: tuple[str, ...]      # names, in call order
+    params: tuple[str, ...]    # the loss function's parameter each of `args` is bound to
     outputs: tuple[str, ...]   # those that are model outputs
     labels: tuple[str, ...]    # those the model does not define: fed from the data set
     span: Span
@@ -68,6 +71,11 @@ OPTIMIZERS = {
     "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
 }
 EARLY_STOP = ("patience", "min_delta", "metric")
+# Ranges of the numeric options: (lowest, lowest excluded, highest); every one must be finite.
+OPTION_RANGES = {"lr": (0, True, None), "eps": (0, True, None), "weight_decay": (0, False, None),
+                 "momentum": (0, False, None), "alpha": (0, False, 1), "min_delta": (0, False, None)}
+OPTION_WORDS = {"lr": "the learning rate"}
+MAX_COUNT = 2**31 - 1  # epochs, batch size, patience: beyond this a setting is a typo
 KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed")
 ALIASES = {"optimizer": "optim"}
 REQUIRED = ("data", "loss", "optim", "epochs")
@@ -109,7 +117,8 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
         loss=_loss(program, td, items["loss"]), optimizer=optim,
         epochs=_count(items["epochs"], "epochs"),
         batch=_count(items["batch"], "batch") if "batch" in items else None,
-        early_stop=early, seed=_count(items["seed"], "seed", 0) if "seed" in items else None,
+        early_stop=early,
+        seed=_count(items["seed"], "seed", 0, INT_LIMIT - 1) if "seed" in items else None,
         span=td.span)
 
 
@@ -119,7 +128,7 @@ def _call(it: A.TrainItem, what: str) -> CallSpec:
     call = it.value
     if call.args:
         raise ArityError(f"'{call.func}' takes options by name (name = value)", call.args[0].span)
-    return CallSpec(call.func, tuple((k.name, _const(k.value)) for k in call.kwargs), call.span)
+    return CallSpec(call.func, tuple((k.name, _const(k.value)) for k in call.kwargs), call.span, call)
 
 
 def _known_options(spec: CallSpec, table: dict, what: str) -> None:
@@ -130,16 +139,49 @@ def _known_options(spec: CallSpec, table: dict, what: str) -> None:
         if key not in table[spec.name]:
             raise ArityError(f"'{spec.name}' has no option '{key}'", spec.span,
                              hint=did_you_mean(key, table[spec.name]))
-        if key == "lr" and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            raise AxonValueError(f"the learning rate must be a positive number, got {value!r}", spec.span)
+        where = next(k.span for k in spec.call.kwargs if k.name == key)
+        problem = _option_problem(key, value)
+        if problem is not None:
+            kind, words = problem
+            raise kind(f"{OPTION_WORDS.get(key, repr(key))} must be {words}, got {show(value)}", where)
 
 
-def _count(it: A.TrainItem, what: str, least: int = 1) -> int:
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _option_problem(key: str, v) -> tuple[type, str] | None:
+    """What is wrong with an optimizer or early_stop option's value, as (error class, "must be ..."
+    words), or None."""
+    if key == "betas":
+        if not (isinstance(v, tuple) and len(v) == 2 and all(_is_number(b) for b in v)):
+            return AxonTypeError, "a list of two numbers [beta1, beta2]"
+        return None if all(0 <= b < 1 for b in v) else (AxonValueError, "two numbers in [0, 1)")
+    if key == "nesterov":
+        return None if isinstance(v, bool) else (AxonTypeError, "true or false")
+    if key == "metric":
+        return None if isinstance(v, str) else (AxonTypeError, "a string")
+    if key == "patience":
+        if isinstance(v, bool) or not isinstance(v, int):
+            return AxonTypeError, "an int"
+        return None if 0 <= v <= MAX_COUNT else (AxonValueError, f"in [0, {MAX_COUNT:,}]")
+    if not _is_number(v):
+        return AxonTypeError, "a number"
+    low, open_low, high = OPTION_RANGES.get(key, (None, False, None))
+    words = "a finite number" if low is None else (
+        f"a finite number {'>' if open_low else '>='} {low}" if high is None else f"in [{low}, {high}]")
+    bad = not math.isfinite(v) or (low is not None and (v < low or (open_low and v == low))) or (
+        high is not None and v > high)
+    return (AxonValueError, words) if bad else None
+
+
+def _count(it: A.TrainItem, what: str, least: int = 1, most: int | None = None) -> int:
+    most = MAX_COUNT if most is None else most
     v = _const(it.value)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise AxonTypeError(f"'{what}' must be an int, got {v!r}", it.value.span)
-    if v < least:
-        raise AxonValueError(f"'{what}' must be at least {least}, got {v}", it.value.span)
+        raise AxonTypeError(f"'{what}' must be an int, got {show(v)}", it.value.span)
+    if not least <= v <= most:
+        raise AxonValueError(f"'{what}' must be in [{least}, {most:,}], got {v}", it.value.span)
     return v
 
 
@@ -147,23 +189,35 @@ def _loss(program, td: A.TrainDef, it: A.TrainItem) -> LossSpec:
     call = it.value
     if not isinstance(call, A.Call):
         raise AxonTypeError("the loss must be a call such as cross_entropy(logits, label)", call.span)
-    known = {**BUILTINS, **program.prelude.fns, **program.user.fns}
-    if call.func not in known:
+    el = Elaborator(program)
+    known = el.visible(Frame("train", None, Scope(None), True, False))  # what user code can call
+    fn = known.get(call.func)
+    if fn is None:
         raise AxonNameError(f"unknown loss function '{call.func}'", call.func_span,
                             hint=did_you_mean(call.func, known))
-    args = []
     for a in list(call.args) + [k.value for k in call.kwargs]:
         if not isinstance(a, A.Name):
             raise AxonTypeError("the loss's arguments must be names of model outputs or labels",
                                 a.span)
-        args.append(a.name)
+    # Bound like any call (the same arity errors, at the loss line); a bound argument is its A.Name.
+    kwargs = [(k.name, k.value, k.span) for k in call.kwargs]
+    bound = el.bind(call, fn.name, *_signature(fn), list(call.args), kwargs)
+    given = [(p, v.name) for p, (v, _span) in bound.items() if isinstance(v, A.Name)]
+    params, args = tuple(p for p, _ in given), tuple(a for _, a in given)
     outputs, inputs = _declared(program.user.models[td.model])
     used = tuple(a for a in args if a in outputs)
     if not used:
         raise AxonNameError(f"the loss uses no output of '{td.model}'", call.span,
                             hint=f"outputs: {', '.join(outputs) or 'none'}")
-    labels = tuple(a for a in args if a not in outputs and a not in inputs)
-    return LossSpec(call.func, tuple(args), used, labels, call.span)
+    labels = tuple(dict.fromkeys(a for a in args if a not in outputs and a not in inputs))
+    return LossSpec(call.func, args, params, used, labels, call.span)
+
+
+def _signature(fn) -> tuple[tuple[str, ...], dict]:
+    """The parameter names of a built-in or an Axon function, and which have defaults."""
+    if isinstance(fn, A.FnDef):
+        return tuple(p.name for p in fn.params), {p.name: None for p in fn.params if p.default is not None}
+    return fn.params, fn.defaults
 
 
 def _declared(model: A.ModelDef) -> tuple[list[str], list[str]]:
@@ -209,12 +263,15 @@ def add_loss(el: Elaborator, td: A.TrainDef, spec: TrainSpec) -> None:
     if not isinstance(fn, A.FnDef):
         raise AxonTypeError(f"the loss must call an Axon function, not the built-in '{call.func}'",
                             call.func_span)
+    exprs = {p: _arg_expr(call, fn, p) for p in spec.loss.params}  # the binding checked in `_loss`
     for label in spec.loss.labels:
-        param, arg = _param_for(fn, call, label)
-        dims = _label_dims(el, fn, call, param)
+        pname = spec.loss.params[spec.loss.args.index(label)]
+        param = next(p for p in fn.params if p.name == pname)
+        dims = _label_dims(el, fn, call, exprs, param)
         if dims is None or param.type.name in ANY_DTYPE:
             raise AxonTypeError(f"cannot tell the type of the label '{label}' from '{call.func}'",
-                                arg.span, hint=f"declare it in the model: input {label}: <dtype>[...]")
+                                exprs[pname].span,
+                                hint=f"declare it in the model: input {label}: <dtype>[...]")
         model.vars[label] = el.b.input(label, dtype_of(param.type), dims)
     loss = el.eval(call)
     if not isinstance(loss, Node) or loss.shape != ():
@@ -222,29 +279,30 @@ def add_loss(el: Elaborator, td: A.TrainDef, spec: TrainSpec) -> None:
     el.b.output(LOSS_OUTPUT, loss)
 
 
-def _param_for(fn: A.FnDef, call: A.Call, label: str) -> tuple[A.Param | None, A.Expr]:
+def _arg_expr(call: A.Call, fn: A.FnDef, pname: str) -> A.Expr:
+    """The argument of `call` bound to parameter `pname` (given by position or by name)."""
     for p, a in zip(fn.params, call.args):
-        if isinstance(a, A.Name) and a.name == label:
-            return p, a
-    k = next(k for k in call.kwargs if isinstance(k.value, A.Name) and k.value.name == label)
-    return next((p for p in fn.params if p.name == k.name), None), k
+        if p.name == pname:
+            return a
+    return next(k.value for k in call.kwargs if k.name == pname)
 
 
-def _label_dims(el: Elaborator, fn: A.FnDef, call: A.Call, param: A.Param | None) -> tuple | None:
+def _label_dims(el: Elaborator, fn: A.FnDef, call: A.Call, exprs: dict, param: A.Param) -> tuple | None:
     """The label's shape: match the other arguments against their declared types in a scratch frame,
-    then read the label's pattern with the sizes they bound. None when a size stays unknown."""
-    if param is None or param.type is None or param.type.dims is None:
+    then read the label's pattern with the sizes they bound. None when a size stays unknown; an
+    argument that does not fit its type is reported as the call would report it."""
+    if param.type is None or param.type.dims is None:
         return None
     model = el.frames[0]
-    args = [(p.name, a) for p, a in zip(fn.params, call.args)] + [(k.name, k.value) for k in call.kwargs]
-    known = {name: model.vars[a.name] for name, a in args
+    known = {name: (model.vars[a.name], a.span) for name, a in exprs.items()
              if isinstance(a, A.Name) and a.name in model.vars}
     scratch = Frame(fn.name, call.span, Scope(None), False, True)
     el.frames.append(scratch)
     try:
         for p in fn.params:
-            if p.name in known and p.type is not None:
-                match(el, known[p.name], p.type, p.name)
+            if p.name in known:
+                value, span = known[p.name]
+                scratch.vars[p.name] = el._argument(fn, p, value, span, scratch)
         dims: list = []
         for d in param.type.dims:
             if isinstance(d, A.DimRest):
@@ -255,9 +313,10 @@ def _label_dims(el: Elaborator, fn: A.FnDef, call: A.Call, param: A.Param | None
             elif isinstance(d, A.Name) and d.name not in scratch.vars:
                 return None
             else:
-                dims.append(el.eval(d))
+                try:
+                    dims.append(el.eval(d))
+                except AxonError:  # a size the other arguments do not determine
+                    return None
         return tuple(dims)
-    except AxonError:
-        return None  # the real call reports the mismatch, where it is
     finally:
         el.frames.pop()

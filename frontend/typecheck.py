@@ -19,7 +19,7 @@ from axon.ir.init import INIT_KINDS
 
 from . import ast as A
 from .errors import AxonNameError, AxonTypeError, AxonValueError, ShapeError
-from .values import describe, is_dim
+from .values import INT_LIMIT, describe, is_dim
 
 SCALAR_TYPES = ("int", "float", "bool", "tensor")
 # Initializers and their arguments (names and defaults from the IR's initializer), in the order they
@@ -30,6 +30,7 @@ INITIALIZERS = {**INIT_KINDS, "normal": {"std": INIT_KINDS["normal"]["std"],
                                          "mean": INIT_KINDS["normal"]["mean"]}}
 _OPTIONAL = frozenset({"fan_in", "fan_out"})
 ANY_DTYPE = ("tensor", "any")
+_SCALAR_DTYPES = {"int": "i64", "float": "f32", "bool": "bool"}  # a scalar type's tensor dtype
 
 
 def match(el, value, t: A.TypeExpr, where: str):
@@ -107,8 +108,8 @@ def input_dim(el, d, frame):
     v = el.eval(d)
     if not is_dim(v):
         raise AxonTypeError(f"an input's sizes must be integers or names, got {describe(v)}")
-    if isinstance(v, int) and v < 0:
-        raise AxonValueError(f"an input's size must be >= 0, got {v}")
+    if isinstance(v, int) and not 0 <= v < INT_LIMIT:
+        raise AxonValueError(f"an input's size must be in [0, 2**63 - 1], got {v}")
     return v
 
 
@@ -120,16 +121,25 @@ def param_dim(el, d) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise AxonTypeError(f"a parameter's sizes must be known integers, got {describe(v)}",
                             hint="a parameter cannot depend on a symbolic size such as 'batch'")
-    if v < 0:
-        raise AxonValueError(f"a parameter's size must be >= 0, got {v}")
+    if not 0 <= v < INT_LIMIT:
+        raise AxonValueError(f"a parameter's size must be in [0, 2**63 - 1], got {v}")
     return v
 
 
 def dtype_of(t: A.TypeExpr) -> DType:
+    """The dtype a type names; a scalar type (`int`) or `tensor` names none."""
     try:
         return DType(t.name)
     except ValueError:
         known = [d.value for d in DType]
+        if t.name in SCALAR_TYPES or t.name in ANY_DTYPE:
+            like = _SCALAR_DTYPES.get(t.name)
+            if like is None:
+                hint = f"dtypes: {', '.join(known)}"
+            else:
+                hint = f"for a single {t.name} write {like}[]" if t.dims is None else f"write {like}[...]"
+            raise AxonTypeError(f"'{t.name}' is not a dtype; this needs a tensor type such as f32[...]",
+                                t.span, hint=hint) from None
         raise AxonTypeError(f"unknown dtype '{t.name}'", t.span,
                             hint=did_you_mean(t.name, known + list(SCALAR_TYPES))
                             or f"known: {', '.join(known)}") from None

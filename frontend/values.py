@@ -6,7 +6,8 @@ A value is a tensor (an IR `Node`), a compile-time number (`int`, `float`, `bool
 Parameter names (`Scope`): a parameter `w` declared in a function is named `<scope>.w`, where the
 scope of a call is, from its statement:
   * `... as name` or `... as name[i]`   the given path (`name`, `name.0`); the same explicit name
-                                        twice means the same parameters (weight sharing);
+                                        twice means the same parameters (weight sharing), while
+                                        an explicit name meeting an implicit one is an error;
   * `h = f(...)`, `output h = f(...)`   the bound name (`h`); `h, c = f(...)` uses `h`;
   * `return f(...)`, anything else      the called function's name (`f`).
 Implicit names that are already taken in the same scope get `_1`, `_2`, ... (Keras style), so a
@@ -16,30 +17,36 @@ body itself have their bare names.
 """
 from __future__ import annotations
 
-from axon.ir import DType, Node, Sym
+from axon.ir import DType, Node, Span, Sym
+from axon.ir.errors import Note
 from axon.ir.shapes import dim_mul, format_shape
 
-from .errors import AxonTypeError, AxonValueError
+from .errors import AxonNameError, AxonTypeError, AxonValueError
 
 INT_LIMIT = 2**63  # compile-time integers live in i64, like every shape and index in the IR
+MAX_LIST = 1_000_000  # elements in one compile-time list (`+`, `*` and `range` make no longer one)
+MAX_SIZE_FACTORS = 8  # symbols in one symbolic size product (`batch * seq * heads` is 3)
 
 
 class Scope:
-    """One level of the parameter naming path, claimed lazily (see the module docstring)."""
+    """One level of the parameter naming path, claimed lazily (see the module docstring). `span` is
+    where the name was chosen: the `as` clause, or the statement (or call) an implicit name comes from."""
 
-    __slots__ = ("parent", "base", "explicit", "_path", "_taken")
+    __slots__ = ("parent", "base", "explicit", "span", "_path", "_taken")
 
-    def __init__(self, parent: Scope | None, base: str = "", explicit: bool = False):
+    def __init__(self, parent: Scope | None, base: str = "", explicit: bool = False,
+                 span: Span | None = None):
         self.parent = parent
         self.base = base
         self.explicit = explicit
+        self.span = span
         self._path: str | None = None if parent is not None else ""
-        self._taken: set[str] = set()
+        self._taken: dict[str, Scope] = {}  # name -> the scope that claimed it first
 
     def path(self) -> str:
         if self._path is None:
             prefix = self.parent.path()
-            name = self.parent._claim(self.base, self.explicit)
+            name = self.parent._claim(self)
             self._path = f"{prefix}.{name}" if prefix else name
         return self._path
 
@@ -47,11 +54,25 @@ class Scope:
         p = self.path()
         return f"{p}.{name}" if p else name
 
-    def _claim(self, base: str, explicit: bool) -> str:
+    def _claim(self, child: Scope) -> str:
+        """The name of `child` here: an explicit name taken before explicitly is shared; an implicit
+        one gets `_1`, `_2`, ... past every taken name. An explicit name and an implicit one never
+        meet silently (sharing would merge two layers; renaming would break the `as` promise)."""
+        base = child.base
+        first = self._taken.get(base)
+        if first is not None and first.explicit != child.explicit:
+            message = (f"'as {base}' would merge this layer with an earlier one named '{base}' "
+                       f"implicitly" if child.explicit else
+                       f"this layer's parameters would be named '{base}', which an earlier "
+                       f"'as {base}' names explicitly")
+            notes = [Note(f"'{base}' first named here", first.span)] if first.span else []
+            raise AxonNameError(message, child.span, notes=notes,
+                                hint="choose another name, or name both explicitly with 'as' to share "
+                                     "parameters")
         name, k = base, 1
-        while not explicit and name in self._taken:
+        while not child.explicit and name in self._taken:
             name, k = f"{base}_{k}", k + 1
-        self._taken.add(name)
+        self._taken.setdefault(name, child)
         return name
 
 
@@ -76,6 +97,19 @@ def describe(v) -> str:
     if v is None:
         return "no value"
     return type(v).__name__
+
+
+def show(v) -> str:
+    """A value as the language writes it, for assert messages: `3`, `0.5`, `[2, 2]`, `f32[b, 4]`."""
+    if isinstance(v, Node):
+        return str(v.type)
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(show(x) for x in v) + "]"
+    return str(v)
 
 
 def kind_of(v) -> str:
@@ -116,13 +150,29 @@ def shape_of(v, what: str) -> tuple:
     for d in v:
         if isinstance(d, int) and d < 0 and d != -1:
             raise AxonValueError(f"{what} has a negative size {d}")
+        if isinstance(d, int) and d >= INT_LIMIT:
+            raise AxonValueError(f"{what} has a size {d} that does not fit in 64 bits")
     return v
+
+
+def size_mul(a, b):
+    """`a * b` for sizes, refused when the product outgrows i64 or `MAX_SIZE_FACTORS` symbols (a
+    product grown in a loop, `repeat 10000 { s = s * batch }`)."""
+    out = dim_mul(a, b)
+    if isinstance(out, Sym):
+        if len(out.factors) > MAX_SIZE_FACTORS:
+            raise AxonValueError(f"the size {a} * {b} is a product of {len(out.factors)} symbolic "
+                                 f"sizes; at most {MAX_SIZE_FACTORS} are allowed")
+        if out.coeff >= INT_LIMIT:
+            raise AxonValueError(f"the size {a} * {b} does not fit in 64 bits")
+        return out
+    return check_int(out)
 
 
 def dim_product(dims) -> int | Sym:
     out = 1
     for d in dims:
-        out = dim_mul(out, d)
+        out = size_mul(out, d)
     return out
 
 

@@ -115,3 +115,12 @@ def test_axon_errors_are_located_without_traceback(capsys, tmp_path):
     _, _, err = run(capsys, "check", bad)
     assert err.startswith(f"{bad}:3:14: error: unknown function 'lineer'")
     assert "^^^^^^" in err
+
+
+def test_a_fifo_on_the_command_line_is_refused_not_waited_on(capsys, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.axon"
+    os.mkfifo(fifo)
+    code, _, err = run(capsys, "check", fifo)
+    assert code == 1 and "not a regular file" in err

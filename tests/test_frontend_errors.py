@@ -147,7 +147,7 @@ BAD = [
      'value', 1, 1, "model 'M' has no output"),
     ('model M { input x: f32[3]  output y = x }\n'
      'train M { data = d()  loss = mse(y, t)  optim = adam(lr = -1.0)  epochs = 3 }',
-     'value', 2, 49, 'the learning rate must be a positive num'),
+     'value', 2, 54, 'the learning rate must be a finite number > 0, got -1.0'),
     ('import "../outside.axon"\nmodel M { input x: f32[3]  output y = x }',
      'import', 1, 1, "import '../outside.axon' reaches outside"),
     ('import "missing.axon"\nmodel M { input x: f32[3]  output y = x }',
@@ -181,6 +181,90 @@ BAD = [
      'name', 3, 3, "parameter 'w' is declared twice in 'f'"),
 ]
 
+
+# Found in review: crashes, unbounded work, sizes beyond i64, silent weight sharing, layers that did not
+# check their arguments, messages that leaked internals, and unchecked train settings.
+_TRAIN = 'model M { input x: f32[3]  output y = x }\ntrain M { data = d()  '
+BAD += [
+    (_TRAIN + 'loss = mse(y, t, u)  optim = sgd(lr = 0.1)  epochs = 1 }',
+     'arity', 2, 40, "'mse' takes 2 arguments (pred, target), got 3"),
+    (_TRAIN + 'loss = cross_entropy(y, foo = t)  optim = sgd(lr = 0.1)  epochs = 1 }',
+     'arity', 2, 47, "'cross_entropy' has no parameter 'foo'"),
+    (_TRAIN + 'loss = mse(y)  optim = sgd(lr = 0.1)  epochs = 1 }',
+     'arity', 2, 30, "'mse' is missing argument 'target'"),
+    ('model M {\n  output y = ' + '9' * 5000 + '\n}',
+     'value', 2, 14, 'integer 999999999999... (5000 digits) does not fit in 64 bits'),
+    ('model M {\n  output y = 9223372036854775808\n}',
+     'value', 2, 14, 'integer 9223372036854775808 does not fit'),
+    ('model M {\n  output y = 1e999999\n}',
+     'value', 2, 14, 'the number 1e999999 is too large for a float'),
+    ('model M {\n  input x: f32[3]\n  s = [1]\n  repeat 40 { s = s + s }\n  output y = x\n}',
+     'value', 4, 19, 'joining lists of 524288 and 524288 values gives more than 1,000,000'),
+    ('model M {\n  input x: f32[3]\n  s = []\n  repeat 100000 { s = s + [1] }\n  output y = x\n}',
+     'value', 4, 23, 'the program builds more than 20,000,000 list elements'),
+    ('model M {\n  input x: f32[b, 3]\n  s = b\n  repeat 10000 { s = s * b }\n  output y = x\n}',
+     'value', 4, 22, 'is a product of 9 symbolic sizes; at most 8'),
+    ('model M {\n  input x: f32[b, 3]\n  s = b * 9223372036854775807 * 2\n  output y = x\n}',
+     'value', 3, 7, 'does not fit in 64 bits'),
+    ('model M {\n  input x: f32[b, 16]\n  output y = linear(x, 100000000000)\n}',
+     'value', 3, 14, "parameter 'y.w' would hold 1,600,000,000,000 elements (f32[16, 100000000000])"),
+    ('model M {\n  input x: f32[4611686018427387904 * 2, 4]\n  output y = x\n}',
+     'value', 2, 16, 'does not fit in 64 bits'),
+    ('model M {\n  input x: f32[b, 4]\n  a = linear(x, 4)\n  c = linear(x, 4) as a\n  output y = a + c\n}',
+     'name', 4, 20, "'as a' would merge this layer with an earlier one named 'a' implicitly"),
+    ('model M {\n  input x: f32[b, 4]\n  c = linear(x, 4) as a\n  a = linear(x, 4)\n  output y = a + c\n}',
+     'name', 4, 3, "this layer's parameters would be named 'a', which an earlier 'as a' names explicitly"),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = max_pool2d(x, 2, stride = -1)\n}',
+     'value', 3, 14, 'pooling stride must be >= 1 (or 0 for the kernel size), got -1'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = avg_pool2d(x, 0)\n}',
+     'value', 3, 14, 'pooling kernel size must be >= 1, got 0'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = max_pool2d(x, 2, padding = 2)\n}',
+     'value', 3, 14, 'pooling padding 2 must be at most half the kernel size 2'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = conv2d(x, 6, 3, groups = 0)\n}',
+     'value', 3, 14, 'conv2d groups must be >= 1, got 0'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = conv2d(x, 6, 3, stride = 0)\n}',
+     'value', 3, 14, 'conv2d stride must be >= 1, got 0'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = conv2d(x, 6, [3, 0])\n}',
+     'value', 3, 14, 'conv2d kernel size must be >= 1, got [3, 0]'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = conv2d(x, 6, 3, padding = -1)\n}',
+     'value', 3, 14, 'conv2d padding must be >= 0, got -1'),
+    ('model M {\n  input x: f32[b, 3, 8, 8]\n  output y = conv2d(x, 4, 3, groups = 2)\n}',
+     'value', 3, 14, 'conv2d channels (3 in, 4 out) must divide by groups (2)'),
+    ('model M {\n  input x: f32[b, 5, 8]\n  output y = attention(x, 0)\n}',
+     'value', 3, 14, 'attention needs at least one head, got 0'),
+    ('model M {\n  input x: f32[b, 5, 8]\n  output y = lstm(x, 0)\n}',
+     'value', 3, 14, 'lstm hidden size must be >= 1, got 0'),
+    ('model M {\n  input x: f32[b, 0, 8]\n  output y = gru(x, 4)\n}',
+     'value', 3, 14, 'gru needs a sequence of at least one step'),
+    ('model M {\n  input x: f32[b, 8]\n  output y = layernorm(x, eps = -1.0)\n}',
+     'value', 3, 14, 'layernorm eps must be a small positive number, got -1.0'),
+    ('model M {\n  input x: f32[b, 8]\n  output y = linear(x, 0)\n}',
+     'value', 3, 14, 'linear output size must be >= 1, got 0'),
+    ('model M {\n  input x: i64[b]\n  output y = embedding(x, 0, 4)\n}',
+     'value', 3, 14, 'embedding vocabulary size must be >= 1, got 0'),
+    ('model M {\n  input x: int\n  output y = x\n}',
+     'type', 2, 12, "'int' is not a dtype; this needs a tensor type such as f32[...]"),
+    ('fn f(x: f32[n], n) { return x }\nmodel M {\n  input x: f32[3]\n  output y = f(x, x)\n}',
+     'shape', 4, 19, "argument 'n' of 'f' is f32[3], but the shapes of the other arguments make it 3"),
+    (_TRAIN + 'loss = mse(y, t)  optim = adam(lr = 0.1, weight_decay = -5)  epochs = 1 }',
+     'value', 2, 64, "'weight_decay' must be a finite number >= 0, got -5"),
+    (_TRAIN + 'loss = mse(y, t)  optim = adam(lr = 0.1, betas = [0.9])  epochs = 1 }',
+     'type', 2, 64, "'betas' must be a list of two numbers [beta1, beta2], got [0.9]"),
+    (_TRAIN + 'loss = mse(y, t)  optim = adam(lr = 0.1, betas = [0.9, 1.0])  epochs = 1 }',
+     'value', 2, 64, "'betas' must be two numbers in [0, 1), got [0.9, 1.0]"),
+    (_TRAIN + 'loss = mse(y, t)  optim = sgd(lr = 0.1)  epochs = 9223372036854775807 }',
+     'value', 2, 73, "'epochs' must be in [1, 2,147,483,647], got 9223372036854775807"),
+    (_TRAIN + 'loss = mse(y, t)  optim = sgd(lr = 0.1)  epochs = 1  batch = 0 }',
+     'value', 2, 84, "'batch' must be in [1, 2,147,483,647], got 0"),
+    (_TRAIN + 'loss = mse(y, t)  optim = sgd(lr = 0.1, nesterov = 1)  epochs = 1 }',
+     'type', 2, 63, "'nesterov' must be true or false, got 1"),
+    ('fn f(x, x) { return x }\nmodel M { input x: f32[3]  output y = x }',
+     'name', 1, 9, "parameter 'x' of 'f' is declared twice"),
+    ('model M(a = 1,\n        a = 2) { input x: f32[3]  output y = x }',
+     'name', 2, 9, "parameter 'a' of 'M' is declared twice"),
+    ('fn never(x: f33[3]) { return x }\nmodel M { input x: f32[3]  output y = x }',
+     'type', 1, 13, "unknown dtype 'f33'"),
+]
 
 @pytest.mark.parametrize("src, kind, line, col, fragment", BAD)
 def test_bad_program(src, kind, line, col, fragment):
@@ -300,3 +384,153 @@ def test_the_main_files_own_model_is_chosen_over_imported_ones(tmp_path):
     assert load(main).name == "Mine"
     assert load(main, model="Other").name == "Other"
 
+
+
+def test_loss_arity_is_checked_when_compiling_for_training():
+    from axon.frontend import parse, training_graph
+
+    src = ("model M {\n  input x: f32[b, 3]\n  output logits = linear(x, 3)\n}\n"
+           "train M {\n  data = d()\n  loss = mse(logits, label, other)\n  optim = sgd(lr = 0.1)\n"
+           "  epochs = 1\n}")
+    with pytest.raises(AxonError) as info:
+        training_graph(parse(src, "ep.axon"))
+    err = info.value
+    assert (err.kind, err.span.line, err.span.col) == ("arity", 7, 29)
+    assert "'mse' takes 2 arguments (pred, target), got 3" in err.message
+
+
+def test_loss_labels_are_found_among_the_bound_arguments():
+    from axon.frontend import parse, training_graph
+
+    src = ("model M {\n  input x: f32[b, 3]\n  output logits = linear(x, 5)\n}\n"
+           "train M { data = d()  loss = cross_entropy(labels = lab, logits = logits)  "
+           "optim = sgd(lr = 0.1)  epochs = 1 }")
+    graph, spec = training_graph(parse(src, "t.axon"))
+    assert spec.loss.labels == ("lab",) and spec.loss.params == ("labels", "logits")
+    assert str(graph.inputs["lab"].type) == "i64[b]"
+
+
+def test_a_loss_argument_of_the_wrong_type_is_reported_as_the_call_would():
+    from axon.frontend import parse, training_graph
+
+    src = ("model M {\n  input x: f32[b, 3]\n  output logits = argmax(x)\n}\n"
+           "train M { data = d()  loss = cross_entropy(logits, lab)  optim = sgd(lr = 0.1)  epochs = 1 }")
+    with pytest.raises(AxonError) as info:
+        training_graph(parse(src, "t.axon"))
+    err = info.value
+    assert (err.kind, err.span.line, err.span.col) == ("type", 5, 44)
+    assert "argument 'logits' of 'cross_entropy': expected f32[*lead, classes], got i64[b]" in err.message
+
+
+@pytest.mark.parametrize("comment", ["\f", "\u2028", "\r", "\x0b", "\x1c", "\x85"])
+def test_the_source_line_under_the_caret_is_counted_by_newlines_only(comment):
+    src = f"# a{comment}b\nmodel M {{\n  output y = z\n}}\n"
+    with pytest.raises(AxonNameError) as info:
+        compile_source(src, "m.axon")
+    assert info.value.span.line == 3 and info.value.span.source_line == "  output y = z"
+
+
+def test_crlf_line_endings_show_without_the_carriage_return():
+    with pytest.raises(AxonNameError) as info:
+        compile_source("model M {\r\n  output y = z\r\n}\r\n", "m.axon")
+    assert info.value.span.source_line == "  output y = z"
+
+
+@pytest.mark.parametrize("value, shown", [(2**63, "9223372036854775808"), (10**5000, "a 16610-bit integer")],
+                         ids=["2**63", "10**5000"])
+def test_an_integer_hyper_parameter_beyond_i64_is_refused_at_its_declaration(value, shown):
+    src = "model M(h = 4) {\n  input x: f32[b, 16]\n  output y = linear(x, h)\n}"
+    with pytest.raises(AxonValueError) as info:
+        compile_source(src, "m.axon", hparams={"h": value})
+    err = info.value
+    assert (err.span.line, err.span.col) == (1, 9)
+    assert f"hyper-parameter 'h' is set to {shown}, which does not fit in 64 bits" in err.message
+
+
+def test_a_huge_parameter_is_reported_at_the_users_call_with_the_declaration_as_a_note():
+    src = "model M {\n  input x: f32[b, 16]\n  output y = linear(x, 100000000000)\n}"
+    with pytest.raises(AxonValueError) as info:
+        compile_source(src, "m.axon")
+    err = info.value
+    assert (err.span.file, err.span.line) == ("m.axon", 3)
+    assert f"at most {elaborator.MAX_PARAM_ELEMENTS:,} are allowed" in err.message
+    assert err.notes[0].span.file.endswith("prelude.axon") and "param w" in err.notes[0].span.source_line
+
+
+def test_a_prelude_layers_assert_is_a_note_under_the_users_call():
+    src = "model M {\n  input x: f32[b, 3, 8, 8]\n  output y = max_pool2d(x, 2, stride = -1)\n}"
+    with pytest.raises(AxonValueError) as info:
+        compile_source(src, "m.axon")
+    err = info.value
+    assert err.span.line == 3 and "slice" not in err.message
+    assert [n.message for n in err.notes] == ["inside 'max_pool2d', here", "inside '_pool', here"]
+    assert "assert sh >= 1" in err.notes[-1].span.source_line
+
+
+def test_assert_messages_show_variables_in_braces():
+    src = ('fn f(x, k: int) {\n  assert k > 0, "k must be > 0, got {k} for {x}; {unknown} {}"\n'
+           '  return x\n}\nmodel M {\n  input x: f32[b, 3]\n  output y = f(x, -2)\n}')
+    with pytest.raises(AxonValueError) as info:
+        compile_source(src, "m.axon")
+    assert info.value.message == "k must be > 0, got -2 for f32[b, 3]; {unknown} {}"
+
+
+def test_a_scalar_type_as_an_input_dtype_is_explained_without_suggesting_itself():
+    with pytest.raises(AxonError) as info:
+        compile_source("model M {\n  input x: int\n  output y = x\n}", "m.axon")
+    assert info.value.hint == "for a single int write i64[]"
+
+
+def test_explicit_names_still_share_and_implicit_names_still_number():
+    src = ("model M {\n  input x: f32[b, 4]\n  a = linear(x, 4) as s\n  c = linear(a, 4) as s\n"
+           "  h = linear(c, 4)\n  h = linear(h, 4)\n  output y = h\n}")
+    assert sorted(compile_source(src, "m.axon").params) == ["h.b", "h.w", "h_1.b", "h_1.w", "s.b", "s.w"]
+
+
+def test_a_scope_clash_inside_a_users_function_is_reported_there_with_the_caller():
+    src = ("fn blk(x) {\n  a = linear(x, 4)\n  return linear(a, 4) as a\n}\n"
+           "model M {\n  input x: f32[b, 4]\n  output y = blk(x)\n}")
+    with pytest.raises(AxonNameError) as info:
+        compile_source(src, "m.axon")
+    err = info.value
+    assert (err.span.line, err.span.col) == (3, 23)
+    assert [n.span.line for n in err.notes] == [7, 2]
+    assert "name both explicitly" in err.hint
+
+
+def test_importing_a_fifo_or_a_directory_is_refused_without_reading(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.axon")
+    (tmp_path / "dir.axon").mkdir()
+    for name in ("pipe.axon", "dir.axon"):
+        main = tmp_path / "main.axon"
+        main.write_text(f'import "{name}"\nmodel M {{ input x: f32[3]  output y = x }}\n')
+        with pytest.raises(AxonError) as info:
+            load(main)
+        assert info.value.kind == "import" and "is not a regular file" in info.value.message
+        assert info.value.span.line == 1
+
+
+def test_an_oversized_import_is_refused(tmp_path, monkeypatch):
+    from axon.frontend import program
+
+    monkeypatch.setattr(program, "MAX_SOURCE_BYTES", 100)
+    (tmp_path / "big.axon").write_text("#" * 101)
+    main = tmp_path / "main.axon"
+    main.write_text('import "big.axon"\nmodel M { input x: f32[3]  output y = x }\n')
+    with pytest.raises(AxonError) as info:
+        load(main)
+    assert info.value.kind == "import" and "is 101 bytes, more than the 100" in info.value.message
+
+
+def test_hostile_list_programs_finish_quickly():
+    import time
+
+    start = time.perf_counter()
+    src = ("model M {\n  input x: f32[3]\n  s = range(400000)\n  repeat 200000 { n = len(s + s) }\n"
+           "  output y = x\n}")
+    with pytest.raises(AxonValueError) as info:
+        compile_source(src, "m.axon")
+    assert "list elements" in info.value.message and info.value.span.line == 4
+    assert time.perf_counter() - start < 20
