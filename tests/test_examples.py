@@ -12,6 +12,7 @@ from axon.ir import evaluate, verify
 from axon.ir.init import init_params as ir_init_params
 from axon.ir.text import parse_graph, print_graph
 from axon.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline
+from twins import copy_rnn_cell
 from numerics import assert_close
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -88,11 +89,8 @@ def test_lstm_against_torch_lstm(gen):
     x = torch.randn(5, 12, 4, generator=gen)
     out, p = run("lstm", {"x": x}, scale=0.3)
     lstm = torch.nn.LSTM(4, 16, batch_first=True)
+    copy_rnn_cell(lstm, p, "hs.cell")
     with torch.no_grad():
-        lstm.weight_ih_l0.copy_(p["hs.cell.wi"].T)
-        lstm.weight_hh_l0.copy_(p["hs.cell.wh"].T)
-        lstm.bias_ih_l0.copy_(p["hs.cell.bi"])
-        lstm.bias_hh_l0.copy_(p["hs.cell.bh"])
         hs, _ = lstm(x)
     assert_close(out["logits"], hs[:, -1] @ p["logits.w"] + p["logits.b"])
 

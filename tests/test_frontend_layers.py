@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from axon.frontend import compile_source
 from axon.ir import evaluate, verify
+from twins import copy_rnn_cell
 from numerics import assert_close
 
 
@@ -177,11 +178,8 @@ def test_sequence_layers(layer_name, module):
     out, p = layer(f"output y = {layer_name}(xs, 5)", {"xs": xs}, scale=0.4)
     assert sorted(p) == ["y.cell.bh", "y.cell.bi", "y.cell.wh", "y.cell.wi"]
     m = module(3, 5, batch_first=True)
+    copy_rnn_cell(m, p, "y.cell")
     with torch.no_grad():
-        m.weight_ih_l0.copy_(p["y.cell.wi"].T)
-        m.weight_hh_l0.copy_(p["y.cell.wh"].T)
-        m.bias_ih_l0.copy_(p["y.cell.bi"])
-        m.bias_hh_l0.copy_(p["y.cell.bh"])
         ref, _ = m(xs)
     assert_close(out["y"], ref)
 
