@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 # Kernels run through Triton's interpreter unless a GPU is present.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Generated kernels go to a fresh cache per run, never the user's ~/.cache/axon.
+os.environ.setdefault("AXON_CACHE_DIR", tempfile.mkdtemp(prefix="axon-test-kernels-"))
 
 
 def pytest_collection_modifyitems(config, items):

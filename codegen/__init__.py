@@ -1,0 +1,32 @@
+"""Code generation: kernel groups of the IR lowered to generated Triton source, cached on disk.
+
+The interface, in three steps:
+
+- `groups(graph) -> list[KernelGroup]`: which nodes each kernel computes (the default grouping is one
+  kernel per computed node, with const/iota/rand computed inline and permute/expand/slice/reshape folded
+  into index arithmetic). Fusion replaces this function; nothing below changes.
+- `compile_group(group) -> CompiledKernel`: generates the source (`.source`), writes it to the cache
+  (`.path`, under `$AXON_CACHE_DIR` or `~/.cache/axon`) and loads it.
+- `CompiledKernel.run({node: tensor}, env) -> {node: tensor}`: allocates the outputs and launches.
+
+>>> from axon.ir import GraphBuilder, DType
+>>> b = GraphBuilder(); x = b.input("x", DType.F32, (37, 53)); _ = b.output("y", b.exp(b.neg(x)))
+>>> graph = b.build()
+>>> [g.kind for g in groups(graph)]
+['pointwise', 'pointwise']
+>>> import torch
+>>> kernel = compile_group(groups(graph)[0])          # kernel.source: the Triton text, kernel.path: its file
+>>> x_value = torch.randn(37, 53)
+>>> (neg,) = kernel.run({graph.inputs["x"]: x_value}).values()
+>>> torch.equal(neg, -x_value)
+True
+>>> y = run_graph(graph, {"x": x_value})["y"]         # the test harness: every group's kernel in order
+
+Without a GPU, kernels run through Triton's interpreter (`TRITON_INTERPRET=1`, set before importing triton).
+"""
+from .cache import CompiledKernel, cache_dir, compile_group, target
+from .groups import Access, CodegenError, KernelGroup, groups
+from .harness import run_graph
+
+__all__ = ["Access", "CodegenError", "CompiledKernel", "KernelGroup", "cache_dir", "compile_group",
+           "groups", "run_graph", "target"]

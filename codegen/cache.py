@@ -1,0 +1,123 @@
+"""Compiling a group: its source written to an on-disk cache, loaded back, and a launcher around it.
+
+Each kernel is one `.py` file named by sha256(source + target), so a changed kernel or another target
+never reuses a stale file. Files are written to a temporary name in the cache directory and renamed into
+place (atomic), so two processes compiling the same kernel both see a whole file. The last line holds a
+checksum of the rest: a truncated or damaged file is detected on load and rewritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from axon.ir import Node
+from axon.ir.shapes import concrete
+from .groups import KernelGroup
+from .pointwise import PointwiseKernel
+from .reduce import ReduceKernel
+
+CHECKSUM = "# axon-checksum: sha256 "
+_LOADED: dict[str, object] = {}  # cache key -> the loaded kernel function, per process
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AXON_CACHE_DIR") or Path.home() / ".cache" / "axon")
+
+
+def target() -> str:
+    """What the kernels are compiled for: the interpreter or a CUDA architecture, and Triton's version."""
+    import triton
+
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        device = "interpreter"
+    else:
+        major, minor = torch.cuda.get_device_capability()
+        device = f"cuda:sm{major}{minor}"
+    return f"{device} triton-{triton.__version__}"
+
+
+def cache_key(source: str, tgt: str) -> str:
+    return hashlib.sha256(f"{source}\n{tgt}".encode()).hexdigest()
+
+
+def _with_checksum(source: str) -> str:
+    return f"{source}{CHECKSUM}{hashlib.sha256(source.encode()).hexdigest()}\n"
+
+
+def is_intact(text: str) -> bool:
+    body, sep, tail = text.rpartition(CHECKSUM)
+    return bool(sep) and tail == hashlib.sha256(body.encode()).hexdigest() + "\n"
+
+
+def write_cached(source: str, tgt: str | None = None) -> Path:
+    """The cache file for `source` (written atomically when absent or damaged)."""
+    tgt = tgt or target()
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"k_{cache_key(source, tgt)[:40]}.py"
+    try:
+        if is_intact(path.read_text()):
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass  # missing or unreadable: (re)write it
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(_with_checksum(source))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_kernel(path: Path, name: str):
+    """Import the kernel module at `path` and return its function `name`."""
+    spec = importlib.util.spec_from_file_location(f"axon_kernel_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+@dataclass
+class CompiledKernel:
+    """A group's generated kernel, loaded from its cache file, with the launcher that runs it."""
+
+    group: KernelGroup
+    source: str
+    path: Path
+    fn: object
+    spec: object  # PointwiseKernel or ReduceKernel: knows the kernel's arguments
+
+    def run(self, values: dict[Node, torch.Tensor], env: dict[str, int] | None = None,
+            poison: bool = False) -> dict[Node, torch.Tensor]:
+        """Launch on the tensors of the group's input buffers; returns its outputs (new tensors).
+        `poison` fills outputs with NaN (or the largest integer) first, so an unwritten element shows."""
+        env = env or {}
+        (node,) = self.group.outputs
+        device = next((v.device for v in values.values()), torch.device("cpu"))
+        out = torch.empty(concrete(node.shape, env), dtype=node.dtype.torch, device=device)
+        if poison and node.dtype.is_float:
+            out.fill_(float("nan"))
+        elif poison and node.dtype.is_int:
+            out.fill_(torch.iinfo(node.dtype.torch).max)
+        self.spec.launch(self.fn, values, env, out)
+        return {node: out}
+
+
+def compile_group(group: KernelGroup) -> CompiledKernel:
+    """Generate, cache and load the kernel of `group`."""
+    spec = PointwiseKernel(group) if group.kind == "pointwise" else ReduceKernel(group)
+    source = spec.source()
+    tgt = target()
+    key = cache_key(source, tgt)
+    path = write_cached(source, tgt)
+    if key not in _LOADED:
+        _LOADED[key] = load_kernel(path, spec.name)
+    return CompiledKernel(group, source, path, _LOADED[key], spec)

@@ -1,0 +1,122 @@
+"""Kernel groups: which IR nodes one kernel computes, and the default grouping (one kernel per node).
+
+A group reads its external values through `Access`es: a buffer (a graph input, a parameter, a literal, or
+another group's output) seen through a chain of movement ops (permute, expand, slice, reshape of a
+contiguous buffer) that the kernel folds into its index arithmetic, so no copy is made for them.
+Fusion replaces `groups` with a function that forms larger groups; code generation does not change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from axon.ir import Graph, Node, OpKind
+from axon.ir.ops import ELEMENTWISE, MOVEMENT, REDUCE
+
+K = OpKind
+INLINE_SOURCES = frozenset({K.CONST, K.IOTA, K.RAND})  # computed inside the consuming kernel
+BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})  # made by the host, never by a kernel
+FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
+
+
+class CodegenError(Exception):
+    """A graph (or a group) that code generation cannot lower yet."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a kernel reads an external value: `buffer` seen through the movement ops `view` (in order)."""
+
+    buffer: Node
+    view: tuple[Node, ...] = ()
+
+    @property
+    def node(self) -> Node:
+        return self.view[-1] if self.view else self.buffer
+
+
+@dataclass(frozen=True)
+class KernelGroup:
+    """The IR nodes one kernel computes (`nodes`, in topological order), what it reads (`inputs`) and
+    the values that leave it (`outputs`, each written to its own contiguous buffer)."""
+
+    kind: str  # "pointwise" or "reduce"
+    nodes: tuple[Node, ...]
+    inputs: tuple[Access, ...]
+    outputs: tuple[Node, ...]
+    labels: tuple[str, ...] = ()  # one line per node for the kernel's header comment
+
+
+def groups(graph: Graph) -> list[KernelGroup]:
+    """The default grouping: one kernel per computed node, in graph order.
+
+    Inline sources (const, iota, rand) are recomputed inside each elementwise consumer; movement ops
+    are folded into their consumers' index arithmetic. A value gets a buffer when it is a graph output or
+    a consumer cannot compute it inline.
+    """
+    users = graph.users()
+    outputs = set(graph.outputs.values())
+    index = graph.index()
+    views: dict[Node, Access] = {}
+    contiguous: set[Node] = set()  # buffers and reshapes of contiguous values
+    inline: set[Node] = set()
+    result: list[KernelGroup] = []
+
+    def access(v: Node) -> Access:
+        return views.get(v) or Access(v)
+
+    def label(n: Node) -> str:
+        args = ", ".join(f"%{index[i]}" for i in n.inputs)
+        return f"%{index[n]} = {n.op}({args}): {n.type}"
+
+    for n in graph.nodes:
+        if n.op in BUFFER_SOURCES:
+            contiguous.add(n)
+        elif n.op in INLINE_SOURCES and n not in outputs and all(u.op in ELEMENTWISE for u in users[n]):
+            inline.add(n)
+        elif n.op in FOLDED_MOVEMENT and n not in outputs and _foldable(n, contiguous, inline):
+            src = n.inputs[0]
+            base = access(src)
+            views[n] = Access(base.buffer, base.view + (n,))
+            if n.op == K.RESHAPE and src in contiguous:
+                contiguous.add(n)
+        elif n.op in ELEMENTWISE or n.op in INLINE_SOURCES:
+            members = [s for s in n.inputs if s in inline]
+            members += [s for m in members for s in m.inputs if s in inline and s not in members]
+            members = sorted(set(members), key=index.__getitem__) + [n]
+            reads = _reads(members, access)
+            result.append(KernelGroup("pointwise", tuple(members), reads, (n,),
+                                      tuple(label(m) for m in members)))
+            contiguous.add(n)
+        elif n.op in REDUCE:
+            result.append(KernelGroup("reduce", (n,), (access(n.inputs[0]),), (n,), (label(n),)))
+            contiguous.add(n)
+        elif n.op in FOLDED_MOVEMENT:
+            # A copy: a graph output that is a view, or a reshape of a value that is not contiguous.
+            # The kernel reads the operand in its own row-major order, which is the reshape's order.
+            base = access(n.inputs[0])
+            read = Access(base.buffer, base.view + (n,)) if _foldable(n, contiguous, inline) else base
+            result.append(KernelGroup("pointwise", (n,), (read,), (n,), (label(n),)))
+            contiguous.add(n)
+        elif n.op in MOVEMENT:
+            raise CodegenError(f"%{index[n]} = {n.op}: no kernel template for '{n.op}' yet")
+        else:
+            raise CodegenError(f"%{index[n]} = {n.op}: no kernel template for '{n.op}' yet")
+    return result
+
+
+def _foldable(n: Node, contiguous: set[Node], inline: set[Node]) -> bool:
+    src = n.inputs[0]
+    if src in inline:
+        return False
+    return n.op != K.RESHAPE or src in contiguous  # a reshape is a view only of a contiguous value
+
+
+def _reads(members: list[Node], access) -> tuple[Access, ...]:
+    out: list[Access] = []
+    inside = set(members)
+    for m in members:
+        for s in m.inputs:
+            a = access(s)
+            if s not in inside and a not in out:
+                out.append(a)
+    return tuple(out)

@@ -1,0 +1,101 @@
+"""Per-op Triton: dtype names, the OpKind -> expression table, and casts with the evaluator's rules."""
+from __future__ import annotations
+
+import math
+
+from axon.ir import DType, OpKind
+from .groups import CodegenError
+
+K = OpKind
+
+TL_DTYPE = {
+    DType.F64: "tl.float64", DType.F32: "tl.float32", DType.F16: "tl.float16", DType.BF16: "tl.bfloat16",
+    DType.I64: "tl.int64", DType.I32: "tl.int32", DType.I8: "tl.int8", DType.U8: "tl.uint8",
+    DType.BOOL: "tl.int1",
+}
+LOW_FLOATS = frozenset({DType.F16, DType.BF16})  # held in their dtype, computed in f32 (as torch on CPU)
+
+# Expressions over operands {a}, {b}, {c}, already in the compute dtype. NaN rules follow torch:
+# relu, maximum and minimum keep a NaN; sign(NaN) is 0.
+EXPR = {
+    K.NEG: "-{a}", K.EXP: "tl.exp({a})", K.LOG: "tl.log({a})", K.SQRT: "tl.sqrt({a})",
+    K.RSQRT: "tl.rsqrt({a})", K.TANH: "_tanh({a})", K.SIGMOID: "tl.sigmoid({a})",
+    K.RELU: "tl.where({a} < 0, 0, {a})", K.ERF: "tl.math.erf({a})", K.ABS: "tl.abs({a})",
+    K.SIN: "tl.sin({a})", K.COS: "tl.cos({a})", K.RECIP: "1.0 / {a}",
+    K.SIGN: "tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0)", K.NOT: "{a} == 0",
+    K.ADD: "{a} + {b}", K.SUB: "{a} - {b}", K.MUL: "{a} * {b}", K.DIV: "{a} / {b}", K.POW: "_pow({a}, {b})",
+    K.MAXIMUM: "tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})",
+    K.MINIMUM: "tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})",
+    K.EQ: "{a} == {b}", K.NE: "{a} != {b}", K.LT: "{a} < {b}", K.LE: "{a} <= {b}", K.GT: "{a} > {b}",
+    K.GE: "{a} >= {b}", K.AND: "{a} & {b}", K.OR: "{a} | {b}", K.WHERE: "tl.where({a}, {b}, {c})",
+}
+FLOAT_EXPR = {K.FLOOR: "tl.floor({a})", K.CEIL: "tl.ceil({a})"}  # identity on integers
+
+# Helpers the interpreter and every GPU target share (libdevice is not in the interpreter).
+HELPERS = {
+    "_tanh": '''
+@triton.jit
+def _tanh(x):
+    # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|), which never overflows
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+''',
+    "_saturate": '''
+@triton.jit
+def _saturate(x, lo, hi):
+    # a float made ready for a cast to integer: NaN -> 0, clamped to [lo, hi] (the cast truncates)
+    x = x.to(tl.float64)
+    return tl.where(x != x, 0.0, tl.minimum(tl.maximum(x, lo), hi))
+''',
+    "_pow": '''
+@triton.jit
+def _pow(a, b):
+    # a ** b = exp(b * log|a|), negative for a negative base and an odd integer exponent
+    mag = tl.exp(b * tl.log(tl.abs(a)))
+    b_int = tl.floor(b) == b
+    b_odd = b_int & (b - 2.0 * tl.floor(b * 0.5) == 1.0)
+    out = tl.where((a < 0) & b_odd, -mag, mag)
+    out = tl.where((a < 0) & ~b_int, NAN, out)
+    return tl.where((b == 0) | (a == 1), 1.0, out)
+''',
+}
+
+
+def compute_dtype(dtype: DType) -> DType:
+    return DType.F32 if dtype in LOW_FLOATS else dtype
+
+
+def tl_dtype(dtype: DType) -> str:
+    if dtype not in TL_DTYPE:
+        raise CodegenError(f"no Triton code generation for {dtype} yet")
+    return TL_DTYPE[dtype]
+
+
+def literal(value, dtype: DType) -> str:
+    """A Python literal for a constant; non-finite floats use the module constants INF and NAN."""
+    if dtype == DType.BOOL:
+        return "1" if value else "0"
+    if not dtype.is_float:
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "NAN"
+    if math.isinf(value):
+        return "INF" if value > 0 else "-INF"
+    return repr(value)
+
+
+def cast(expr: str, src: DType, dst: DType) -> str:
+    """Convert like `EvalContext.cast`: float -> int truncates, NaN -> 0, out of range saturates."""
+    if src == dst:
+        return expr
+    if dst == DType.BOOL:
+        return f"({expr} != 0)"
+    if src.is_float and dst.is_int:
+        import torch
+        info = torch.iinfo(dst.torch)
+        top = float(info.max) if info.bits < 64 else float(2**63 - 1024)  # the last f64 below 2**63
+        wide = f"{expr}.to(tl.float32)" if src in LOW_FLOATS else expr
+        return f"_saturate({wide}, {float(info.min)!r}, {top!r}).to({tl_dtype(dst)})"
+    return f"{expr}.to({tl_dtype(dst)})"
