@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from . import op_elementwise, op_linalg, op_movement, op_reduce, op_source  # noqa: F401  (register ops)
 from .dtypes import DType, default_float, promote
 from .errors import IRTypeError
-from .ops import (FLOAT_ONLY_UNARY, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
+from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
                   Init, InputAttrs, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
                   PermuteAttrs, RandAttrs, ReduceAttrs, ReshapeAttrs, SliceAttrs, TensorAttrs)
 from .shapes import (NAME, Dim, Shape, Sym, TensorType, format_shape, normalize_axes, normalize_axis,
@@ -214,12 +214,12 @@ class GraphBuilder:
         return x if x.dtype == dtype else self.node(K.CAST, (x,), CastAttrs(dtype))
 
     def unary(self, op: OpKind, x: Node) -> Node:
-        if op in FLOAT_ONLY_UNARY and not x.dtype.is_float:
+        if op in FLOAT_OPERANDS and not x.dtype.is_float:
             x = self.cast(x, default_float())
         return self.node(op, (x,))
 
     def binary(self, op: OpKind, a, b) -> Node:
-        a, b = self._promoted(a, b, float_only=op in (K.DIV, K.POW))
+        a, b = self._promoted(a, b, float_only=op in FLOAT_OPERANDS)
         return self.node(op, (a, b))
 
     def _promoted(self, a, b, float_only: bool = False) -> tuple[Node, Node]:
@@ -280,7 +280,7 @@ class GraphBuilder:
             axes = (axes,)
         axes = tuple(_int(a, f"'{op}' axis") for a in axes)
         axes = normalize_axes(axes, len(x.shape))
-        if op == K.MEAN and not x.dtype.is_float:
+        if op in FLOAT_OPERANDS and not x.dtype.is_float:
             x = self.cast(x, default_float())
         return self.node(op, (x,), ReduceAttrs(axes, keepdim))
 

@@ -9,7 +9,7 @@ import torch
 
 from .dtypes import DType
 from .errors import IRTypeError
-from .ops import COMPARE, FLOAT_ONLY_UNARY, LOGICAL, CastAttrs, NoAttrs, OpKind, register
+from .ops import COMPARE, FLOAT_OPERANDS, LOGICAL, CastAttrs, NoAttrs, OpKind, register
 from .shapes import TensorType, broadcast_shapes
 
 K = OpKind
@@ -25,14 +25,13 @@ _BINARY_REF = {
     K.MAXIMUM: torch.maximum, K.MINIMUM: torch.minimum, K.EQ: torch.eq, K.NE: torch.ne, K.LT: torch.lt,
     K.LE: torch.le, K.GT: torch.gt, K.GE: torch.ge, K.AND: torch.logical_and, K.OR: torch.logical_or,
 }
-_FLOAT_ONLY_BINARY = frozenset({K.DIV, K.POW})
 
 
 def _check_operand(kind: OpKind, dtype: DType) -> None:
     if kind == K.NOT or kind in LOGICAL:
         if dtype != DType.BOOL:
             raise IRTypeError(f"'{kind}' takes bool operands, got {dtype}")
-    elif kind in FLOAT_ONLY_UNARY or kind in _FLOAT_ONLY_BINARY:
+    elif kind in FLOAT_OPERANDS:
         if not dtype.is_float:
             raise IRTypeError(f"'{kind}' takes floating-point operands, got {dtype}; cast it first")
     elif kind not in COMPARE and dtype == DType.BOOL:

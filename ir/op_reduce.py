@@ -8,7 +8,7 @@ import torch
 
 from .dtypes import DType
 from .errors import EvalError, IRTypeError
-from .ops import OpKind, ReduceAttrs, register
+from .ops import FLOAT_OPERANDS, OpKind, ReduceAttrs, register
 from .shapes import TensorType
 
 K = OpKind
@@ -30,8 +30,8 @@ def _infer_reduce(kind: OpKind):
             raise IRTypeError(f"'{kind}' takes exactly one axis, got {list(attrs.axes)}")
         if x.dtype == DType.BOOL:
             raise IRTypeError(f"'{kind}' of a bool tensor; cast it to a number first")
-        if kind == K.MEAN and not x.dtype.is_float:
-            raise IRTypeError(f"'mean' of {x.dtype}; cast it to a floating-point type first")
+        if kind in FLOAT_OPERANDS and not x.dtype.is_float:
+            raise IRTypeError(f"'{kind}' of {x.dtype}; cast it to a floating-point type first")
         if attrs.keepdim:
             shape = tuple(1 if i in attrs.axes else d for i, d in enumerate(x.shape))
         else:

@@ -101,6 +101,9 @@ MOVEMENT = frozenset({K.RESHAPE, K.PERMUTE, K.EXPAND, K.SLICE, K.PAD, K.CONCAT})
 INDEXING = frozenset({K.GATHER, K.TAKE})
 FLOAT_ONLY_UNARY = frozenset({K.EXP, K.LOG, K.SQRT, K.RSQRT, K.TANH, K.SIGMOID, K.ERF, K.SIN, K.COS,
                               K.RECIP})
+# Ops whose operands must be floating point: their rules refuse integers, and the builder casts
+# integer operands to the default float for them (as torch.exp or torch.mean of an int tensor do).
+FLOAT_OPERANDS = FLOAT_ONLY_UNARY | {K.DIV, K.POW, K.MEAN}
 
 
 # ---------------------------------------------------------------------------------------------------
