@@ -3,13 +3,12 @@
 A mistake found inside a prelude layer (a shape that does not fit inside `conv2d`) is reported at the
 user's call of the layer, with the layer's line as a note; a mistake inside the user's own function
 is reported where it is, with the call sites that led there as notes. The builder's `IRTypeError`s
-become `ShapeError`s or `AxonTypeError`s on the way, keeping the original as `__cause__`.
+become `ShapeError`s (an `IRShapeError`) or `AxonTypeError`s (an `IRDTypeError`, or any other
+`IRTypeError`) on the way, keeping the original as `__cause__`.
 """
 from __future__ import annotations
 
-import re
-
-from axon.ir import AxonError, IRTypeError, Span
+from axon.ir import AxonError, IRShapeError, IRTypeError, Span
 from axon.ir.errors import Note
 
 from .errors import AxonTypeError, ShapeError
@@ -17,9 +16,6 @@ from .program import PRELUDE_PATH
 
 _PRELUDE = str(PRELUDE_PATH)
 MAX_CALLER_NOTES = 3
-
-# The builder has one error class for dtypes and shapes alike; these words mark the dtype ones.
-_TYPE_WORDS = re.compile(r"\b(dtypes?|bool|floating-point|integer tensor|cast|i64 scalar|numeric)\b")
 
 
 def is_placed(err: AxonError) -> bool:
@@ -50,6 +46,10 @@ def _user_place(span: Span, frames) -> tuple[Span, list[Note]]:
 
 
 def _classify(err: AxonError) -> type[AxonError]:
-    if not isinstance(err, IRTypeError):
-        return type(err)
-    return AxonTypeError if _TYPE_WORDS.search(err.message) else ShapeError
+    """The frontend's error class for `err`: the builder says by its class whether a shape or a dtype
+    is wrong; an `IRTypeError` that is neither (an argument of the wrong kind) is a type error."""
+    if isinstance(err, IRShapeError):
+        return ShapeError
+    if isinstance(err, IRTypeError):  # an IRDTypeError, or an argument of the wrong kind
+        return AxonTypeError
+    return type(err)

@@ -2,7 +2,8 @@
 and the reference evaluator. Imports nothing else of Axon.
 """
 from .dtypes import DType, promote
-from .errors import (AxonError, EvalError, IRSyntaxError, IRTypeError, PassError, Span, VerifyError)
+from .errors import (AxonError, EvalError, IRDTypeError, IRShapeError, IRSyntaxError, IRTypeError, PassError,
+                     Span, VerifyError)
 from .evaluate import evaluate
 from .graph import Graph, GraphBuilder, Node
 from .init import init_params
@@ -12,7 +13,8 @@ from .shapes import Sym, TensorType
 from .verify import verify
 
 __all__ = [
-    "AxonError", "DType", "EvalError", "Graph", "GraphBuilder", "IRSyntaxError", "IRTypeError", "Init",
-    "Node", "OPS", "OpKind", "PassError", "Span", "Sym", "TensorType", "VerifyError", "apply_rules",
-    "evaluate", "init_params", "promote", "reachable", "rebuild", "verify",
+    "AxonError", "DType", "EvalError", "Graph", "GraphBuilder", "IRDTypeError", "IRShapeError",
+    "IRSyntaxError", "IRTypeError", "Init", "Node", "OPS", "OpKind", "PassError", "Span", "Sym",
+    "TensorType", "VerifyError", "apply_rules", "evaluate", "init_params", "promote", "reachable", "rebuild",
+    "verify",
 ]

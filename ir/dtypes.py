@@ -11,7 +11,7 @@ import enum
 
 import torch
 
-from .errors import IRTypeError
+from .errors import IRDTypeError, IRTypeError
 
 
 class DType(enum.Enum):
@@ -106,7 +106,7 @@ def promote(a: DType, b: DType) -> DType:
     if a.is_float != b.is_float:
         return a if a.is_float else b
     if a.is_fp8 and b.is_fp8:
-        raise IRTypeError(f"cannot mix {a} and {b} implicitly; cast one of them explicitly")
+        raise IRDTypeError(f"cannot mix {a} and {b} implicitly; cast one of them explicitly")
     rank = _FLOAT_RANK if a.is_float else _INT_RANK
     if rank[a] == rank[b]:
         return _TIE[frozenset({a, b})]

@@ -94,7 +94,24 @@ class IRSyntaxError(AxonError):
 
 
 class IRTypeError(AxonError):
-    """An op applied to operands of the wrong dtype or shape, or with bad attributes."""
+    """An op applied to operands of the wrong dtype or shape, or with bad attributes.
+
+    Shape and dtype mistakes raise the subclasses `IRShapeError` and `IRDTypeError`; a plain
+    `IRTypeError` is left for what is neither: an argument of the wrong Python kind (a string where a
+    DType or an int is expected), a bad name, a node from another graph, a wrong operand count.
+    """
+
+
+class IRShapeError(IRTypeError):
+    """Shapes that do not fit: broadcasting, matmul inner dimensions, reshape element counts, expand,
+    slice/pad/concat bounds, conv2d sizes, an axis out of range, a reduction over a size-0 axis, the
+    shape of a gather/take index."""
+
+
+class IRDTypeError(IRTypeError):
+    """A wrong element type: a float-only op on integers, bool where a number is needed, mixed dtypes
+    (binary ops, where, concat, matmul, two fp8 formats), an index that is not an integer, a constant
+    that does not fit its dtype."""
 
 
 class VerifyError(AxonError):

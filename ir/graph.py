@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from . import op_elementwise, op_linalg, op_movement, op_reduce, op_source  # noqa: F401  (register ops)
 from .dtypes import DType, default_float, promote
-from .errors import IRTypeError
+from .errors import IRDTypeError, IRShapeError, IRTypeError
 from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
                   Init, InputAttrs, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
                   PermuteAttrs, RandAttrs, ReduceAttrs, ReshapeAttrs, SliceAttrs, TensorAttrs)
@@ -180,9 +180,9 @@ class GraphBuilder:
         try:
             arr = np.asarray(data)
         except ValueError as e:  # ragged nested lists
-            raise IRTypeError(f"a literal tensor must be rectangular: {e}") from None
+            raise IRShapeError(f"a literal tensor must be rectangular: {e}") from None
         if arr.dtype.kind not in "biuf":
-            raise IRTypeError(f"a literal tensor holds numbers or bools, got {arr.dtype} data")
+            raise IRDTypeError(f"a literal tensor holds numbers or bools, got {arr.dtype} data")
         shape = tuple(arr.shape) if shape is None else tuple(_dims(shape, "tensor"))
         flat = tuple(_scalar(v, dtype) for v in arr.reshape(-1).tolist())
         return self.node(K.TENSOR, (), TensorAttrs(flat, dtype, shape))
@@ -307,9 +307,9 @@ class GraphBuilder:
         shape = _dims(shape, "reshape")
         holes = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
         if len(holes) > 1:
-            raise IRTypeError(f"reshape to {shape}: only one dimension can be -1")
+            raise IRShapeError(f"reshape to {shape}: only one dimension can be -1")
         if any(isinstance(d, int) and d < -1 for d in shape):
-            raise IRTypeError(f"reshape to {shape}: sizes must be >= 0 (or one -1)")
+            raise IRShapeError(f"reshape to {shape}: sizes must be >= 0 (or one -1)")
         if holes:
             rest = numel(d for i, d in enumerate(shape) if i != holes[0])
             shape[holes[0]] = _dim_div(numel(x.shape), rest, x, shape)
@@ -341,11 +341,11 @@ class GraphBuilder:
         start, stop = (None if v is None else _int(v, "a slice bound") for v in (start, stop))
         size = x.shape[axis]
         if _int(step, "a slice step") < 1:
-            raise IRTypeError(f"slice step must be >= 1, got {step}")
+            raise IRShapeError(f"slice step must be >= 1, got {step}")
         if not isinstance(size, int):
             if (start in (None, 0)) and stop is None and step == 1:
                 return x
-            raise IRTypeError(f"cannot slice the symbolic dimension {size} (axis {axis} of {x.type})")
+            raise IRShapeError(f"cannot slice the symbolic dimension {size} (axis {axis} of {x.type})")
         lo, hi, _ = slice(start, stop, step).indices(size)
         if (lo, hi, step) == (0, size, 1):
             return x
@@ -431,12 +431,12 @@ def _scalar(value, dtype: DType):
         return bool(value)
     if dtype.is_int:
         if isinstance(value, float) and not value.is_integer():
-            raise IRTypeError(f"constant {value!r} is not an integer, so it cannot be {dtype}")
+            raise IRDTypeError(f"constant {value!r} is not an integer, so it cannot be {dtype}")
         return int(value)
     try:
         return float(value)
     except OverflowError:
-        raise IRTypeError(f"constant {value} is too large for any floating-point type") from None
+        raise IRDTypeError(f"constant {value} is too large for any floating-point type") from None
 
 
 def _dim_div(total: Dim, part: Dim, x: Node, shape) -> Dim:
@@ -456,7 +456,7 @@ def _dim_div(total: Dim, part: Dim, x: Node, shape) -> Dim:
         if rest is not None and pc and total.coeff % pc == 0:
             coeff = total.coeff // pc
             return Sym(tuple(rest), coeff) if rest else coeff
-    raise IRTypeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the -1 dimension "
-                      f"is not a whole number")
+    raise IRShapeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the -1 dimension "
+                       f"is not a whole number")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .dtypes import DType
-from .errors import IRTypeError
+from .errors import IRDTypeError
 from .ops import COMPARE, FLOAT_OPERANDS, LOGICAL, CastAttrs, NoAttrs, OpKind, register
 from .shapes import TensorType, broadcast_shapes
 
@@ -30,12 +30,12 @@ _BINARY_REF = {
 def _check_operand(kind: OpKind, dtype: DType) -> None:
     if kind == K.NOT or kind in LOGICAL:
         if dtype != DType.BOOL:
-            raise IRTypeError(f"'{kind}' takes bool operands, got {dtype}")
+            raise IRDTypeError(f"'{kind}' takes bool operands, got {dtype}")
     elif kind in FLOAT_OPERANDS:
         if not dtype.is_float:
-            raise IRTypeError(f"'{kind}' takes floating-point operands, got {dtype}; cast it first")
+            raise IRDTypeError(f"'{kind}' takes floating-point operands, got {dtype}; cast it first")
     elif kind not in COMPARE and dtype == DType.BOOL:
-        raise IRTypeError(f"'{kind}' takes numeric operands, got bool; cast it first")
+        raise IRDTypeError(f"'{kind}' takes numeric operands, got bool; cast it first")
 
 
 def _infer_unary(kind: OpKind):
@@ -49,8 +49,8 @@ def _infer_binary(kind: OpKind):
     def infer(attrs, ts: list[TensorType]) -> TensorType:
         a, b = ts
         if a.dtype != b.dtype:
-            raise IRTypeError(f"operands of '{kind}' have different dtypes {a.dtype} and {b.dtype}; "
-                              f"cast one of them")
+            raise IRDTypeError(f"operands of '{kind}' have different dtypes {a.dtype} and {b.dtype}; "
+                               f"cast one of them")
         _check_operand(kind, a.dtype)
         out_dtype = DType.BOOL if kind in COMPARE or kind in LOGICAL else a.dtype
         return TensorType(out_dtype, broadcast_shapes(a.shape, b.shape))
@@ -76,9 +76,9 @@ for _k in _BINARY_REF:
 def _infer_where(attrs, ts: list[TensorType]) -> TensorType:
     cond, a, b = ts
     if cond.dtype != DType.BOOL:
-        raise IRTypeError(f"the condition of 'where' must be bool, got {cond.dtype}")
+        raise IRDTypeError(f"the condition of 'where' must be bool, got {cond.dtype}")
     if a.dtype != b.dtype:
-        raise IRTypeError(f"the branches of 'where' have different dtypes {a.dtype} and {b.dtype}")
+        raise IRDTypeError(f"the branches of 'where' have different dtypes {a.dtype} and {b.dtype}")
     return TensorType(a.dtype, broadcast_shapes(cond.shape, a.shape, b.shape))
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .dtypes import DType
-from .errors import EvalError, IRTypeError
+from .errors import EvalError, IRDTypeError, IRShapeError
 from .op_source import check_scalar
 from .ops import (AxisAttrs, ExpandAttrs, OpKind, PadAttrs, PermuteAttrs, ReshapeAttrs,
                   SliceAttrs, register)
@@ -29,24 +29,24 @@ def dim_add(a: Dim, b: Dim) -> Dim:
         return b
     if b == 0:
         return a
-    raise IRTypeError(f"cannot add dimensions {format_dim(a)} and {format_dim(b)}")
+    raise IRShapeError(f"cannot add dimensions {format_dim(a)} and {format_dim(b)}")
 
 
 def _infer_reshape(attrs: ReshapeAttrs, ts):
     (x,) = ts
     if any(isinstance(d, int) and d < 0 for d in attrs.shape):
-        raise IRTypeError(f"'reshape' to {format_shape(attrs.shape)}: sizes must be >= 0")
+        raise IRShapeError(f"'reshape' to {format_shape(attrs.shape)}: sizes must be >= 0")
     if numel(x.shape) != numel(attrs.shape):
-        raise IRTypeError(f"cannot reshape {x} to {format_shape(attrs.shape)}: "
-                          f"{format_dim(numel(x.shape))} elements vs {format_dim(numel(attrs.shape))}")
+        raise IRShapeError(f"cannot reshape {x} to {format_shape(attrs.shape)}: "
+                           f"{format_dim(numel(x.shape))} elements vs {format_dim(numel(attrs.shape))}")
     return x.with_shape(attrs.shape)
 
 
 def _infer_permute(attrs: PermuteAttrs, ts):
     (x,) = ts
     if sorted(attrs.perm) != list(range(x.rank)):
-        raise IRTypeError(f"'permute' order {list(attrs.perm)} is not a permutation of the "
-                          f"{x.rank} axes of {x}")
+        raise IRShapeError(f"'permute' order {list(attrs.perm)} is not a permutation of the "
+                           f"{x.rank} axes of {x}")
     return x.with_shape(tuple(x.shape[p] for p in attrs.perm))
 
 
@@ -54,33 +54,33 @@ def _infer_expand(attrs: ExpandAttrs, ts):
     (x,) = ts
     target = attrs.shape
     if any(isinstance(d, int) and d < 0 for d in target):
-        raise IRTypeError(f"cannot expand {x} to {format_shape(target)}: sizes must be >= 0")
+        raise IRShapeError(f"cannot expand {x} to {format_shape(target)}: sizes must be >= 0")
     if len(target) < x.rank:
-        raise IRTypeError(f"cannot expand {x} to the lower rank {format_shape(target)}")
+        raise IRShapeError(f"cannot expand {x} to the lower rank {format_shape(target)}")
     for i, d in enumerate(x.shape):
         t = target[len(target) - x.rank + i]
         if d != t and d != 1:
-            raise IRTypeError(f"cannot expand {x} to {format_shape(target)}: dimension "
-                              f"{format_dim(d)} is neither 1 nor {format_dim(t)}")
+            raise IRShapeError(f"cannot expand {x} to {format_shape(target)}: dimension "
+                               f"{format_dim(d)} is neither 1 nor {format_dim(t)}")
     return x.with_shape(target)
 
 
 def _infer_slice(attrs: SliceAttrs, ts):
     (x,) = ts
     if not len(attrs.axes) == len(attrs.starts) == len(attrs.stops) == len(attrs.steps):
-        raise IRTypeError("'slice' needs one start, stop and step per axis")
+        raise IRShapeError("'slice' needs one start, stop and step per axis")
     if len(set(attrs.axes)) != len(attrs.axes):
-        raise IRTypeError(f"'slice' names an axis twice: {list(attrs.axes)}")
+        raise IRShapeError(f"'slice' names an axis twice: {list(attrs.axes)}")
     shape = list(x.shape)
     for a, start, stop, step in zip(attrs.axes, attrs.starts, attrs.stops, attrs.steps):
         if not 0 <= a < x.rank:
-            raise IRTypeError(f"'slice' axis {a} out of range for {x}")
+            raise IRShapeError(f"'slice' axis {a} out of range for {x}")
         d = x.shape[a]
         if not isinstance(d, int):
-            raise IRTypeError(f"cannot slice the symbolic dimension {format_dim(d)} (axis {a} of {x})")
+            raise IRShapeError(f"cannot slice the symbolic dimension {format_dim(d)} (axis {a} of {x})")
         if step < 1 or not 0 <= start < stop <= d:
-            raise IRTypeError(f"'slice' {start}:{stop}:{step} of axis {a} (size {d}) is empty or out "
-                              f"of range")
+            raise IRShapeError(f"'slice' {start}:{stop}:{step} of axis {a} (size {d}) is empty or out "
+                               f"of range")
         shape[a] = (stop - start + step - 1) // step
     return x.with_shape(tuple(shape))
 
@@ -88,7 +88,7 @@ def _infer_slice(attrs: SliceAttrs, ts):
 def _infer_pad(attrs: PadAttrs, ts):
     (x,) = ts
     if len(attrs.pads) != x.rank:
-        raise IRTypeError(f"'pad' needs one (before, after) pair per axis of {x}, got {len(attrs.pads)}")
+        raise IRShapeError(f"'pad' needs one (before, after) pair per axis of {x}, got {len(attrs.pads)}")
     value = attrs.value  # stored as a float: it must still be a value of x's dtype
     if x.dtype == DType.BOOL and value in (0, 1):
         value = bool(value)
@@ -98,7 +98,7 @@ def _infer_pad(attrs: PadAttrs, ts):
     shape = []
     for d, (lo, hi) in zip(x.shape, attrs.pads):
         if lo < 0 or hi < 0:
-            raise IRTypeError(f"'pad' amounts must be >= 0, got {list(attrs.pads)} (use slice to crop)")
+            raise IRShapeError(f"'pad' amounts must be >= 0, got {list(attrs.pads)} (use slice to crop)")
         shape.append(dim_add(d, lo + hi) if lo + hi else d)
     return x.with_shape(tuple(shape))
 
@@ -106,16 +106,16 @@ def _infer_pad(attrs: PadAttrs, ts):
 def _infer_concat(attrs: AxisAttrs, ts):
     first = ts[0]
     if not 0 <= attrs.axis < first.rank:
-        raise IRTypeError(f"'concat' axis {attrs.axis} out of range for {first}")
+        raise IRShapeError(f"'concat' axis {attrs.axis} out of range for {first}")
     total = first.shape[attrs.axis]
     for t in ts[1:]:
         if t.dtype != first.dtype:
-            raise IRTypeError(f"'concat' of different dtypes {first.dtype} and {t.dtype}")
+            raise IRDTypeError(f"'concat' of different dtypes {first.dtype} and {t.dtype}")
         same = t.rank == first.rank and all(
             a == b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != attrs.axis)
         if not same:
-            raise IRTypeError(f"'concat' along axis {attrs.axis}: {t} does not match {first} "
-                              f"on the other axes")
+            raise IRShapeError(f"'concat' along axis {attrs.axis}: {t} does not match {first} "
+                               f"on the other axes")
         total = dim_add(total, t.shape[attrs.axis])
     shape = list(first.shape)
     shape[attrs.axis] = total
@@ -124,18 +124,18 @@ def _infer_concat(attrs: AxisAttrs, ts):
 
 def _check_index(t: TensorType, op: str) -> None:
     if not t.dtype.is_int:
-        raise IRTypeError(f"the index of '{op}' must be an integer tensor, got {t}")
+        raise IRDTypeError(f"the index of '{op}' must be an integer tensor, got {t}")
 
 
 def _infer_gather(attrs: AxisAttrs, ts):
     x, idx = ts
     _check_index(idx, "gather")
     if idx.rank != x.rank or not 0 <= attrs.axis < x.rank:
-        raise IRTypeError(f"'gather' along axis {attrs.axis} needs an index of the rank of {x}, got {idx}")
+        raise IRShapeError(f"'gather' along axis {attrs.axis} needs an index of the rank of {x}, got {idx}")
     for i, (a, b) in enumerate(zip(x.shape, idx.shape)):
         if i != attrs.axis and a != b:
-            raise IRTypeError(f"'gather' along axis {attrs.axis}: index {idx} and source {x} differ "
-                              f"on axis {i}")
+            raise IRShapeError(f"'gather' along axis {attrs.axis}: index {idx} and source {x} differ "
+                               f"on axis {i}")
     return TensorType(x.dtype, idx.shape)
 
 
@@ -143,7 +143,7 @@ def _infer_take(attrs: AxisAttrs, ts):
     x, idx = ts
     _check_index(idx, "take")
     if not 0 <= attrs.axis < x.rank:
-        raise IRTypeError(f"'take' axis {attrs.axis} out of range for {x}")
+        raise IRShapeError(f"'take' axis {attrs.axis} out of range for {x}")
     return TensorType(x.dtype, x.shape[:attrs.axis] + idx.shape + x.shape[attrs.axis + 1:])
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .dtypes import DType
-from .errors import EvalError, IRTypeError
+from .errors import EvalError, IRDTypeError, IRShapeError
 from .ops import FLOAT_OPERANDS, OpKind, ReduceAttrs, register
 from .shapes import TensorType
 
@@ -18,20 +18,20 @@ def _infer_reduce(kind: OpKind):
     def infer(attrs: ReduceAttrs, ts: list[TensorType]) -> TensorType:
         (x,) = ts
         if not attrs.axes:
-            raise IRTypeError(f"'{kind}' over no axes; name at least one axis")
+            raise IRShapeError(f"'{kind}' over no axes; name at least one axis")
         if any(not 0 <= a < x.rank for a in attrs.axes):
-            raise IRTypeError(f"'{kind}' axes {list(attrs.axes)} out of range for {x}")
+            raise IRShapeError(f"'{kind}' axes {list(attrs.axes)} out of range for {x}")
         if list(attrs.axes) != sorted(set(attrs.axes)):
-            raise IRTypeError(f"'{kind}' axes {list(attrs.axes)} must be sorted and distinct")
+            raise IRShapeError(f"'{kind}' axes {list(attrs.axes)} must be sorted and distinct")
         for a in attrs.axes:
             if x.shape[a] == 0:
-                raise IRTypeError(f"'{kind}' over axis {a} of size 0 in {x}: the result is undefined")
+                raise IRShapeError(f"'{kind}' over axis {a} of size 0 in {x}: the result is undefined")
         if kind in (K.ARGMAX, K.ARGMIN) and len(attrs.axes) != 1:
-            raise IRTypeError(f"'{kind}' takes exactly one axis, got {list(attrs.axes)}")
+            raise IRShapeError(f"'{kind}' takes exactly one axis, got {list(attrs.axes)}")
         if x.dtype == DType.BOOL:
-            raise IRTypeError(f"'{kind}' of a bool tensor; cast it to a number first")
+            raise IRDTypeError(f"'{kind}' of a bool tensor; cast it to a number first")
         if kind in FLOAT_OPERANDS and not x.dtype.is_float:
-            raise IRTypeError(f"'{kind}' of {x.dtype}; cast it to a floating-point type first")
+            raise IRDTypeError(f"'{kind}' of {x.dtype}; cast it to a floating-point type first")
         if attrs.keepdim:
             shape = tuple(1 if i in attrs.axes else d for i, d in enumerate(x.shape))
         else:

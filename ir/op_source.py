@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .dtypes import DType
-from .errors import IRTypeError
+from .errors import IRDTypeError, IRShapeError, IRTypeError
 from .ops import (ConstAttrs, InputAttrs, IotaAttrs, OpKind, ParamAttrs, RandAttrs,
                   TensorAttrs, register)
 from .shapes import TensorType, concrete, format_shape, is_static
@@ -23,29 +23,29 @@ K = OpKind
 
 def _check_shape(shape) -> None:
     if any(isinstance(d, int) and d < 0 for d in shape):
-        raise IRTypeError(f"negative size in shape {format_shape(shape)}")
+        raise IRShapeError(f"negative size in shape {format_shape(shape)}")
 
 
 def check_scalar(value, dtype: DType) -> None:
     """A literal must fit the dtype it is given: bools for bool, integers for integer types."""
     if isinstance(value, bool):
         if dtype != DType.BOOL:
-            raise IRTypeError(f"constant {value!r} is a bool, so it cannot be {dtype}")
+            raise IRDTypeError(f"constant {value!r} is a bool, so it cannot be {dtype}")
         return
     if not isinstance(value, (int, float)):
         raise IRTypeError(f"constant {value!r} is not a number")
     if dtype == DType.BOOL:
-        raise IRTypeError(f"constant {value!r} is not a bool")
+        raise IRDTypeError(f"constant {value!r} is not a bool")
     if dtype.is_int:
         if not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise IRTypeError(f"constant {value!r} is not an integer, so it cannot be {dtype}")
+            raise IRDTypeError(f"constant {value!r} is not an integer, so it cannot be {dtype}")
         info = torch.iinfo(dtype.torch)
         if not info.min <= int(value) <= info.max:
-            raise IRTypeError(f"constant {value!r} does not fit in {dtype}")
+            raise IRDTypeError(f"constant {value!r} does not fit in {dtype}")
     elif dtype == DType.F8E4M3 and math.isfinite(value) and abs(value) > torch.finfo(dtype.torch).max:
         # Other float types round a too-large literal to infinity (a -1e9 attention mask in f16 is
         # -inf, as in PyTorch); e4m3 has no infinity to round to.
-        raise IRTypeError(f"constant {value!r} overflows {dtype}, which has no infinity")
+        raise IRDTypeError(f"constant {value!r} overflows {dtype}, which has no infinity")
 
 
 def _infer_signature(attrs, ts):  # input, param: the type is the declaration
@@ -62,10 +62,10 @@ def _infer_const(attrs: ConstAttrs, ts):
 def _infer_tensor(attrs: TensorAttrs, ts):
     _check_shape(attrs.shape)
     if not is_static(attrs.shape):
-        raise IRTypeError(f"a literal tensor needs a static shape, got {format_shape(attrs.shape)}")
+        raise IRShapeError(f"a literal tensor needs a static shape, got {format_shape(attrs.shape)}")
     if len(attrs.data) != math.prod(attrs.shape):
-        raise IRTypeError(f"a literal tensor of shape {format_shape(attrs.shape)} needs "
-                          f"{math.prod(attrs.shape)} values, got {len(attrs.data)}")
+        raise IRShapeError(f"a literal tensor of shape {format_shape(attrs.shape)} needs "
+                           f"{math.prod(attrs.shape)} values, got {len(attrs.data)}")
     for v in attrs.data:
         check_scalar(v, attrs.dtype)
     return TensorType(attrs.dtype, tuple(attrs.shape))
@@ -74,19 +74,21 @@ def _infer_tensor(attrs: TensorAttrs, ts):
 def _infer_iota(attrs: IotaAttrs, ts):
     _check_shape(attrs.shape)
     if not 0 <= attrs.axis < len(attrs.shape):
-        raise IRTypeError(f"'iota' axis {attrs.axis} out of range for shape {format_shape(attrs.shape)}")
+        raise IRShapeError(f"'iota' axis {attrs.axis} out of range for shape {format_shape(attrs.shape)}")
     if attrs.dtype == DType.BOOL:
-        raise IRTypeError("'iota' counts, so it needs a numeric dtype, not bool")
+        raise IRDTypeError("'iota' counts, so it needs a numeric dtype, not bool")
     return TensorType(attrs.dtype, tuple(attrs.shape))
 
 
 def _infer_rand(attrs: RandAttrs, ts):
     (seed,) = ts
     _check_shape(attrs.shape)
-    if seed.dtype != DType.I64 or seed.shape != ():
-        raise IRTypeError(f"the seed of 'rand' must be an i64 scalar, got {seed}")
+    if seed.dtype != DType.I64:
+        raise IRDTypeError(f"the seed of 'rand' must be an i64 scalar, got {seed}")
+    if seed.shape != ():
+        raise IRShapeError(f"the seed of 'rand' must be an i64 scalar, got {seed}")
     if not attrs.dtype.is_float:
-        raise IRTypeError(f"'rand' draws floats; got dtype {attrs.dtype}")
+        raise IRDTypeError(f"'rand' draws floats; got dtype {attrs.dtype}")
     if not 0 <= attrs.stream < 2**32:
         raise IRTypeError(f"'rand' stream {attrs.stream} must fit in 32 bits")
     return TensorType(attrs.dtype, tuple(attrs.shape))

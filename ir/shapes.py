@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .dtypes import DType
-from .errors import EvalError, IRTypeError
+from .errors import EvalError, IRShapeError, IRTypeError
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # names of symbols, inputs, parameters and outputs
 
@@ -62,7 +62,7 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) or isinstance(b, int):
         n, s = (a, b) if isinstance(a, int) else (b, a)
         if n < 0:
-            raise IRTypeError(f"negative size {n} times the symbolic dimension {s}")
+            raise IRShapeError(f"negative size {n} times the symbolic dimension {s}")
         return 0 if n == 0 else Sym(s.factors, s.coeff * n)
     return Sym(tuple(sorted(a.factors + b.factors)), a.coeff * b.coeff)
 
@@ -120,22 +120,22 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
                 cur = d
                 continue
             listed = " and ".join(format_shape(s) for s in shapes)
-            raise IRTypeError(f"shapes {listed} do not broadcast: dimension {format_dim(cur)} "
-                              f"against {format_dim(d)}")
+            raise IRShapeError(f"shapes {listed} do not broadcast: dimension {format_dim(cur)} "
+                               f"against {format_dim(d)}")
         out.append(cur)
     return tuple(out)
 
 
 def normalize_axis(axis: int, rank: int) -> int:
     if not -rank <= axis < rank:  # a scalar has no axes at all
-        raise IRTypeError(f"axis {axis} is out of range for a tensor of rank {rank}")
+        raise IRShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
     return axis % rank
 
 
 def normalize_axes(axes: Iterable[int], rank: int) -> tuple[int, ...]:
     out = tuple(sorted(normalize_axis(a, rank) for a in axes))
     if len(set(out)) != len(out):
-        raise IRTypeError(f"repeated axis in {tuple(axes)}")
+        raise IRShapeError(f"repeated axis in {tuple(axes)}")
     return out
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from axon.frontend import compile_source, load
 from axon.frontend import elaborator
-from axon.frontend.errors import AxonNameError, AxonValueError, ShapeError
-from axon.ir import AxonError
+from axon.frontend.errors import AxonNameError, AxonTypeError, AxonValueError, ShapeError
+from axon.ir import AxonError, IRDTypeError, IRShapeError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -420,6 +420,26 @@ def test_a_loss_argument_of_the_wrong_type_is_reported_as_the_call_would():
     err = info.value
     assert (err.kind, err.span.line, err.span.col) == ("type", 5, 44)
     assert "argument 'logits' of 'cross_entropy': expected f32[*lead, classes], got i64[b]" in err.message
+
+
+def test_a_constant_that_does_not_fit_its_dtype_is_a_type_error_not_a_shape_error():
+    """The builder's error class, not the wording of its message, picks the kind: this message names
+    no dtype word, so it used to be reported as kind 'shape'."""
+    src = "model M {\n  input x: f32[3]\n  output y = full([2], 300, dtype = i8)\n}"
+    with pytest.raises(AxonTypeError) as info:
+        compile_source(src, "bad.axon")
+    err = info.value
+    assert (err.kind, err.span.line, err.span.col) == ("type", 3, 14)
+    assert err.message == "constant 300 does not fit in i8"
+    assert isinstance(err.__cause__, IRDTypeError)
+
+
+def test_a_shape_mistake_found_by_the_builder_is_still_a_shape_error():
+    src = "model M {\n  input x: f32[3, 4]\n  output y = x @ x\n}"
+    with pytest.raises(ShapeError) as info:
+        compile_source(src, "bad.axon")
+    assert info.value.kind == "shape" and isinstance(info.value.__cause__, IRShapeError)
+    assert "inner dimensions differ" in info.value.message
 
 
 @pytest.mark.parametrize("comment", ["\f", "\u2028", "\r", "\x0b", "\x1c", "\x85"])

@@ -1,7 +1,8 @@
-"""Bad builds: each raises IRTypeError at build time with a message naming what is wrong."""
+"""Bad builds: each raises IRTypeError at build time with a message naming what is wrong, and by its
+class says whether a shape (IRShapeError) or a dtype (IRDTypeError) is wrong."""
 import pytest
 
-from axon.ir import DType, GraphBuilder, Init, IRTypeError, OpKind, Sym
+from axon.ir import DType, GraphBuilder, Init, IRDTypeError, IRShapeError, IRTypeError, OpKind, Sym
 from axon.ir.ops import ReduceAttrs, SliceAttrs
 
 D = DType
@@ -24,6 +25,8 @@ BAD = [  # (id, build(b, x, i, m, s, h), message fragment)
     ("add-bool", lambda b, x, i, m, s, h: b.add(m, m), "'add' takes numeric operands, got bool"),
     ("mixed-raw", lambda b, x, i, m, s, h: b.node(OpKind.ADD, (x, h)),
      "different dtypes f32 and f16"),
+    ("exp-int-raw", lambda b, x, i, m, s, h: b.node(OpKind.EXP, (b.cast(i, D.I64),)),
+     "'exp' takes floating-point operands, got i64"),
     ("where-cond", lambda b, x, i, m, s, h: b.where(i, x, x), "condition of 'where' must be bool, got i32"),
     ("fp8-mix", lambda b, x, i, m, s, h: b.mul(b.cast(h, D.F8E4M3), b.cast(h, D.F8E5M2)), "cannot mix"),
     ("scalars-only", lambda b, x, i, m, s, h: b.add(1, 2.0), "at least one tensor operand"),
@@ -103,3 +106,35 @@ def test_bad_build_is_a_type_error(build, fragment):
     with pytest.raises(IRTypeError) as err:
         build(b, *_inputs(b))
     assert fragment in str(err.value), f"{err.value} does not mention {fragment!r}"
+
+
+SHAPE, DTYPE, OTHER = IRShapeError, IRDTypeError, IRTypeError
+KIND = {  # the exact class of each bad build above: a shape, a dtype, or neither
+    "add-shapes": SHAPE, "add-symbolic": SHAPE, "not-float": DTYPE, "and-int": DTYPE, "neg-bool": DTYPE,
+    "add-bool": DTYPE, "mixed-raw": DTYPE, "exp-int-raw": DTYPE, "where-cond": DTYPE, "fp8-mix": DTYPE,
+    "scalars-only": OTHER, "const-overflow": DTYPE, "const-not-int": DTYPE, "const-f8e4m3-overflow": DTYPE,
+    "sum-axis": SHAPE, "sum-neg-axis": SHAPE, "sum-repeated": SHAPE, "sum-bool": DTYPE,
+    "sum-raw-unsorted": SHAPE, "argmax-two-axes": SHAPE, "matmul-inner": SHAPE, "matmul-rank": SHAPE,
+    "matmul-batch": SHAPE, "matmul-bool": DTYPE, "conv-rank": SHAPE, "conv-groups": SHAPE,
+    "conv-too-big": SHAPE, "conv-stride0": SHAPE, "conv-symbolic": SHAPE, "matmul-symbolic-inner": SHAPE,
+    "reshape-count": SHAPE, "reshape-two-holes": SHAPE, "reshape-inexact": SHAPE, "reshape-symbolic": SHAPE,
+    "permute-not-perm": SHAPE, "permute-short": SHAPE, "permute-axis": SHAPE, "expand-bad": SHAPE,
+    "expand-rank": SHAPE, "slice-step": SHAPE, "slice-empty": SHAPE, "slice-symbolic": SHAPE,
+    "slice-scalar": SHAPE, "slice-raw-range": SHAPE, "pad-negative": SHAPE, "pad-rank": SHAPE,
+    "pad-symbolic": SHAPE, "pad-int-fraction": DTYPE, "concat-dtype": DTYPE, "concat-shape": SHAPE,
+    "concat-axis": SHAPE, "gather-float-index": DTYPE, "gather-shape": SHAPE, "take-bool-index": DTYPE,
+    "iota-axis": SHAPE, "tensor-count": SHAPE, "input-twice": OTHER, "param-negative": SHAPE,
+    "output-twice": OTHER, "unknown-dtype": OTHER,
+}
+
+
+def test_every_bad_build_has_a_kind():
+    assert set(KIND) == {c[0] for c in BAD}
+
+
+@pytest.mark.parametrize("build,kind", [(c[1], KIND[c[0]]) for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_build_says_whether_a_shape_or_a_dtype_is_wrong(build, kind):
+    b = GraphBuilder()
+    with pytest.raises(IRTypeError) as err:
+        build(b, *_inputs(b))
+    assert type(err.value) is kind, f"{err.value.message!r}: {type(err.value).__name__}, not {kind.__name__}"
