@@ -1,20 +1,33 @@
-"""Movement ops (reshape, permute, expand, slice, pad, concat) and indexing (gather, take).
+"""Movement ops (reshape, permute, expand, slice, pad, concat) and indexing (gather, take): shape rules,
+reference evaluation and gradient rules.
 
 Movement ops change where elements sit, never their values; codegen folds most of them into index
 arithmetic. Symbolic dimensions pass through untouched; an op that would need to compute with one
 (slicing or padding it) is refused with a message saying so.
+
+Gradients of movement ops are movement ops (slice <-> pad, reshape back, inverse permute, expand ->
+sum). Gather and take read with indices; their gradient is a scatter-add, which the IR has no op for,
+so it is built from a one-hot comparison `index == iota`, multiplied by the gradient and summed (take:
+a matmul). That costs O(numel(index) * size of the indexed axis): for an embedding table [V, D] looked
+up with ids [N], an [N, V] one-hot and an [V, N] @ [N, D] matmul.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .dtypes import DType
 from .errors import EvalError, IRDTypeError, IRShapeError
+from .op_elementwise import sum_to_shape
 from .op_source import check_scalar
 from .ops import (AxisAttrs, ExpandAttrs, OpKind, PadAttrs, PermuteAttrs, ReshapeAttrs,
-                  SliceAttrs, register)
-from .shapes import Dim, Sym, TensorType, concrete, format_dim, format_shape, numel
+                  SliceAttrs, register, register_grad)
+from .shapes import Dim, Sym, TensorType, concrete, format_dim, format_shape, is_static, numel
+
+if TYPE_CHECKING:
+    from .graph import GraphBuilder, Node
 
 K = OpKind
 
@@ -182,14 +195,115 @@ def _ref_take(attrs: AxisAttrs, xs, ctx):
     return out.reshape(tuple(x.shape[:attrs.axis]) + tuple(idx.shape) + tuple(x.shape[attrs.axis + 1:]))
 
 
+# --- gradients ---------------------------------------------------------------------------------------
+
+def spread(b: GraphBuilder, v: Node, axis: int, step: int) -> Node:
+    """Each element of `v` along `axis` followed by `step - 1` zeros: [.., m, ..] -> [.., m*step, ..]
+    (a reshape to [.., m, 1, ..], a pad to [.., m, step, ..] and a reshape back)."""
+    if step == 1:
+        return v
+    shape = list(v.shape)
+    v = b.reshape(v, shape[:axis + 1] + [1] + shape[axis + 1:])
+    pads = [(0, 0)] * len(v.shape)
+    pads[axis + 1] = (0, step - 1)
+    shape[axis] = shape[axis] * step
+    return b.reshape(b.pad(v, pads), shape)
+
+
+def pad_or_crop(b: GraphBuilder, v: Node, axis: int, before: int, after: int) -> Node:
+    """`v` with zeros added along `axis` (`before` and `after` elements), or elements removed where an
+    amount is negative."""
+    pads = [(0, 0)] * len(v.shape)
+    pads[axis] = (max(before, 0), max(after, 0))
+    v = b.pad(v, pads)
+    if before >= 0 and after >= 0:  # nothing to cut (and the axis may be symbolic)
+        return v
+    return b.slice(v, axis, max(-before, 0), v.shape[axis] - max(-after, 0))
+
+
+def _grad_permute(b, node, ins, out, g):
+    inverse = [0] * len(node.attrs.perm)
+    for i, p in enumerate(node.attrs.perm):
+        inverse[p] = i
+    return [b.permute(g, inverse)]
+
+
+def _grad_slice(b, node, ins, out, g):
+    # Put each value back where it was read (spread apart by the step), zeros everywhere else.
+    (x,) = ins
+    a = node.attrs
+    for axis, start, step in zip(a.axes, a.starts, a.steps):
+        m = g.shape[axis]
+        g = pad_or_crop(b, spread(b, g, axis, step), axis, start, x.shape[axis] - start - m * step)
+    return [g]
+
+
+def _grad_pad(b, node, ins, out, g):
+    for axis, (lo, hi) in enumerate(node.attrs.pads):
+        g = pad_or_crop(b, g, axis, -lo, -hi)
+    return [g]
+
+
+def _grad_concat(b, node, ins, out, g):
+    axis = node.attrs.axis
+    sizes = [x.shape[axis] for x in ins]
+    if is_static(sizes):
+        counts, view = sizes, g
+    else:  # symbolic pieces are multiples c * S of one product S (as concat's rule allows): view the
+        # axis as [sum of c, S] and cut the static part
+        unit = next(Sym(d.factors) for d in sizes if isinstance(d, Sym))
+        counts = [d.coeff if isinstance(d, Sym) else 0 for d in sizes]
+        view = b.reshape(g, g.shape[:axis] + (sum(counts), unit) + g.shape[axis + 1:])
+    grads, start = [], 0
+    for x, n in zip(ins, counts):
+        if n == 0:  # an empty piece: nothing to cut (a slice cannot be empty)
+            grads.append(b.const(0.0, g.dtype, x.shape))
+        else:
+            grads.append(b.reshape(b.slice(view, axis, start, start + n), x.shape))
+        start += n
+    return grads
+
+
+def _grad_gather(b, node, ins, out, g):
+    # gx[.., k, ..] = sum over j of g[.., j, ..] * (index[.., j, ..] == k): a one-hot along a new axis.
+    x, idx = ins
+    axis = node.attrs.axis
+    if idx.shape[axis] == 0:
+        return [b.const(0.0, g.dtype, x.shape), None]
+    rank = len(x.shape)
+    widened = idx.shape[:axis + 1] + (1,) + idx.shape[axis + 1:]                 # [.., J, 1, ..]
+    ramp = b.iota((1,) * (axis + 1) + (x.shape[axis],) + (1,) * (rank - axis - 1), axis + 1)
+    hits = b.cast(b.eq(b.reshape(b.cast(idx, DType.I64), widened), ramp), g.dtype)  # [.., J, K, ..]
+    return [b.sum(b.mul(hits, b.reshape(g, widened)), axis), None]
+
+
+def _grad_take(b, node, ins, out, g):
+    # gx = one-hot(index)^T @ g: [K, P] @ [lead, P, rest], P the index's elements, K the axis' size.
+    x, idx = ins
+    axis = node.attrs.axis
+    p, lead, rest = numel(idx.shape), numel(x.shape[:axis]), numel(x.shape[axis + 1:])
+    flat = b.reshape(b.cast(idx, DType.I64), (p, 1))
+    hits = b.cast(b.eq(flat, b.iota((1, x.shape[axis]), 1)), g.dtype)              # [P, K]
+    g = b.reshape(g, (p, rest) if lead == 1 else (lead, p, rest))
+    return [b.reshape(b.matmul(b.transpose(hits), g), x.shape), None]
+
+
 register(K.RESHAPE, ReshapeAttrs, 1, _infer_reshape,
          lambda attrs, xs, ctx: xs[0].reshape(concrete(attrs.shape, ctx.env)))
+register_grad(K.RESHAPE, lambda b, node, ins, out, g: [b.reshape(g, ins[0].shape)])
 register(K.PERMUTE, PermuteAttrs, 1, _infer_permute, lambda attrs, xs, ctx: xs[0].permute(attrs.perm))
+register_grad(K.PERMUTE, _grad_permute)
 register(K.EXPAND, ExpandAttrs, 1, _infer_expand,
          lambda attrs, xs, ctx: xs[0].expand(concrete(attrs.shape, ctx.env)))
+register_grad(K.EXPAND, lambda b, node, ins, out, g: [sum_to_shape(b, g, ins[0].shape)])
 register(K.SLICE, SliceAttrs, 1, _infer_slice, _ref_slice)
+register_grad(K.SLICE, _grad_slice)
 register(K.PAD, PadAttrs, 1, _infer_pad, _ref_pad)
+register_grad(K.PAD, _grad_pad)
 register(K.CONCAT, AxisAttrs, None, _infer_concat, lambda attrs, xs, ctx: torch.cat(xs, attrs.axis))
+register_grad(K.CONCAT, _grad_concat)
 register(K.GATHER, AxisAttrs, 2, _infer_gather, _ref_gather)
+register_grad(K.GATHER, _grad_gather)
 register(K.TAKE, AxisAttrs, 2, _infer_take, _ref_take)
+register_grad(K.TAKE, _grad_take)
 

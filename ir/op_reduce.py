@@ -1,15 +1,22 @@
-"""Reductions over a set of axes (sum, max, min, mean) and over one axis (argmax, argmin).
+"""Reductions over a set of axes (sum, max, min, mean) and over one axis (argmax, argmin): shape rules,
+reference evaluation and gradient rules.
 
 Reducing over no axes, or over an axis of size 0, is an error: there is no value to return.
 """
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 
 from .dtypes import DType
 from .errors import EvalError, IRDTypeError, IRShapeError
-from .ops import FLOAT_OPERANDS, OpKind, ReduceAttrs, register
-from .shapes import TensorType
+from .ops import FLOAT_OPERANDS, OpKind, ReduceAttrs, no_grad, register, register_grad
+from .shapes import TensorType, is_static
+
+if TYPE_CHECKING:
+    from .graph import GraphBuilder, Node
 
 K = OpKind
 
@@ -60,5 +67,39 @@ def _ref_reduce(kind: OpKind):
     return ref
 
 
+def _kept(b: GraphBuilder, node: Node, v: Node) -> Node:
+    """A reduction's result (or its gradient) with the reduced axes kept as size 1, to broadcast."""
+    x = node.inputs[0]
+    return b.reshape(v, tuple(1 if i in node.attrs.axes else d for i, d in enumerate(x.shape)))
+
+
+def _grad_sum(b, node, ins, out, g):
+    return [b.expand(_kept(b, node, g), ins[0].shape)]
+
+
+def _grad_mean(b, node, ins, out, g):
+    (x,) = ins
+    g = _kept(b, node, g)
+    dims = [x.shape[a] for a in node.attrs.axes]
+    if not is_static(dims):  # a symbolic count, summed from ones at run time (exact in i64)
+        g = b.div(g, b.cast(b.sum(b.const(1, DType.I64, dims)), g.dtype))
+    elif math.prod(dims) <= torch.finfo(g.dtype.torch).max:
+        g = b.div(g, float(math.prod(dims)))
+    else:  # a count f16 cannot hold (> 65504) would divide by inf: multiply by its inverse instead
+        g = b.mul(g, 1.0 / math.prod(dims))
+    return [b.expand(g, x.shape)]
+
+
+def _grad_extremum(b, node, ins, out, g):
+    # Every element equal to the result shares the gradient equally with its ties (as torch.amax).
+    (x,) = ins
+    hits = b.cast(b.eq(x, _kept(b, node, out)), x.dtype)
+    ties = b.sum(hits, node.attrs.axes, keepdim=True)
+    return [b.mul(hits, b.div(_kept(b, node, g), ties))]
+
+
+_GRAD = {K.SUM: _grad_sum, K.MEAN: _grad_mean, K.MAX: _grad_extremum, K.MIN: _grad_extremum,
+         K.ARGMAX: no_grad, K.ARGMIN: no_grad}  # an index is piecewise constant
 for _k in (K.SUM, K.MAX, K.MIN, K.MEAN, K.ARGMAX, K.ARGMIN):
     register(_k, ReduceAttrs, 1, _infer_reduce(_k), _ref_reduce(_k))
+    register_grad(_k, _GRAD[_k])

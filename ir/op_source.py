@@ -15,7 +15,7 @@ import torch
 from .dtypes import DType
 from .errors import IRDTypeError, IRShapeError, IRTypeError
 from .ops import (ConstAttrs, InputAttrs, IotaAttrs, OpKind, ParamAttrs, RandAttrs,
-                  TensorAttrs, register)
+                  TensorAttrs, no_grad, register, register_grad)
 from .shapes import TensorType, concrete, format_shape, is_static
 
 K = OpKind
@@ -161,4 +161,8 @@ register(K.CONST, ConstAttrs, 0, _infer_const, _ref_const)
 register(K.TENSOR, TensorAttrs, 0, _infer_tensor, _ref_tensor)
 register(K.IOTA, IotaAttrs, 0, _infer_iota, _ref_iota)
 register(K.RAND, RandAttrs, 1, _infer_rand, _ref_rand)
+# Sources end the backward sweep: inputs and parameters collect their gradient, the rest have no
+# operands (or, for rand, only an integer seed).
+for _k in (K.INPUT, K.PARAM, K.CONST, K.TENSOR, K.IOTA, K.RAND):
+    register_grad(_k, no_grad)
 

@@ -1,5 +1,5 @@
 """The primitive ops: one enum of kinds, families as plain sets, a typed frozen attribute class per kind,
-and the registry of per-op facts (`OpDef`: arity, shape/dtype rule, reference evaluation).
+and the registry of per-op facts (`OpDef`: arity, shape/dtype rule, reference evaluation, gradient rule).
 
 The facts for each family live together in one file (`op_elementwise.py`, `op_reduce.py`,
 `op_movement.py`, `op_linalg.py`, `op_source.py`), which registers them here; adding an op touches
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .dtypes import DType
@@ -239,6 +239,9 @@ class AxisAttrs(Attrs):
 
 InferFn = Callable[[Any, list[TensorType]], TensorType]
 RefFn = Callable[..., Any]  # (attrs, input tensors, ctx) -> torch.Tensor
+# (builder, node, operands, result, incoming gradient) -> one gradient per operand, or None where an
+# operand gets none. Operands, result and gradient are nodes of the builder (see passes/autodiff.py).
+GradFn = Callable[..., list]
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ class OpDef:
     arity: int | None  # None: variadic (one or more)
     infer: InferFn
     ref: RefFn
+    grad: GradFn | None = None  # reverse-mode rule, registered next to the op's other facts
 
 
 OPS: dict[OpKind, OpDef] = {}
@@ -256,6 +260,19 @@ OPS: dict[OpKind, OpDef] = {}
 def register(kind: OpKind, attrs: type[Attrs], arity: int | None, infer: InferFn, ref: RefFn) -> None:
     assert kind not in OPS, f"{kind} registered twice"
     OPS[kind] = OpDef(kind, attrs, arity, infer, ref)
+
+
+def register_grad(kind: OpKind, fn: GradFn) -> None:
+    """Attach the gradient rule of an op already registered (OpDef is frozen: the entry is replaced)."""
+    assert kind in OPS, f"{kind}: register the op before its gradient rule"
+    assert OPS[kind].grad is None, f"{kind} gradient registered twice"
+    OPS[kind] = replace(OPS[kind], grad=fn)
+
+
+def no_grad(b, node, ins, out, g) -> list:
+    """The rule of an op whose result carries no gradient to any operand (indices, masks, sources,
+    and functions that are piecewise constant: floor, sign, comparisons, argmax)."""
+    return [None] * len(ins)
 
 
 def opdef(kind: OpKind) -> OpDef:
