@@ -64,17 +64,27 @@ class TrainSpec:
     span: Span
 
 
+# Every optimizer also takes the gradient clipping and the learning-rate schedule (`axon.optim`).
+STEP_OPTIONS = ("clip", "schedule", "warmup", "step_size", "gamma", "eta_min", "start_factor")
 OPTIMIZERS = {
-    "sgd": ("lr", "momentum", "weight_decay", "nesterov"),
-    "adam": ("lr", "betas", "eps", "weight_decay"),
-    "adamw": ("lr", "betas", "eps", "weight_decay"),
-    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
+    "sgd": ("lr", "momentum", "weight_decay", "nesterov", *STEP_OPTIONS),
+    "adam": ("lr", "betas", "eps", "weight_decay", *STEP_OPTIONS),
+    "adamw": ("lr", "betas", "eps", "weight_decay", *STEP_OPTIONS),
+    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay", *STEP_OPTIONS),
+    "adagrad": ("lr", "eps", "weight_decay", *STEP_OPTIONS),
 }
+SCHEDULES = ("constant", "step", "cosine")
 EARLY_STOP = ("patience", "min_delta", "metric")
 # Ranges of the numeric options: (lowest, lowest excluded, highest); every one must be finite.
 OPTION_RANGES = {"lr": (0, True, None), "eps": (0, True, None), "weight_decay": (0, False, None),
-                 "momentum": (0, False, None), "alpha": (0, False, 1), "min_delta": (0, False, None)}
-OPTION_WORDS = {"lr": "the learning rate"}
+                 "momentum": (0, False, None), "alpha": (0, False, 1), "min_delta": (0, False, None),
+                 "clip": (0, True, None), "gamma": (0, True, None), "eta_min": (0, False, None),
+                 "start_factor": (0, True, 1)}
+COUNT_OPTIONS = {"patience": 0, "warmup": 0, "step_size": 1}  # the int options, with their least value
+# Options that only mean something beside another's value: option -> (the other option, that value).
+APPLIES_WITH = {"step_size": ("schedule", "step"), "gamma": ("schedule", "step"),
+                "eta_min": ("schedule", "cosine")}
+OPTION_WORDS = {"lr": "the learning rate", "clip": "the maximum gradient norm 'clip'"}
 MAX_COUNT = 2**31 - 1  # epochs, batch size, patience: beyond this a setting is a typo
 KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed")
 ALIASES = {"optimizer": "optim"}
@@ -143,7 +153,28 @@ def _known_options(spec: CallSpec, table: dict, what: str) -> None:
         problem = _option_problem(key, value)
         if problem is not None:
             kind, words = problem
-            raise kind(f"{OPTION_WORDS.get(key, repr(key))} must be {words}, got {show(value)}", where)
+            raise kind(f"{OPTION_WORDS.get(key, repr(key))} must be {words}, got {_shown(value)}", where)
+    _option_conflicts(spec)
+
+
+def _shown(v) -> str:
+    return f'"{v}"' if isinstance(v, str) else show(v)
+
+
+def _option_conflicts(spec: CallSpec) -> None:
+    """Options that each are fine but do not go together: an option that would be ignored, a schedule
+    missing its period, nesterov without momentum."""
+    given = dict(spec.kwargs)
+    where = {k.name: k.span for k in spec.call.kwargs}
+    for key, (other, value) in APPLIES_WITH.items():
+        if key in given and given.get(other) != value:
+            raise ArityError(f"'{key}' applies only with {other} = {_shown(value)}", where[key])
+    if "start_factor" in given and not given.get("warmup"):
+        raise ArityError("'start_factor' applies only with a warmup > 0", where["start_factor"])
+    if given.get("schedule") == "step" and "step_size" not in given:
+        raise ArityError('schedule = "step" needs step_size = <steps between decays>', where["schedule"])
+    if given.get("nesterov") and not given.get("momentum"):
+        raise AxonValueError("nesterov = true needs a momentum > 0", where["nesterov"])
 
 
 def _is_number(v) -> bool:
@@ -161,15 +192,21 @@ def _option_problem(key: str, v) -> tuple[type, str] | None:
         return None if isinstance(v, bool) else (AxonTypeError, "true or false")
     if key == "metric":
         return None if isinstance(v, str) else (AxonTypeError, "a string")
-    if key == "patience":
+    if key == "schedule":
+        if not isinstance(v, str):
+            return AxonTypeError, "a string"
+        return None if v in SCHEDULES else (AxonValueError, "one of " + ", ".join(map(_shown, SCHEDULES)))
+    if key in COUNT_OPTIONS:
+        least = COUNT_OPTIONS[key]
         if isinstance(v, bool) or not isinstance(v, int):
             return AxonTypeError, "an int"
-        return None if 0 <= v <= MAX_COUNT else (AxonValueError, f"in [0, {MAX_COUNT:,}]")
+        return None if least <= v <= MAX_COUNT else (AxonValueError, f"in [{least}, {MAX_COUNT:,}]")
     if not _is_number(v):
         return AxonTypeError, "a number"
     low, open_low, high = OPTION_RANGES.get(key, (None, False, None))
     words = "a finite number" if low is None else (
-        f"a finite number {'>' if open_low else '>='} {low}" if high is None else f"in [{low}, {high}]")
+        f"a finite number {'>' if open_low else '>='} {low}" if high is None
+        else f"in {'(' if open_low else '['}{low}, {high}]")
     bad = not math.isfinite(v) or (low is not None and (v < low or (open_low and v == low))) or (
         high is not None and v > high)
     return (AxonValueError, words) if bad else None
