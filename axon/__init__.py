@@ -1,1 +1,13 @@
-"""Axon: a deep-learning compiler."""
+"""Axon: a deep-learning compiler.
+
+`axon.compile(path_or_source)` returns a `CompiledModel` (see `axon.api`); the stages behind it are the
+packages `axon.frontend`, `axon.ir`, `axon.passes`, `axon.codegen` and `axon.runtime`.
+"""
+
+
+def __getattr__(name):  # imported on first use, so `axon check` does not load torch and Triton
+    if name in ("compile", "CompiledModel"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'axon' has no attribute '{name}'")

@@ -6,6 +6,15 @@
     axon show FILE --params                  parameters with shapes, initializers and counts
     axon show FILE --print-after-all --time  every pass's output and a timing table
     axon show FILE --dot                     the graph in Graphviz DOT
+    axon show FILE --stage triton            the generated Triton kernels
+    axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check]
+                                             run the model's kernels; print each output's statistics
+                                             (--check: and its error against the reference evaluator)
+    axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
+    axon train FILE [--epochs N] [--out DIR] [--resume]
+                                             run the file's train block: one compiled step, validation
+                                             each epoch, checkpoints, metrics.json and curve.png
+    axon eval FILE --checkpoint CK           the validation metrics of a saved model
     axon passes                              the passes there are, with what each is for
 
 FILE is an `.axon` model or `.axir` IR text. User errors (bad syntax, bad shapes, unknown names or
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 
 from axon.ir import AxonError
 
@@ -31,12 +41,37 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a model's AST, IR or parameters after a compiler stage")
     _source_args(s)
     s.add_argument("--stage", default=None,
-                   help="'ast', 'ir' (before any pass), or a pass name to stop after (default: all)")
+                   help="'ast', 'ir' (before any pass), a pass name to stop after (default: all), or "
+                        "'triton' (the generated kernels)")
     s.add_argument("--pipeline", default=None, help="passes to run, e.g. 'fold,simplify,cse,dce'")
     s.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     s.add_argument("--time", action="store_true", help="print each pass's time and node counts")
     s.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of IR text")
     s.add_argument("--params", action="store_true", help="list the parameters with shapes and counts")
+
+    r = sub.add_parser("run", help="run a model's generated kernels on given or random inputs")
+    _source_args(r)
+    _run_args(r)
+    r.add_argument("--inputs", default=None, metavar="X.npz", help="inputs by name (default: random)")
+    r.add_argument("--weights", default=None, metavar="W.safetensors",
+                   help="parameters by name (default: the model's initializers)")
+    r.add_argument("--check", action="store_true",
+                   help="also run the reference evaluator and print each output's error (exit 1 if over)")
+
+    e = sub.add_parser("compile", help="compile a model's kernels and write them as standalone files")
+    _source_args(e)
+    _run_args(e)
+    e.add_argument("--emit", required=True, metavar="DIR", help="folder for the kernel files")
+
+    t = sub.add_parser("train", help="train a model by its train block")
+    _train_args(t)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps (default: each epoch only)")
+
+    v = sub.add_parser("eval", help="validation metrics of a checkpoint")
+    _train_args(v)
+    v.add_argument("--checkpoint", required=True, metavar="CK", help="a checkpoint written by axon train")
 
     sub.add_parser("passes", help="list the passes")
     return p
@@ -50,6 +85,26 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--training", action="store_true", help="compile for training (dropout on)")
     p.add_argument("--loss", action="store_true",
                    help="add the train block's loss as output 'loss' (labels become inputs)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=None, help="the 'batch' dimension of random inputs")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="another symbolic dimension's size (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initializers and random inputs")
+    p.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="an .axon model with a train block")
+    p.add_argument("--model", default=None, help="the model to train (default: the file's only one)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a hyper-parameter (an int, a float, true or false)")
+    p.add_argument("--epochs", type=int, default=None, help="override the train block's epochs")
+    p.add_argument("--batch", type=int, default=None, help="override the train block's batch size")
+    p.add_argument("--seed", type=int, default=None, help="override the train block's seed")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/MODEL)")
+    p.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +137,8 @@ def _show(args) -> int:
     from axon.driver import load_ast, optimize
     from axon.passes.manager import DEFAULT_PIPELINE
 
+    if args.stage == "triton":
+        return _show_triton(args)
     if args.stage == "ast":
         from axon.frontend.ast import dump
 
@@ -96,6 +153,114 @@ def _show(args) -> int:
     else:
         print(to_dot(g) if args.dot else str(g))
     return 0
+
+
+def _show_triton(args) -> int:
+    from axon.codegen import compile_group, groups
+    from axon.driver import optimize
+    from axon.passes.manager import DEFAULT_PIPELINE
+    from axon.runtime import choose
+
+    choose(getattr(args, "device", None))  # the target decides interpreter or compiler
+    g, _ = optimize(_load(args), args.pipeline or DEFAULT_PIPELINE, out=lambda *a, **k: None)
+    for i, group in enumerate(groups(g)):
+        kernel = compile_group(group)
+        print(f"# ---- kernel {i} ({group.kind}): {kernel.path}")
+        print(kernel.source)
+    return 0
+
+
+def _compiled(args):
+    import axon
+    from axon.run import bind_dims
+
+    hparams = dict(_override(s) for s in args.set)
+    model = axon.compile(args.file, args.model, hparams=hparams or None, training=args.training,
+                         loss=args.loss, device=args.device, seed=args.seed)
+    dims = dict(_dim(s) for s in args.dim)
+    if args.batch is not None:
+        dims["batch"] = args.batch
+    return model, bind_dims(model.graph, dims)
+
+
+def _run(args) -> int:
+    from axon.runtime import describe
+    from axon.run import compare, random_inputs, read_npz, summary
+
+    model, env = _compiled(args)
+    print(describe(model.device), file=sys.stderr)
+    if args.weights:
+        model.load_weights(args.weights)
+    inputs = read_npz(args.inputs) if args.inputs else random_inputs(model.graph, env, args.seed)
+    outputs = model.run(inputs)
+    print(f"{model.graph.name}: {len(model.kernels)} kernels; inputs "
+          + ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items()))
+    for name, t in outputs.items():
+        print(summary(name, t))
+    if not args.check:
+        return 0
+    want = model.reference(inputs)
+    failed = 0
+    for name, t in outputs.items():
+        worst, rel, ok = compare(t, want[name])
+        failed += not ok
+        print(f"check {name}: max |error| {worst:.3g}, relative {rel:.3g}  {'ok' if ok else 'FAILED'}")
+    return 1 if failed else 0
+
+
+def _compile(args) -> int:
+    from axon.runtime.emit import emit
+
+    model, env = _compiled(args)
+    files = emit(model.executable, env, args.emit)
+    print(f"{len(files)} kernels written to {args.emit} (sizes {env}); run one with `python FILE`")
+    return 0
+
+
+def _trainer(args, **extra):
+    from axon.runtime import describe
+    from axon.trainer import Trainer
+
+    hparams = dict(_override(s) for s in args.set)
+    for name in ("epochs", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise AxonError(f"--{name} must be at least 1, got {value}")
+    trainer = Trainer(args.file, args.model, hparams=hparams or None, device=args.device, out_dir=args.out,
+                      epochs=args.epochs, batch=args.batch, seed=args.seed, **extra)
+    print(describe(trainer.step_exe.device), file=sys.stderr)
+    print(trainer.data.summary())
+    print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels, "
+          f"evaluation {len(trainer.eval_exe.kernels)} kernels")
+    return trainer
+
+
+def _train(args) -> int:
+    trainer = _trainer(args, checkpoint_every=args.checkpoint_every)
+    t0 = time.perf_counter()
+    p = trainer.fit(resume=args.resume)
+    last = p.history[-1] if p.history else {}
+    acc = f", val acc {last['val_acc']:.2%}" if "val_acc" in last else ""
+    base = trainer.data.info.get("unigram_entropy")
+    baseline = f" (unigram baseline {base:.4f})" if base is not None else ""
+    print(f"{p.stopped}: {p.step} steps in {time.perf_counter() - t0:.1f} s; val loss "
+          f"{last.get('val_loss', float('nan')):.4f}{baseline}{acc}; run folder {trainer.out_dir}")
+    return 0
+
+
+def _eval(args) -> int:
+    trainer = _trainer(args, log=lambda *a, **k: None)
+    trainer.load_params(args.checkpoint)
+    metrics = trainer.validate()
+    print("  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _dim(text: str) -> tuple[str, int]:
+    name, value = _override(text)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AxonError(f"--dim {name}: '{value}' is not an integer")
+    return name, value
 
 
 def _passes(args) -> int:
@@ -148,7 +313,8 @@ def _override(text: str) -> tuple[str, object]:
     raise AxonError(f"--set {name}: '{value}' is not an int, a float, true or false")
 
 
-_COMMANDS = {"check": _check, "show": _show, "passes": _passes}
+_COMMANDS = {"check": _check, "show": _show, "run": _run, "compile": _compile, "train": _train,
+             "eval": _eval, "passes": _passes}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,8 @@
     ast       an `.axon` file parsed into the typed AST (frontend)
     ir        the graph: elaborated from `.axon`, or parsed from `.axir` IR text; verified
     <pass>    each pass of the pipeline (default: fold, simplify, cse, dce) is a stage of its own
+    triton    the kernel groups lowered to generated Triton source (codegen)
+    runtime   the kernels loaded and run as a launch list on tensors (`axon.compile`)
 
 >>> g = load_graph("examples/mlp.axon")                              # doctest: +SKIP
 >>> g, report = optimize(g, "fold,simplify,cse,dce", verify=True)    # doctest: +SKIP
@@ -79,6 +81,26 @@ def load_graph(path: str | Path, model: str | None = None, *, hparams: dict | No
     else:
         graph = elaborate(module, model, hparams=hparams, training=training)
     return verify(graph)
+
+
+def graph_of(source_or_path, model: str | None = None, *, hparams: dict | None = None,
+             training: bool = False, loss: bool = False) -> Graph:
+    """The verified graph of a file path (`.axon` or `.axir`) or of `.axon` source text."""
+    if isinstance(source_or_path, Graph):
+        return verify(source_or_path)
+    if isinstance(source_or_path, Path) or (
+            isinstance(source_or_path, str) and "\n" not in source_or_path
+            and source_or_path.endswith((AXON_SUFFIX, IR_SUFFIX))):
+        return load_graph(source_or_path, model, hparams=hparams, training=training, loss=loss)
+    if not isinstance(source_or_path, str):
+        raise InputError(f"expected a path, .axon source text or a Graph, got "
+                         f"{type(source_or_path).__name__}")
+    from axon.frontend import elaborate, parse, training_graph
+
+    module = parse(source_or_path, "<string>")
+    if loss:
+        return verify(training_graph(module, model, hparams=hparams)[0])
+    return verify(elaborate(module, model, hparams=hparams, training=training))
 
 
 def optimize(graph: Graph, pipeline: str = DEFAULT_PIPELINE, *, verify: bool = True,

@@ -24,6 +24,16 @@ True
 
 Without a GPU, kernels run through Triton's interpreter (`TRITON_INTERPRET=1`, set before importing triton).
 """
+import os as _os
+import sys as _sys
+
+import torch as _torch
+
+# Triton decides at import time whether its own library functions (tl.cdiv, tl.sigmoid, ...) are
+# interpreted, so without a GPU the interpreter must be chosen before Triton is first imported.
+if not _torch.cuda.is_available() and "triton" not in _sys.modules:
+    _os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from .cache import CompiledKernel, cache_dir, compile_group, target
 from .groups import Access, CodegenError, KernelGroup, groups
 from .harness import run_graph

@@ -19,6 +19,7 @@ import torch
 from axon.ir import Node
 from axon.ir.shapes import concrete
 from .groups import KernelGroup
+from .launch import Launch
 from .pointwise import PointwiseKernel
 from .reduce import ReduceKernel
 
@@ -85,35 +86,54 @@ def load_kernel(path: Path, name: str):
     return getattr(module, name)
 
 
+def allocate(node: Node, env, device, poison: bool = False) -> torch.Tensor:
+    """A contiguous buffer for `node`; `poison` fills it with NaN (or the largest integer) so an element
+    no kernel writes shows up in a comparison."""
+    out = torch.empty(concrete(node.shape, env), dtype=node.dtype.torch, device=device)
+    if poison and node.dtype.is_float:
+        out.fill_(float("nan"))
+    elif poison and node.dtype.is_int:
+        out.fill_(torch.iinfo(node.dtype.torch).max)
+    return out
+
+
 @dataclass
 class CompiledKernel:
-    """A group's generated kernel, loaded from its cache file, with the launcher that runs it."""
+    """A group's generated kernel, loaded from its cache file, with the spec that prepares its launches."""
 
     group: KernelGroup
     source: str
     path: Path
     fn: object
-    spec: object  # PointwiseKernel or ReduceKernel: knows the kernel's arguments
+    spec: object  # a kernel spec (PointwiseKernel, ReduceKernel, ...): knows the kernel's arguments
+
+    def prepare(self, env: dict[str, int] | None = None) -> Launch:
+        return self.spec.prepare(env or {})
 
     def run(self, values: dict[Node, torch.Tensor], env: dict[str, int] | None = None,
             poison: bool = False) -> dict[Node, torch.Tensor]:
-        """Launch on the tensors of the group's input buffers; returns its outputs (new tensors).
-        `poison` fills outputs with NaN (or the largest integer) first, so an unwritten element shows."""
-        env = env or {}
-        (node,) = self.group.outputs
+        """Launch on the tensors of the group's input buffers; returns its outputs (new tensors)."""
+        launch = self.prepare(env)
         device = next((v.device for v in values.values()), torch.device("cpu"))
-        out = torch.empty(concrete(node.shape, env), dtype=node.dtype.torch, device=device)
-        if poison and node.dtype.is_float:
-            out.fill_(float("nan"))
-        elif poison and node.dtype.is_int:
-            out.fill_(torch.iinfo(node.dtype.torch).max)
-        self.spec.launch(self.fn, values, env, out)
-        return {node: out}
+        outs = {o: allocate(o, env or {}, device, poison) for o in launch.outputs}
+        launch.run(self.fn, {**values, **outs})
+        return outs
 
 
-def compile_group(group: KernelGroup) -> CompiledKernel:
+def spec_for(group: KernelGroup, wide: bool = False):
+    """The kernel spec for a group of its kind; `wide` indexes with int64 (tensors of 2**31+ elements)."""
+    from .conv import Conv2dKernel
+    from .indexing import IndexKernel
+    from .matmul import MatmulKernel
+
+    kinds = {"pointwise": PointwiseKernel, "reduce": ReduceKernel, "matmul": MatmulKernel,
+             "conv2d": Conv2dKernel, "index": IndexKernel}
+    return kinds[group.kind](group, wide=wide)
+
+
+def compile_group(group: KernelGroup, wide: bool = False) -> CompiledKernel:
     """Generate, cache and load the kernel of `group`."""
-    spec = PointwiseKernel(group) if group.kind == "pointwise" else ReduceKernel(group)
+    spec = spec_for(group, wide)
     source = spec.source()
     tgt = target()
     key = cache_key(source, tgt)

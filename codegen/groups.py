@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from axon.ir import Graph, Node, OpKind
-from axon.ir.ops import ELEMENTWISE, MOVEMENT, REDUCE
+from axon.ir import AxonError, Graph, Node, OpKind
+from axon.ir.ops import ELEMENTWISE, REDUCE
 
 K = OpKind
 INLINE_SOURCES = frozenset({K.CONST, K.IOTA, K.RAND})  # computed inside the consuming kernel
 BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})  # made by the host, never by a kernel
 FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
+# Ops with a kernel template of their own, by group kind.
+TEMPLATES = {K.MATMUL: "matmul", K.CONV2D: "conv2d", K.GATHER: "index", K.TAKE: "index", K.PAD: "index",
+             K.CONCAT: "index"}
 
 
-class CodegenError(Exception):
-    """A graph (or a group) that code generation cannot lower yet."""
+class CodegenError(AxonError):
+    """A graph (or a group) that code generation cannot lower."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class KernelGroup:
     """The IR nodes one kernel computes (`nodes`, in topological order), what it reads (`inputs`) and
     the values that leave it (`outputs`, each written to its own contiguous buffer)."""
 
-    kind: str  # "pointwise" or "reduce"
+    kind: str  # "pointwise", "reduce", "matmul", "conv2d" or "index"
     nodes: tuple[Node, ...]
     inputs: tuple[Access, ...]
     outputs: tuple[Node, ...]
@@ -90,6 +93,10 @@ def groups(graph: Graph) -> list[KernelGroup]:
         elif n.op in REDUCE:
             result.append(KernelGroup("reduce", (n,), (access(n.inputs[0]),), (n,), (label(n),)))
             contiguous.add(n)
+        elif n.op in TEMPLATES:
+            reads = tuple(access(s) for s in n.inputs)  # by position: concat(x, x) reads x twice
+            result.append(KernelGroup(TEMPLATES[n.op], (n,), reads, (n,), (label(n),)))
+            contiguous.add(n)
         elif n.op in FOLDED_MOVEMENT:
             # A copy: a graph output that is a view, or a reshape of a value that is not contiguous.
             # The kernel reads the operand in its own row-major order, which is the reshape's order.
@@ -97,8 +104,6 @@ def groups(graph: Graph) -> list[KernelGroup]:
             read = Access(base.buffer, base.view + (n,)) if _foldable(n, contiguous, inline) else base
             result.append(KernelGroup("pointwise", (n,), (read,), (n,), (label(n),)))
             contiguous.add(n)
-        elif n.op in MOVEMENT:
-            raise CodegenError(f"%{index[n]} = {n.op}: no kernel template for '{n.op}' yet")
         else:
             raise CodegenError(f"%{index[n]} = {n.op}: no kernel template for '{n.op}' yet")
     return result

@@ -62,6 +62,11 @@ def _pow(a, b):
 }
 
 
+def program_id(axis: int, wide: bool) -> str:
+    """The program index; `wide` makes it int64 so index arithmetic over 2**31+ elements cannot wrap."""
+    return f"tl.program_id({axis}).to(tl.int64)" if wide else f"tl.program_id({axis})"
+
+
 def compute_dtype(dtype: DType) -> DType:
     return DType.F32 if dtype in LOW_FLOATS else dtype
 

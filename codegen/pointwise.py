@@ -9,15 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import triton
 
 from axon.ir import DType, Node, OpKind
 from axon.ir.ops import MOVEMENT
 from axon.ir.shapes import concrete
-from .groups import Access, CodegenError, KernelGroup
-from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, compute_dtype, literal, tl_dtype
-from .views import view_of
+from .groups import Access, KernelGroup
+from .ops_triton import (EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, compute_dtype, literal, program_id,
+                         tl_dtype)
+from .launch import ArgView, Launch, broadcast_strides, contiguous_strides, meta_view
 
 K = OpKind
 BLOCK = 1024  # elements per program
@@ -27,6 +27,7 @@ BLOCK = 1024  # elements per program
 class PointwiseKernel:
     group: KernelGroup
     name: str = "pointwise_kernel"
+    wide: bool = False  # int64 indexing
 
     def __post_init__(self):
         (self.out,) = self.group.outputs
@@ -50,7 +51,7 @@ class PointwiseKernel:
                   for d in range(len(a.node.shape))]
         sizes.append("n_elements")
         body = [
-            "pid = tl.program_id(0)",
+            f"pid = {program_id(0, self.wide)}",
             "offs = pid * BLOCK + tl.arange(0, BLOCK)",
             "mask = offs < n_elements",
         ]
@@ -139,52 +140,27 @@ class PointwiseKernel:
         return [f"{var} = {_typed(expr, dt)}"]
 
     # --- launch --------------------------------------------------------------------------------------
-    def launch(self, fn, values: dict[Node, torch.Tensor], env: dict[str, int],
-               out: torch.Tensor) -> None:
+    def prepare(self, env: dict[str, int]) -> Launch:
         shape = concrete(self.out.shape, env)
-        args: list = []
+        args: list[ArgView] = []
         strides: list[int] = []
         own_sizes: list[int] = []
         for a in self.group.inputs:
-            view = view_of(a, values, env)
-            args.append(view)
+            view, arg = meta_view(a, env)
+            args.append(arg)
             if a in self.own_space:
                 strides += view.stride()
                 own_sizes += view.shape
             elif a not in self.seeds:
-                strides += _broadcast_strides(view, shape)
+                strides += broadcast_strides(view.shape, view.stride(), shape)
         for n in self.rands:
             rshape = concrete(n.shape, env)
-            strides += _broadcast_strides_of(rshape, _contiguous_strides(rshape), shape)
+            strides += broadcast_strides(rshape, contiguous_strides(rshape), shape)
         n_el = math.prod(shape)
-        grid = (triton.cdiv(n_el, BLOCK),)
-        if n_el:
-            fn[grid](*args, out, *strides, *shape, *own_sizes, n_el, BLOCK=BLOCK)
+        return Launch((triton.cdiv(n_el, BLOCK),), tuple(args), (self.out,),
+                      (*strides, *shape, *own_sizes, n_el), {"BLOCK": BLOCK})
 
 
 def _typed(expr: str, dt: DType) -> str:
     """Keep a value in its node's dtype: sign's 1/0 literals are i32 whatever the operand is."""
     return f"({expr}).to({tl_dtype(dt)})" if "tl.where(" in expr and dt != DType.BOOL else expr
-
-
-def _broadcast_strides(view: torch.Tensor, shape: tuple[int, ...]) -> list[int]:
-    return _broadcast_strides_of(tuple(view.shape), view.stride(), shape)
-
-
-def _broadcast_strides_of(vshape, vstride, shape) -> list[int]:
-    """Strides over `shape` of a value of shape `vshape` broadcast into it (0 on stretched axes)."""
-    lead = len(shape) - len(vshape)
-    if lead < 0:
-        raise CodegenError(f"cannot broadcast {list(vshape)} to {list(shape)}")
-    out = [0] * lead
-    for d, (size, stride) in enumerate(zip(vshape, vstride)):
-        out.append(0 if size == 1 and shape[lead + d] != 1 else stride)
-    return out
-
-
-def _contiguous_strides(shape) -> tuple[int, ...]:
-    out, step = [], 1
-    for size in reversed(shape):
-        out.append(step)
-        step *= size
-    return tuple(reversed(out))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from axon.ir import DType, Node, OpKind
+from axon.ir import DType, OpKind
 from .groups import KernelGroup
-from .ops_triton import tl_dtype
-from .views import view_of
+from .ops_triton import program_id, tl_dtype
+from .launch import Launch, meta_view
 
 K = OpKind
 MAX_SINGLE_PASS = 4096   # columns reduced in one block, without a loop
@@ -29,6 +29,7 @@ TILE_ELEMENTS = 4096     # rows * cols held by one program
 class ReduceKernel:
     group: KernelGroup
     name: str = "reduce_kernel"
+    wide: bool = False  # int64 indexing
 
     def __post_init__(self):
         (self.node,) = self.group.nodes
@@ -52,7 +53,7 @@ class ReduceKernel:
         else:
             fill = "INF" if is_float else str(torch.iinfo(self.src.torch).max)
         body = [
-            "rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)",
+            f"rows = {program_id(0, self.wide)} * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)",
             "row_mask = rows < n_rows",
             *_decompose("rows", self.kept, "row_offset"),
             f"acc = tl.full([BLOCK_ROWS, BLOCK_COLS], {fill}, {acc_t})",
@@ -110,9 +111,8 @@ class ReduceKernel:
             *[f"    {line}" for line in body],
         ]) + "\n"
 
-    def launch(self, fn, values: dict[Node, torch.Tensor], env: dict[str, int],
-               out: torch.Tensor) -> None:
-        view = view_of(self.input, values, env)
+    def prepare(self, env: dict[str, int]) -> Launch:
+        view, arg = meta_view(self.input, env)
         shape = tuple(view.shape)
         n_rows = math.prod(shape[d] for d in self.kept)
         n_cols = math.prod(shape[d] for d in self.axes)
@@ -121,10 +121,9 @@ class ReduceKernel:
         else:
             block_cols = LOOP_BLOCK_COLS
         block_rows = min(max(1, TILE_ELEMENTS // block_cols), triton.next_power_of_2(max(n_rows, 1)))
-        if n_rows:
-            grid = (triton.cdiv(n_rows, block_rows),)
-            fn[grid](view, out, *view.stride(), *shape, n_rows, n_cols,
-                     BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols)
+        return Launch((triton.cdiv(n_rows, block_rows),), (arg,), (self.node,),
+                      (*view.stride(), *shape, n_rows, n_cols),
+                      {"BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols})
 
 
 def _decompose(index: str, dims: list[int], offset: str) -> list[str]:

@@ -1,0 +1,114 @@
+"""The public API: `axon.compile` turns a model into a callable that runs generated Triton kernels.
+
+>>> import axon, torch
+>>> model = axon.compile("examples/mlp.axon")                  # doctest: +SKIP
+>>> logits = model(torch.randn(32, 64))                          # doctest: +SKIP
+>>> sorted(model.params)                                         # doctest: +SKIP
+['fc1.b', 'fc1.w', 'logits.b', 'logits.w']
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from axon.driver import graph_of, optimize
+from axon.ir import AxonError, Graph, evaluate, init_params
+from axon.passes.manager import DEFAULT_PIPELINE
+from axon.runtime import Executable, RunError
+
+
+class CompiledModel:
+    """A model compiled to kernels, with its parameters.
+
+    Call it with the inputs (positionally in the model's order, or by name): one output comes back as a
+    tensor, several as a dict by name. `params` maps readable names (`block.0.attn.wq`) to tensors on
+    the model's device; change them in place or assign new tensors of the same shape and dtype.
+    """
+
+    def __init__(self, graph: Graph, executable: Executable, params: dict[str, torch.Tensor]):
+        self.graph = graph
+        self.executable = executable
+        self.params = params
+
+    @property
+    def device(self) -> torch.device:
+        return self.executable.device
+
+    @property
+    def kernels(self):
+        return self.executable.kernels
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.graph.inputs)
+
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+        names = self.input_names
+        if len(args) > len(names):
+            raise RunError(f"{self.graph.name} takes {len(names)} input(s) ({', '.join(names)}), "
+                           f"got {len(args)}")
+        both = [n for n in names[:len(args)] if n in kwargs]
+        if both:
+            raise RunError(f"input '{both[0]}' given both by position and by name")
+        out = self.run({**dict(zip(names, args)), **kwargs})
+        return next(iter(out.values())) if len(out) == 1 else out
+
+    def run(self, inputs: Mapping[str, torch.Tensor], **options) -> dict[str, torch.Tensor]:
+        """The named outputs for named inputs (options: `poison`, `check_indices`)."""
+        return self.executable(inputs, self.params, **options)
+
+    def reference(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference evaluator's outputs for the same inputs and parameters (CPU tensors)."""
+        return evaluate(self.graph, {k: v.cpu() for k, v in inputs.items()},
+                        {k: v.cpu() for k, v in self.params.items()})
+
+    def source(self) -> str:
+        """Every generated kernel's Triton source, in launch order."""
+        return "\n\n".join(f"# ---- kernel {i}: {k.path.name}\n{k.source}"
+                           for i, k in enumerate(self.kernels))
+
+    def load_weights(self, path: str | Path) -> None:
+        """Replace the parameters with those of a safetensors file (names, shapes and dtypes must match)."""
+        from axon.runtime.safetensors import load
+
+        weights = load(path)
+        problems = []
+        for name, node in self.graph.params.items():
+            if name not in weights:
+                problems.append(f"'{name}' is missing")
+                continue
+            t = weights[name]
+            if tuple(t.shape) != tuple(node.shape) or t.dtype != node.dtype.torch:
+                dtype = str(t.dtype).removeprefix("torch.")
+                problems.append(f"'{name}' is {dtype}{list(t.shape)}, the model wants {node.type}")
+        extra = sorted(set(weights) - set(self.graph.params))
+        problems += [f"'{name}' is not a parameter of {self.graph.name}" for name in extra]
+        if problems:
+            raise AxonError(f"{path}: weights do not fit {self.graph.name}: " + "; ".join(problems[:8])
+                            + ("; ..." if len(problems) > 8 else ""))
+        self.params = {name: weights[name].to(self.device) for name in self.graph.params}
+
+    def save_weights(self, path: str | Path) -> None:
+        from axon.runtime.safetensors import save
+
+        save(self.params, path)
+
+
+def compile(source_or_path, model: str | None = None, *, hparams: dict | None = None,  # noqa: A001
+            training: bool = False, loss: bool = False, pipeline: str = DEFAULT_PIPELINE,
+            device: str | torch.device | None = None, seed: int = 0) -> CompiledModel:
+    """Compile a model — an `.axon` file, `.axon` source text, an `.axir` file or a Graph — through
+    the named stages (parse -> ir -> passes -> codegen -> runtime) to a callable `CompiledModel`.
+
+    `model` picks one model of a file with several; `hparams` overrides hyper-parameters; `training`
+    turns dropout on; `loss` adds the train block's loss as an output (labels become inputs);
+    `pipeline` is the pass pipeline; `device` is 'cuda', 'cpu' (Triton's interpreter) or None (CUDA
+    when present); `seed` seeds the parameter initializers.
+    """
+    graph = graph_of(source_or_path, model, hparams=hparams, training=training, loss=loss)
+    graph, _report = optimize(graph, pipeline, verify=True, out=lambda *a, **k: None)
+    exe = Executable(graph, device)
+    params = {k: v.to(exe.device) for k, v in init_params(graph, seed).items()}
+    return CompiledModel(graph, exe, params)

@@ -1,0 +1,85 @@
+"""What one kernel launch needs, worked out once per set of concrete sizes (`prepare`), so running a
+launch is only: take the tensors, make the prepared views, call the kernel.
+
+Every buffer a kernel reads or writes is contiguous (the runtime allocates them so, and makes inputs so),
+so a view of a buffer — the movement ops an `Access` folds — is fixed by the buffer's shape alone: its
+sizes, strides and offset are computed here on `meta` tensors, never on data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from axon.ir import Node
+from axon.ir.shapes import concrete
+from .groups import Access
+from .views import view_of
+
+
+@dataclass(frozen=True)
+class ArgView:
+    """A tensor argument: buffer `node`, seen with `size`/`stride`/`offset` (None: the buffer as it is)."""
+
+    node: Node
+    size: tuple[int, ...] | None = None
+    stride: tuple[int, ...] | None = None
+    offset: int = 0
+
+    def of(self, t: torch.Tensor) -> torch.Tensor:
+        if self.size is None:
+            return t
+        return t.as_strided(self.size, self.stride, t.storage_offset() + self.offset)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel call at fixed sizes: `fn[grid](*inputs, *outputs, *scalars, **meta)`."""
+
+    grid: tuple[int, ...]
+    inputs: tuple[ArgView, ...]
+    outputs: tuple[Node, ...]
+    scalars: tuple[int, ...]
+    meta: dict = field(default_factory=dict)
+
+    def run(self, fn, values: dict[Node, torch.Tensor]) -> None:
+        if not math.prod(self.grid):
+            return
+        args = [v.of(values[v.node]) for v in self.inputs]
+        fn[self.grid](*args, *(values[o] for o in self.outputs), *self.scalars, **self.meta)
+
+
+def meta_buffer(node: Node, env) -> torch.Tensor:
+    """A data-less contiguous tensor standing for `node`'s buffer."""
+    return torch.empty(concrete(node.shape, env), dtype=node.dtype.torch, device="meta")
+
+
+def meta_view(access: Access, env) -> tuple[torch.Tensor, ArgView]:
+    """The view `access` makes of its buffer, as a meta tensor (for sizes and strides) and an ArgView."""
+    if not access.view:
+        t = meta_buffer(access.buffer, env)
+        return t, ArgView(access.buffer)
+    t = view_of(access, {access.buffer: meta_buffer(access.buffer, env)}, env)
+    return t, ArgView(access.buffer, tuple(t.shape), tuple(t.stride()), t.storage_offset())
+
+
+def contiguous_strides(shape) -> tuple[int, ...]:
+    out, step = [], 1
+    for size in reversed(shape):
+        out.append(step)
+        step *= size
+    return tuple(reversed(out))
+
+
+def broadcast_strides(vshape, vstride, shape) -> list[int]:
+    """Strides over `shape` of a value of shape `vshape` broadcast into it (0 on stretched axes)."""
+    from .groups import CodegenError
+
+    lead = len(shape) - len(vshape)
+    if lead < 0:
+        raise CodegenError(f"cannot broadcast {list(vshape)} to {list(shape)}")
+    out = [0] * lead
+    for d, (size, stride) in enumerate(zip(vshape, vstride)):
+        out.append(0 if size == 1 and shape[lead + d] != 1 else stride)
+    return out

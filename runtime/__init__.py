@@ -1,0 +1,17 @@
+"""The runtime: a compiled graph as a launch list run on torch tensors (`Executable`), the device choice,
+and safetensors files for weights and checkpoints.
+
+>>> from axon.ir import GraphBuilder, DType
+>>> import torch
+>>> b = GraphBuilder(); x = b.input("x", DType.F32, (3, 5)); _ = b.output("y", b.relu(x))
+>>> exe = Executable(b.build(), device="cpu")
+>>> x_value = torch.randn(3, 5)
+>>> torch.equal(exe({"x": x_value})["y"], x_value.relu())
+True
+"""
+from .device import DeviceError, choose, describe
+from .executable import Executable, Plan, RunError
+from .safetensors import SafetensorsError, load_metadata
+
+__all__ = ["DeviceError", "Executable", "Plan", "RunError", "SafetensorsError", "choose", "describe",
+           "load_metadata"]

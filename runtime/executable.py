@@ -1,0 +1,171 @@
+"""An executable: a graph's kernels as a launch list, run on tensors.
+
+Compiling makes one kernel per group (`codegen`). The first call at a set of concrete sizes makes a
+*plan*: every launch prepared (grid, strides, block sizes — no Python work left for the call but the
+call itself) and every intermediate buffer allocated up front; later calls at the same sizes reuse it.
+A call checks the inputs (names, dtypes, shapes, index ranges), allocates the outputs and runs the list.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from axon.codegen import CompiledKernel, compile_group, groups
+from axon.codegen.cache import allocate
+from axon.codegen.launch import Launch
+from axon.ir import AxonError, EvalError, Graph, Node, OpKind
+from axon.ir.evaluate import EvalContext, _check_bound, bind_symbols
+from axon.ir.shapes import concrete
+from .device import choose
+
+K = OpKind
+WIDE = 2**31 - 1  # tensors with more elements than this need int64 index arithmetic
+
+
+class RunError(AxonError):
+    """Inputs a compiled model cannot run on: missing, unknown, of the wrong dtype or shape, or indices
+    out of range."""
+
+
+@dataclass
+class Plan:
+    """The launch list at one set of concrete sizes, with the buffers it reuses across calls."""
+
+    env: dict[str, int]
+    launches: list[tuple[CompiledKernel, Launch]]  # each kernel with its prepared launch
+    buffers: dict[Node, torch.Tensor]      # intermediates, allocated once
+    constants: dict[Node, torch.Tensor]    # literal tensors, made once
+    fresh: list[Node]                      # graph outputs made by kernels: a new tensor each call
+    index_checks: list[tuple[str, int, str]]  # (input name, axis size, what) for index inputs
+
+
+class Executable:
+    """`graph` compiled to kernels for `device` (None: CUDA if present, else the interpreter)."""
+
+    def __init__(self, graph: Graph, device: str | torch.device | None = None):
+        self.graph = graph
+        self.device = choose(device)
+        self.kernels: list[CompiledKernel] = [compile_group(g) for g in groups(graph)]
+        self._plans: dict[tuple, Plan] = {}
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
+                 *, poison: bool = False, check_indices: bool = True) -> dict[str, torch.Tensor]:
+        """Run on named inputs and parameters; returns the named outputs (tensors on the device).
+
+        `poison` fills every buffer with NaN first (tests: an element no kernel writes shows).
+        `check_indices` checks on the host that index inputs (token ids, labels) are in range; kernels
+        never read out of bounds, but an out-of-range index would give NaN or 0 silently.
+        """
+        values = self._bind(inputs, params or {})
+        env = bind_symbols(self.graph, {n: values[self.graph.inputs[n]] for n in self.graph.inputs})
+        plan = self.plan(env)
+        if check_indices:
+            self._check_indices(plan, inputs)
+        if poison:
+            for t in plan.buffers.values():
+                _poison(t)
+        values.update(plan.constants)
+        values.update(plan.buffers)
+        for node in plan.fresh:
+            values[node] = allocate(node, env, self.device, poison)
+        for kernel, launch in plan.launches:
+            launch.run(kernel.fn, values)
+        # a literal is shared by every call: the caller gets a copy of it
+        return {name: values[node].clone() if node.op == K.TENSOR else values[node]
+                for name, node in self.graph.outputs.items()}
+
+    def plan(self, env: dict[str, int]) -> Plan:
+        key = tuple(sorted(env.items()))
+        if key not in self._plans:
+            self._plans[key] = self._make_plan(dict(env))
+        return self._plans[key]
+
+    # --- making a plan -------------------------------------------------------------------------------
+    def _make_plan(self, env: dict[str, int]) -> Plan:
+        outputs = set(self.graph.outputs.values())
+        buffers: dict[Node, torch.Tensor] = {}
+        constants: dict[Node, torch.Tensor] = {}
+        for node in self.graph.nodes:
+            if node.op == K.TENSOR:
+                value = EvalContext().literal(node.attrs.data, node.dtype).reshape(node.shape)
+                constants[node] = value.to(node.dtype.torch).to(self.device)
+        launches, fresh = [], []
+        for kernel in self.kernels:
+            if _needs_wide(kernel, env):
+                kernel = compile_group(kernel.group, wide=True)
+            launch = kernel.prepare(env)
+            for node in launch.outputs:
+                if node in outputs:
+                    fresh.append(node)
+                else:
+                    buffers[node] = allocate(node, env, self.device)
+            launches.append((kernel, launch))
+        return Plan(env, launches, buffers, constants, fresh, self._index_inputs(env))
+
+    def _index_inputs(self, env) -> list[tuple[str, int, str]]:
+        """Graph inputs used (directly or through views) as the index of a gather or take."""
+        checks = []
+        for k in self.kernels:
+            node = k.group.nodes[-1]
+            if node.op in (K.GATHER, K.TAKE) and k.group.inputs[1].buffer.op == K.INPUT:
+                size = concrete(node.inputs[0].shape, env)[node.attrs.axis]
+                checks.append((k.group.inputs[1].buffer.name, size, f"{node.op} (axis {node.attrs.axis})"))
+        return checks
+
+    # --- checking a call -----------------------------------------------------------------------------
+    def _bind(self, inputs, params) -> dict[Node, torch.Tensor]:
+        g = self.graph
+        missing = [n for n in g.inputs if n not in inputs] + [n for n in g.params if n not in params]
+        if missing:
+            raise RunError(f"no value given for {', '.join(repr(m) for m in missing)}")
+        unknown = [n for n in inputs if n not in g.inputs]
+        if unknown:
+            raise RunError(f"unknown input(s) {', '.join(map(repr, unknown))}; {g.name} takes "
+                           f"{', '.join(g.inputs) or 'no inputs'}")
+        values = {}
+        for kind, table, given in (("input", g.inputs, inputs), ("parameter", g.params, params)):
+            for name, node in table.items():
+                t = given[name]
+                if not isinstance(t, torch.Tensor):
+                    raise RunError(f"{kind} '{name}' must be a torch.Tensor, got {type(t).__name__}")
+                values[node] = t.to(self.device).contiguous()
+        try:
+            env = bind_symbols(g, {n: values[g.inputs[n]] for n in g.inputs})
+            for node, t in values.items():
+                _check_bound(node, t, "input" if node.op == K.INPUT else "parameter", env)
+        except EvalError as e:
+            raise RunError(e.message) from None
+        return values
+
+    @staticmethod
+    def _check_indices(plan: Plan, inputs) -> None:
+        for name, size, what in plan.index_checks:
+            t = inputs[name]
+            if t.numel() == 0:
+                continue
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= size:
+                raise RunError(f"input '{name}' is the index of a {what} of size {size}, but its values "
+                               f"span [{lo}, {hi}]")
+
+
+def _needs_wide(kernel: CompiledKernel, env) -> bool:
+    nodes = [a.buffer for a in kernel.group.inputs] + list(kernel.group.outputs)
+    nodes += [a.node for a in kernel.group.inputs]
+    return any(_numel(n, env) > WIDE for n in nodes)
+
+
+def _numel(node: Node, env) -> int:
+    n = 1
+    for d in concrete(node.shape, env):
+        n *= d
+    return n
+
+
+def _poison(t: torch.Tensor) -> None:
+    if t.is_floating_point():
+        t.fill_(float("nan"))
+    elif t.dtype != torch.bool:
+        t.fill_(torch.iinfo(t.dtype).max)
