@@ -48,16 +48,17 @@ def elaborate(module: ast.Module, model: str | None = None, *, hparams: dict | N
 
 
 def training_graph(module: ast.Module, model: str | None = None, *, hparams: dict | None = None,
-                   root: str | Path | None = None) -> tuple[Graph, TrainSpec]:
-    """The model compiled for training (dropout on) with its train block's loss as the output `loss`;
-    labels become inputs typed from the loss function's declaration. Returns the graph and the spec."""
+                   root: str | Path | None = None, training: bool = True) -> tuple[Graph, TrainSpec]:
+    """The model compiled for training (dropout on; `training=False` for evaluation) with its train
+    block's loss as the output `loss`; labels become inputs typed from the loss function's declaration.
+    Returns the graph and the spec."""
     program = load_program(module, root)
     name = _pick_model(program, model)
     td = program.user.trains.get(name)
     if td is None:
         raise AxonNameError(f"model '{name}' has no train block")
     spec = check_train_def(program, td)
-    el = Elaborator(program, training=True)
+    el = Elaborator(program, training=training)
     el.model(name, hparams)
     add_loss(el, td, spec)
     return el.b.build(), spec

@@ -152,6 +152,17 @@ class GraphBuilder:
     def build(self) -> Graph:
         return Graph(self._nodes, self._outputs, self.name)
 
+    @classmethod
+    def extending(cls, graph: Graph) -> tuple[GraphBuilder, dict[Node, Node]]:
+        """A builder holding a copy of `graph` (outputs included), to add to; and old node -> new node."""
+        b = cls(graph.name)
+        mapping: dict[Node, Node] = {}
+        for node in graph.nodes:
+            mapping[node] = b.node(node.op, [mapping[i] for i in node.inputs], node.attrs)
+        for name, node in graph.outputs.items():
+            b.output(name, mapping[node])
+        return b, mapping
+
     def __len__(self) -> int:
         return len(self._nodes)
 

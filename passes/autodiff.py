@@ -127,13 +127,7 @@ def _targets(graph: Graph, wrt: Sequence[str] | None) -> dict[str, Node]:
 
 def _forward(graph: Graph) -> tuple[GraphBuilder, dict[Node, Node]]:
     """The forward graph rebuilt in a fresh builder (outputs included), and old node -> new node."""
-    b = GraphBuilder(graph.name)
-    mapping: dict[Node, Node] = {}
-    for node in graph.nodes:
-        mapping[node] = b.node(node.op, [mapping[i] for i in node.inputs], node.attrs)
-    for name, node in graph.outputs.items():
-        b.output(name, mapping[node])
-    return b, mapping
+    return GraphBuilder.extending(graph)
 
 
 def _backward(graph: Graph, b: GraphBuilder, mapping: dict[Node, Node], seeds: dict[Node, Node],

@@ -12,8 +12,8 @@ from axon.ir import evaluate, verify
 from axon.ir.init import init_params as ir_init_params
 from axon.ir.text import parse_graph, print_graph
 from axon.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline
-from twins import copy_rnn_cell
 from numerics import assert_close
+from twins import copy_rnn_cell, gpt_twin
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMES = ["perceptron", "mlp", "cnn", "lstm", "gpt", "gan"]
@@ -95,26 +95,10 @@ def test_lstm_against_torch_lstm(gen):
     assert_close(out["logits"], hs[:, -1] @ p["logits.w"] + p["logits.b"])
 
 
-def _layernorm(x, p, name):
-    return F.layer_norm(x, x.shape[-1:], p[f"{name}.w"], p[f"{name}.b"], eps=1e-5)
-
-
 def test_gpt(gen):
     tokens = torch.randint(0, 65, (5, 7), generator=gen)
     out, p = run("gpt", {"tokens": tokens}, scale=0.3)
-    b, t, d, heads = 5, 7, 32, 4
-    h = F.embedding(tokens, p["tok.w"]) + p["pos.w"][:t]
-    for i in range(2):
-        blk = f"block.{i}"
-        a_in = _layernorm(h, p, f"{blk}.ln1")
-        q, k, v = ((a_in @ p[f"{blk}.attn.{w}"]).reshape(b, t, heads, d // heads).transpose(1, 2)
-                   for w in ("wq", "wk", "wv"))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        h = h + att.transpose(1, 2).reshape(b, t, d) @ p[f"{blk}.attn.wo"]
-        m = F.gelu(_layernorm(h, p, f"{blk}.ln2") @ p[f"{blk}.up.w"] + p[f"{blk}.up.b"])
-        h = h + m @ p[f"{blk}.down.w"] + p[f"{blk}.down.b"]
-    ref = _layernorm(h, p, "hn") @ p["logits.w"]
-    assert_close(out["logits"], ref, tol=1e-4)
+    assert_close(out["logits"], gpt_twin(tokens, p), tol=1e-4)
 
 
 def test_gan_shares_the_discriminator(gen):
