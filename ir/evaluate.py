@@ -101,6 +101,18 @@ def bind_symbols(graph: Graph, inputs: Mapping[str, torch.Tensor]) -> dict[str, 
     return env
 
 
+def check_names(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, object]) -> None:
+    """Every input and parameter given a value, and no unknown input named (EvalError otherwise)."""
+    missing = [n for n in graph.inputs if n not in inputs]
+    missing += [n for n in graph.params if n not in params]
+    if missing:
+        raise EvalError(f"no value given for {', '.join(repr(m) for m in missing)}")
+    unknown = [n for n in inputs if n not in graph.inputs]
+    if unknown:
+        raise EvalError(f"unknown input(s) {', '.join(repr(u) for u in unknown)}; the graph takes "
+                        f"{', '.join(graph.inputs) or 'no inputs'}")
+
+
 def _as_tensor(value, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
@@ -131,14 +143,7 @@ def evaluate(graph: Graph, inputs: Mapping[str, object], params: Mapping[str, ob
     Outputs have their nodes' dtypes, or float64 for floating outputs when `precise`.
     """
     params = params or {}
-    missing = [n for n in graph.inputs if n not in inputs]
-    missing += [n for n in graph.params if n not in params]
-    if missing:
-        raise EvalError(f"no value given for {', '.join(repr(m) for m in missing)}")
-    unknown = [n for n in inputs if n not in graph.inputs]
-    if unknown:
-        raise EvalError(f"unknown input(s) {', '.join(repr(u) for u in unknown)}; the graph takes "
-                        f"{', '.join(graph.inputs) or 'no inputs'}")
+    check_names(graph, inputs, params)
     bound = {n: _as_tensor(v, f"input '{n}'") for n, v in inputs.items()}
     bound_params = {n: _as_tensor(params[n], f"parameter '{n}'") for n in graph.params}
     ctx = EvalContext(bind_symbols(graph, bound), precise)

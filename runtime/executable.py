@@ -16,7 +16,7 @@ from axon.codegen import CompiledKernel, compile_group, groups
 from axon.codegen.cache import allocate
 from axon.codegen.launch import Launch
 from axon.ir import AxonError, EvalError, Graph, Node, OpKind
-from axon.ir.evaluate import EvalContext, _check_bound, bind_symbols
+from axon.ir.evaluate import EvalContext, _check_bound, bind_symbols, check_names
 from axon.ir.shapes import concrete
 from .device import choose
 
@@ -117,13 +117,10 @@ class Executable:
     # --- checking a call -----------------------------------------------------------------------------
     def _bind(self, inputs, params) -> dict[Node, torch.Tensor]:
         g = self.graph
-        missing = [n for n in g.inputs if n not in inputs] + [n for n in g.params if n not in params]
-        if missing:
-            raise RunError(f"no value given for {', '.join(repr(m) for m in missing)}")
-        unknown = [n for n in inputs if n not in g.inputs]
-        if unknown:
-            raise RunError(f"unknown input(s) {', '.join(map(repr, unknown))}; {g.name} takes "
-                           f"{', '.join(g.inputs) or 'no inputs'}")
+        try:
+            check_names(g, inputs, params)
+        except EvalError as e:
+            raise RunError(e.message) from None
         values = {}
         for kind, table, given in (("input", g.inputs, inputs), ("parameter", g.params, params)):
             for name, node in table.items():
