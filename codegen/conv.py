@@ -1,131 +1,221 @@
-"""2-D convolution as an implicit GEMM: no im2col buffer is ever written.
+"""Conv2d kernels as an implicit GEMM: out[N, O, OH, OW] = conv2d(x[N, C, H, W], w[O, C/G, KH, KW]).
 
-The output [N, O, OH, OW] is a matrix product per group g: rows m = (n, oh, ow), columns the group's
-output channels, and the reduction k = (c, kh, kw) over the group's input channels and the kernel
-window. Each program computes a BLOCK_M x BLOCK_N tile; for each BLOCK_K slice of k it gathers the
-input patch elements straight from x (ih = oh*stride - pad + kh*dilation, masked outside the image:
-that mask *is* the zero padding) and the weights from w, and accumulates with `tl.dot` in f32 (f64
-without tl.dot, by a broadcast product). Both operands are read through their strides, so an input
-stored channels-last (a permuted view) costs nothing.
+Per group g of the convolution the output is one matrix product, never built in memory:
+- rows m = (n, oh, ow): one output pixel each, M = N * OH * OW of them;
+- columns: the group's output channels, O/G of them;
+- reduction k = (c, kh, kw): an input channel of the group and a kernel tap, K = C/G * KH * KW.
+Entry (m, k) of the "A" matrix is the input pixel x[n, g*C/G + c, ih, iw] with ih = oh*sh - ph + kh*dh and
+iw = ow*sw - pw + kw*dw; the loads compute those coordinates per K block and mask off the ones outside the
+image (that mask is the zero padding) and the ragged block edges. "B" is the weight, read in place.
+
+One program computes one BLOCK_M x BLOCK_N tile of one group: grid axis 0 walks the tiles (output channels
+fastest, so programs running together share an input patch), grid axis 1 is the group. Both operands are
+read through their own strides, so an input stored NHWC and permuted to NCHW (or a permuted weight) is
+index arithmetic, never a copy. The output is written through its strides.
+
+f32, f16 and bf16 use `tl.dot` with an f32 accumulator (f32 at full precision, like torch's default); as
+`tl.dot` needs every block dim >= 16, blocks are padded (masked) when K or O/G is small (a depthwise conv
+has K = KH*KW and one output channel per group). f64 has no portable `tl.dot`: it accumulates a broadcast
+multiply summed over each K block, in f64. Block sizes come from the sizes, in `prepare`.
+
+A padded tap contributes 0 * w: a NaN weight reaches every output pixel of its channel, as in torch's f64
+CPU conv (its f32 CPU conv skips padded taps, so there the border stays finite).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import triton
 
-from axon.ir import DType, OpKind
+from axon.ir import DType
 from axon.ir.shapes import concrete
 from .cache import target
-from .groups import KernelGroup
-from .launch import Launch, meta_view
-from .ops_triton import program_id, tl_dtype
+from .groups import CodegenError, KernelGroup
+from .launch import Launch, contiguous_strides, meta_view
+from .ops_triton import cast, program_id, tl_dtype
 
-K = OpKind
-MIN_TILE = 16  # tl.dot needs every block dimension >= 16
+MIN_TILE = 16           # tl.dot's smallest block in every dimension
+MIN_LOOP_TILE = 4       # smallest BLOCK_M/N/K of the f64 loop (no tl.dot, so no floor of 16)
+MAX_GROUPS = 65535      # CUDA's limit on grid axis 1, which carries the group
+# Caps on the block sizes by target and kernel (tl.dot or the f64 loop). On a GPU the accumulator lives
+# in registers and the operand blocks in shared memory (f32 blocks are twice the bytes of 16-bit ones, so
+# BLOCK_K <= 32). The interpreter pays per program and per op far more than per element, so it takes the
+# largest BLOCK_M its element budget allows (few programs).
+GPU_DOT = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_K_F32": 32}
+GPU_LOOP = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 8}  # holds a BLOCK_M x BLOCK_K x BLOCK_N product
+INTERPRETER_DOT = {"BLOCK_N": 64, "BLOCK_K": 128}
+INTERPRETER_LOOP = {"BLOCK_N": 64, "BLOCK_K": 64}
+INTERPRETER_A_BLOCK = 1 << 16   # elements of the gathered input block (BLOCK_M x BLOCK_K) per K step
+INTERPRETER_PRODUCT = 1 << 18   # elements of the f64 loop's BLOCK_M x BLOCK_K x BLOCK_N product
+K_WASTE = 1.25                  # a BLOCK_K whose blocks cover over 1.25 K is halved while that pads less
 
 
 @dataclass
 class Conv2dKernel:
     group: KernelGroup
     name: str = "conv2d_kernel"
-    wide: bool = False  # int64 indexing
+    wide: bool = False                # int64 indexing
+    interpreted: bool | None = None   # for Triton's interpreter; None: from the target
 
     def __post_init__(self):
         (self.node,) = self.group.nodes
+        self.x, self.w = self.group.inputs
         self.attrs = self.node.attrs
         self.dtype = self.node.dtype
-        self.interpreted = target().startswith("interpreter")
+        if not self.dtype.is_float:
+            raise CodegenError(f"no conv2d kernel for {self.dtype}")
+        self.uses_dot = self.dtype != DType.F64
+        self.acc = DType.F32 if self.uses_dot else DType.F64
+        if self.interpreted is None:
+            self.interpreted = target().startswith("interpreter")
 
+    # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
+        strides = [f"x_stride_{d}" for d in "nchw"] + [f"w_stride_{d}" for d in "ochw"]
+        strides += [f"out_stride_{d}" for d in "nchw"]
+        sizes = ["H", "W", "C_G", "O_G", "OH", "OW", "KH", "KW", "M", "K"]
+        blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
+        args = ",\n    ".join(["x_ptr", "w_ptr", "out_ptr"] + strides + sizes + blocks)
+        body = self._tile() + self._loop() + self._store("acc")
         a = self.attrs
-        x_t, w_t = (i.node.type for i in self.group.inputs)
+        types = f"x {self.x.node.type} * w {self.w.node.type} -> {self.node.type}"
         head = "\n".join(f"#   {line}" for line in self.group.labels)
-        args = ["x_ptr", "w_ptr", "out_ptr",
-                "x_stride_n", "x_stride_c", "x_stride_h", "x_stride_w",
-                "w_stride_o", "w_stride_c", "w_stride_h", "w_stride_w",
-                "N", "H", "W", "OH", "OW", "O", "M", "O_GROUP", "C_GROUP", "K",
-                "STRIDE_H: tl.constexpr", "STRIDE_W: tl.constexpr", "PAD_H: tl.constexpr",
-                "PAD_W: tl.constexpr", "DIL_H: tl.constexpr", "DIL_W: tl.constexpr",
-                "KH: tl.constexpr", "KW: tl.constexpr",
-                "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr"]
-        body = [
-            "# which tile: rows m = (n, oh, ow), columns = output channels of group g",
-            f"pid = {program_id(0, self.wide)}",
-            f"g = {program_id(1, self.wide)}",
-            "num_pid_n = tl.cdiv(O_GROUP, BLOCK_N)",
-            "offs_m = (pid // num_pid_n) * BLOCK_M + tl.arange(0, BLOCK_M)",
-            "offs_n = (pid % num_pid_n) * BLOCK_N + tl.arange(0, BLOCK_N)",
-            "m_mask = offs_m < M",
-            "n_mask = offs_n < O_GROUP",
-            "ow = offs_m % OW",
-            "oh = (offs_m // OW) % OH",
-            "n = offs_m // (OW * OH)",
-            "out_channel = g * O_GROUP + offs_n",
-            f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={self._acc()})",
-            "for k0 in range(0, K, BLOCK_K):",
-            "    # reduction index k -> (input channel in the group, kh, kw)",
-            "    offs_k = k0 + tl.arange(0, BLOCK_K)",
-            "    k_mask = offs_k < K",
-            "    kw = offs_k % KW",
-            "    kh = (offs_k // KW) % KH",
-            "    c = g * C_GROUP + offs_k // (KW * KH)",
-            "    # the input pixel each (row, k) reads; outside the image is the zero padding",
-            "    ih = oh[:, None] * STRIDE_H - PAD_H + kh[None, :] * DIL_H",
-            "    iw = ow[:, None] * STRIDE_W - PAD_W + kw[None, :] * DIL_W",
-            "    inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)",
-            "    x_mask = m_mask[:, None] & k_mask[None, :] & inside",
-            "    x = tl.load(x_ptr + n[:, None] * x_stride_n + c[None, :] * x_stride_c + ih * x_stride_h",
-            "                + iw * x_stride_w, mask=x_mask, other=0)",
-            "    w_mask = k_mask[:, None] & n_mask[None, :]",
-            "    w = tl.load(w_ptr + out_channel[None, :] * w_stride_o",
-            "                + (offs_k // (KW * KH))[:, None] * w_stride_c + kh[:, None] * w_stride_h",
-            "                + kw[:, None] * w_stride_w, mask=w_mask, other=0)",
-            *["    " + line for line in self._accumulate()],
-            "# store the tile into out[n, out_channel, oh, ow] (contiguous)",
-            "mask = m_mask[:, None] & n_mask[None, :]",
-            "out_offset = (n[:, None] * O + out_channel[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]",
-            f"tl.store(out_ptr + out_offset, acc.to({tl_dtype(self.dtype)}), mask=mask)",
-        ]
         return "\n".join([
-            f"# Conv2d kernel (implicit GEMM): {x_t} * {w_t} -> {self.node.type}, stride {a.stride}, "
-            f"padding {a.padding}, dilation {a.dilation}, groups {a.groups}; computing:\n{head}",
-            "import triton\nimport triton.language as tl\n\n",
-            f"@triton.jit\ndef {self.name}(\n    " + ",\n    ".join(args) + ",\n):",
+            f"# Conv2d kernel (implicit GEMM): {types},",
+            f"# stride {a.stride}, padding {a.padding}, dilation {a.dilation}, groups {a.groups}, computing:",
+            head,
+            "# Per group: rows m = (n, oh, ow), columns = the group's output channels,",
+            "# reduction k = (c, kh, kw).",
+            "import triton\nimport triton.language as tl\n",
+            "# the convolution's geometry: (rows, columns) of stride, padding and dilation",
+            *[f"{name}_{axis} = tl.constexpr({value[i]})"
+              for name, value in (("STRIDE", a.stride), ("PAD", a.padding), ("DILATION", a.dilation))
+              for i, axis in enumerate("HW")],
+            f"\n\n@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body],
         ]) + "\n"
 
-    def _acc(self) -> str:
-        return "tl.float64" if self.dtype == DType.F64 else "tl.float32"
+    def _tile(self) -> list[str]:
+        """Which tile: rows (output pixels) by output channels of group `pid_g`, and where they read."""
+        return [
+            "# which tile: BLOCK_M output pixels by BLOCK_N output channels of group pid_g",
+            f"pid = {program_id(0, self.wide)}",
+            f"pid_g = {program_id(1, self.wide)}",
+            "num_pid_n = tl.cdiv(O_G, BLOCK_N)",
+            "pid_m = pid // num_pid_n",
+            "pid_n = pid % num_pid_n",
+            "offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+            "offs_oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
+            "m_mask = offs_m < M",
+            "oc_mask = offs_oc < O_G",
+            "# row m -> output pixel (n, oh, ow), and the top-left corner of its window in x",
+            "ow = offs_m % OW",
+            "rem = offs_m // OW",
+            "oh = rem % OH",
+            "n = rem // OH",
+            "ih0 = oh * STRIDE_H - PAD_H",
+            "iw0 = ow * STRIDE_W - PAD_W",
+            "x_base = n * x_stride_n + pid_g * C_G * x_stride_c  # the group's first input channel",
+            "oc = pid_g * O_G + offs_oc  # output channel of each column",
+        ]
 
-    def _accumulate(self) -> list[str]:
-        if self.dtype == DType.F64:  # no portable f64 tl.dot: a broadcast product summed over k
-            return ["acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)"]
+    def _loop(self) -> list[str]:
+        """The K loop: gather an input block (zeros in the padding), load a weight block, accumulate."""
+        acc_t = tl_dtype(self.acc)
+        offs_k = "(k + tl.arange(0, BLOCK_K)).to(tl.int64)" if self.wide else "k + tl.arange(0, BLOCK_K)"
+        lines = [
+            f"# accumulate over k = (c, kh, kw), BLOCK_K at a time, in {self.acc}",
+            f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
+            "for k in range(0, K, BLOCK_K):",
+            f"    offs_k = {offs_k}",
+            "    k_mask = offs_k < K",
+            "    # column k -> input channel c (within the group) and kernel tap (kh, kw)",
+            "    kw = offs_k % KW",
+            "    k_rem = offs_k // KW",
+            "    kh = k_rem % KH",
+            "    c = k_rem // KH",
+            "    ih = ih0[:, None] + kh[None, :] * DILATION_H",
+            "    iw = iw0[:, None] + kw[None, :] * DILATION_W",
+            "    # outside the image is the zero padding",
+            "    x_mask = m_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)",
+            "    # the A block [BLOCK_M, BLOCK_K]: input pixels; the B block [BLOCK_K, BLOCK_N]: weights",
+            "    a = tl.load(x_ptr + x_base[:, None] + c[None, :] * x_stride_c + ih * x_stride_h",
+            "                + iw * x_stride_w, mask=x_mask, other=0)",
+            "    w_mask = k_mask[:, None] & oc_mask[None, :]",
+            "    w_k = c * w_stride_c + kh * w_stride_h + kw * w_stride_w",
+            "    b = tl.load(w_ptr + w_k[:, None] + oc[None, :] * w_stride_o, mask=w_mask, other=0)",
+        ]
         if self.dtype == DType.F32:
-            return ['acc = tl.dot(x, w, acc, input_precision="ieee")  # full f32, as torch']
-        if self.interpreted:  # the interpreter's low-precision tl.dot is unreliable (triton#11584)
-            return ["acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc, input_precision=\"ieee\")"]
-        return ["acc = tl.dot(x, w, acc)  # tensor cores, f32 accumulation"]
+            lines.append('    acc = tl.dot(a, b, acc, input_precision="ieee")  # full f32, as torch')
+        elif self.dtype == DType.BF16 and self.interpreted:
+            lines += ["    # the interpreter's bf16 tl.dot multiplies bit patterns (triton#11584): f32 here",
+                      '    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")']
+        elif self.uses_dot:
+            lines.append("    acc = tl.dot(a, b, acc)  # tensor cores, f32 accumulation")
+        else:
+            lines += ["    # no portable tl.dot for f64: a broadcast multiply, summed over the K block",
+                      "    acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)"]
+        return lines
 
+    def _store(self, acc: str) -> list[str]:
+        """Write the tile `acc` [BLOCK_M, BLOCK_N] (in the accumulator's dtype) to the output, rounded to
+        its dtype. A fusion pass applies its epilogue (bias, activation, residual: pointwise nodes over the
+        tile) to `acc` before this store; per row it has n, oh, ow, per column the output channel oc."""
+        return [
+            f"# write the tile, as {self.dtype}, through the output's strides",
+            f"out = {cast(acc, self.acc, self.dtype)}",
+            "mask = m_mask[:, None] & oc_mask[None, :]",
+            "out_m = n * out_stride_n + oh * out_stride_h + ow * out_stride_w",
+            "tl.store(out_ptr + out_m[:, None] + oc[None, :] * out_stride_c, out, mask=mask)",
+        ]
+
+    # --- launch --------------------------------------------------------------------------------------
     def prepare(self, env: dict[str, int]) -> Launch:
-        a = self.attrs
-        (xv, xa), (wv, wa) = (meta_view(i, env) for i in self.group.inputs)
-        n, c, h, w = xv.shape
-        o, cg, kh, kw = wv.shape
-        _, _, oh, ow = concrete(self.node.shape, env)
-        m, og, k = n * oh * ow, o // a.groups, cg * kh * kw
-        cap = 128 if self.interpreted else 64
-        block_m = max(MIN_TILE, min(cap, triton.next_power_of_2(m)))
-        block_n = max(MIN_TILE, min(64, triton.next_power_of_2(og)))
-        block_k = max(MIN_TILE, min(32 if self.dtype == DType.F64 else 64, triton.next_power_of_2(k)))
-        if self.dtype == DType.F64:
-            block_m = min(block_m, 32)
-        grid = (triton.cdiv(m, block_m) * triton.cdiv(og, block_n), a.groups)
-        scalars = (*xv.stride(), *wv.stride(), n, h, w, oh, ow, o, m, og, cg, k)
-        meta = {"STRIDE_H": a.stride[0], "STRIDE_W": a.stride[1], "PAD_H": a.padding[0],
-                "PAD_W": a.padding[1], "DIL_H": a.dilation[0], "DIL_W": a.dilation[1], "KH": kh, "KW": kw,
-                "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
-        if math.prod(grid) == 0:
-            grid = (0, 1)
-        return Launch(grid, (xa, wa), (self.node,), scalars, meta)
+        x_view, x_arg = meta_view(self.x, env)
+        w_view, w_arg = meta_view(self.w, env)
+        shape = concrete(self.node.shape, env)
+        n, o, oh, ow = shape
+        _, _, h, w = x_view.shape
+        _, c_g, kh, kw = w_view.shape
+        groups = self.attrs.groups
+        if groups > MAX_GROUPS:
+            raise CodegenError(f"{self.group.labels[0] if self.group.labels else 'conv2d'}: {groups} groups "
+                               f"are more than grid axis 1 takes ({MAX_GROUPS})")
+        o_g = o // groups
+        m, k = n * oh * ow, c_g * kh * kw
+        meta = self.blocks(m, o_g, k)
+        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(o_g, meta["BLOCK_N"]), groups)
+        scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape),
+                   h, w, c_g, o_g, oh, ow, kh, kw, m, k)
+        return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta)
+
+    def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
+        """Block sizes for the per-group (m x k) @ (k x n) product: BLOCK_M and BLOCK_N the next power of
+        two of their size, at least the smallest tile (tl.dot's 16, padded by the masks) and at most the
+        target's cap; BLOCK_K the largest that wastes little on padding (K = 144 takes 32, not 128)."""
+        low = MIN_TILE if self.uses_dot else MIN_LOOP_TILE
+
+        def fit(size: int, cap: int) -> int:
+            return max(low, min(triton.next_power_of_2(size), cap))
+
+        def padded(block: int) -> int:
+            return triton.cdiv(k, block) * block
+
+        def fit_k(cap: int) -> int:
+            block = fit(k, cap)
+            while block > low and padded(block) > K_WASTE * k and padded(block // 2) < padded(block):
+                block //= 2
+            return block
+
+        if not self.interpreted:
+            caps = GPU_DOT if self.uses_dot else GPU_LOOP
+            block_k = fit_k(caps["BLOCK_K_F32"] if self.dtype == DType.F32 else caps["BLOCK_K"])
+            return {"BLOCK_M": fit(m, caps["BLOCK_M"]), "BLOCK_N": fit(n, caps["BLOCK_N"]),
+                    "BLOCK_K": block_k}
+        caps = INTERPRETER_DOT if self.uses_dot else INTERPRETER_LOOP
+        block_n, block_k = fit(n, caps["BLOCK_N"]), fit_k(caps["BLOCK_K"])
+        if self.uses_dot:
+            m_cap = INTERPRETER_A_BLOCK // block_k
+        else:
+            m_cap = INTERPRETER_PRODUCT // (block_k * block_n)
+        return {"BLOCK_M": fit(m, m_cap), "BLOCK_N": block_n, "BLOCK_K": block_k}
