@@ -271,6 +271,11 @@ def _grad_gather(b, node, ins, out, g):
     if idx.shape[axis] == 0:
         return [b.const(0.0, g.dtype, x.shape), None]
     rank = len(x.shape)
+    ramp_shape = (1,) * axis + (x.shape[axis],) + (1,) * (rank - axis - 1)
+    if idx.shape[axis] == 1 and all(idx.shape[d] == x.shape[d] for d in range(rank) if d != axis):
+        # one index per row (cross-entropy's label): the one-hot has x's own shape, no new axis
+        hits = b.cast(b.eq(b.cast(idx, DType.I64), b.iota(ramp_shape, axis)), g.dtype)
+        return [b.mul(hits, g), None]
     widened = idx.shape[:axis + 1] + (1,) + idx.shape[axis + 1:]                 # [.., J, 1, ..]
     ramp = b.iota((1,) * (axis + 1) + (x.shape[axis],) + (1,) * (rank - axis - 1), axis + 1)
     hits = b.cast(b.eq(b.reshape(b.cast(idx, DType.I64), widened), ramp), g.dtype)  # [.., J, K, ..]

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from axon.ir import DType, Graph, GraphBuilder, Node, OpKind, apply_rules
+from axon.ir import AxonError, DType, Graph, GraphBuilder, Node, OpKind, apply_rules
+from axon.ir.ops import BINARY
 
 from .manager import register_pass
 
@@ -213,10 +214,36 @@ def no_op_movement(b, n):
     return n.inputs[0]
 
 
+def unit_reduce(b, n):
+    """sum/mean/max/min over axes that all have size 1 -> a reshape: nothing is reduced (autodiff makes
+    these when it sums a gradient back over a broadcast unit axis)."""
+    if n.op not in (K.SUM, K.MEAN, K.MAX, K.MIN) or n.dtype != n.inputs[0].dtype:
+        return None
+    x = n.inputs[0]
+    if not n.attrs.axes or any(x.shape[a] != 1 for a in n.attrs.axes):
+        return None
+    return b.reshape(x, n.shape)
+
+
+def implicit_broadcast(b, n):
+    """A binary op or where on an `expand`ed operand -> the op on the operand itself, which broadcasts
+    the same way: the expand is only a copy (autodiff writes them explicitly)."""
+    if n.op not in BINARY and n.op != K.WHERE:
+        return None
+    if not any(i.op == K.EXPAND for i in n.inputs):
+        return None
+    inputs = tuple(i.inputs[0] if i.op == K.EXPAND else i for i in n.inputs)
+    try:
+        new = b.node(n.op, inputs, n.attrs)
+    except AxonError:
+        return None
+    return new if new.type == n.type else None
+
+
 RULES: tuple[Rule, ...] = (
     add_zero, sub_zero, mul_one, mul_minus_one, div_one, pow_one, sub_neg, add_neg, idempotent,
     involution, repeated_unary, where_same, cast_same, cast_cast, permute_permute, reshape_reshape,
-    expand_expand, no_op_movement,
+    expand_expand, no_op_movement, unit_reduce, implicit_broadcast,
 )
 SIGNED_ZERO_RULES = (add_zero, sub_zero)  # take the `signed_zeros` option
 
