@@ -1,5 +1,6 @@
-"""The runtime: a compiled graph as a launch list run on torch tensors (`Executable`), the device choice,
-and safetensors files for weights and checkpoints.
+"""The runtime: a compiled graph as a launch list run on torch tensors (`Executable`), its intermediates
+sharing one arena by liveness (`memory`), the device choice, and safetensors files for weights and
+checkpoints.
 
 >>> from axon.ir import GraphBuilder, DType
 >>> import torch
@@ -11,7 +12,8 @@ True
 """
 from .device import DeviceError, choose, describe
 from .executable import Executable, Plan, RunError
+from .memory import MemoryPlan, format_plan, plan_memory
 from .safetensors import SafetensorsError, load_metadata
 
-__all__ = ["DeviceError", "Executable", "Plan", "RunError", "SafetensorsError", "choose", "describe",
-           "load_metadata"]
+__all__ = ["DeviceError", "Executable", "MemoryPlan", "Plan", "RunError", "SafetensorsError", "choose",
+           "describe", "format_plan", "load_metadata", "plan_memory"]
