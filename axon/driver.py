@@ -111,3 +111,18 @@ def optimize(graph: Graph, pipeline: str = DEFAULT_PIPELINE, *, verify: bool = T
                      print_after_all=print_after_all, timing=timing, out=out)
     result = pm.run(graph)
     return result, pm.report
+
+
+def kernel_groups(graph: Graph, fusion: bool = True):
+    """The kernel groups `graph` compiles to: the fusion pass's plan, or one kernel per node."""
+    from axon.codegen import fused_groups, groups
+    from axon.passes.fusion import fuse
+
+    return fused_groups(graph, fuse(graph).groups) if fusion else groups(graph)
+
+
+def executable(graph: Graph, device=None, *, fusion: bool = True, **options):
+    """`graph` compiled to kernels (fused unless `fusion` is False) for `device`."""
+    from axon.runtime import Executable
+
+    return Executable(graph, device, kernel_groups=kernel_groups(graph, fusion), **options)

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 
 from axon import data as datasets
-from axon.driver import load_ast, optimize
+from axon.driver import executable, load_ast, optimize
 from axon.ir import AxonError, Graph, GraphBuilder, init_params
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule, make_update
 from axon.passes.autodiff import GRAD_PREFIX, grad
-from axon.runtime import Executable
 from axon.runtime.safetensors import load, load_metadata, save
 
 NEW = "new."                 # output new.<name>: the updated parameter or state <name>
@@ -127,9 +126,9 @@ class Trainer:
                                                                                       self.batch))
         t0 = time.perf_counter()
         step = step_graph(loss_graph, self.optimizer)
-        self.step_exe = Executable(step, device)
+        self.step_exe = executable(step, device)
         evaluate_graph, _ = optimize(eval_graph, out=QUIET)
-        self.eval_exe = Executable(evaluate_graph, self.step_exe.device)
+        self.eval_exe = executable(evaluate_graph, self.step_exe.device)
         self.compile_s = time.perf_counter() - t0
         self.params = {k: v.to(self.step_exe.device) for k, v in init_params(step, self.seed).items()}
         self.states = {name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=self.step_exe.device)

@@ -4,7 +4,8 @@ The interface, in three steps:
 
 - `groups(graph) -> list[KernelGroup]`: which nodes each kernel computes (the default grouping is one
   kernel per computed node, with const/iota/rand computed inline and permute/expand/slice/reshape folded
-  into index arithmetic). Fusion replaces this function; nothing below changes.
+  into index arithmetic), or `fused_groups(graph, passes.fusion.fuse(graph).groups)`: the fusion
+  pass's kernels (several nodes, several outputs each). Nothing below changes.
 - `compile_group(group) -> CompiledKernel`: generates the source (`.source`), writes it to the cache
   (`.path`, under `$AXON_CACHE_DIR` or `~/.cache/axon`) and loads it.
 - `CompiledKernel.run({node: tensor}, env) -> {node: tensor}`: allocates the outputs and launches.
@@ -35,8 +36,8 @@ if not _torch.cuda.is_available() and "triton" not in _sys.modules:
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from .cache import CompiledKernel, cache_dir, compile_group, target
-from .groups import Access, CodegenError, KernelGroup, groups
+from .groups import Access, CodegenError, KernelGroup, fused_groups, groups
 from .harness import run_graph
 
 __all__ = ["Access", "CodegenError", "CompiledKernel", "KernelGroup", "cache_dir", "compile_group",
-           "groups", "run_graph", "target"]
+           "fused_groups", "groups", "run_graph", "target"]

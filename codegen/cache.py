@@ -126,8 +126,13 @@ def spec_for(group: KernelGroup, wide: bool = False):
     from .indexing import IndexKernel
     from .matmul import MatmulKernel
 
+    from .rowwise import RowKernel
+
     kinds = {"pointwise": PointwiseKernel, "reduce": ReduceKernel, "matmul": MatmulKernel,
              "conv2d": Conv2dKernel, "index": IndexKernel}
+    if group.kind == "reduce" and group.space and not any(n.op.value in ("argmax", "argmin")
+                                                          for n in group.nodes):
+        return RowKernel(group, wide=wide)  # a fused reduction
     return kinds[group.kind](group, wide=wide)
 
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import triton
 
-from axon.ir import DType
+from axon.ir import DType, OpKind
 from axon.ir.shapes import concrete
 from .cache import target
+from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, contiguous_strides, meta_view
 from .ops_triton import cast, program_id, tl_dtype
@@ -58,8 +59,9 @@ class Conv2dKernel:
     interpreted: bool | None = None   # for Triton's interpreter; None: from the target
 
     def __post_init__(self):
-        (self.node,) = self.group.nodes
-        self.x, self.w = self.group.inputs
+        self.node = next(n for n in self.group.nodes if n.op == OpKind.CONV2D)
+        self.x, self.w = self.group.inputs[:2]
+        self.epilogue = Epilogue(self.group, self.node, 2)
         self.attrs = self.node.attrs
         self.dtype = self.node.dtype
         if not self.dtype.is_float:
@@ -75,8 +77,18 @@ class Conv2dKernel:
         strides += [f"out_stride_{d}" for d in "nchw"]
         sizes = ["H", "W", "C_G", "O_G", "OH", "OW", "KH", "KW", "M", "K"]
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
-        args = ",\n    ".join(["x_ptr", "w_ptr", "out_ptr"] + strides + sizes + blocks)
-        body = self._tile() + self._loop() + self._store("acc")
+        body = self._tile() + self._loop()
+        helpers: list[str] = []
+        if self.epilogue.trivial:
+            ptrs = ["x_ptr", "w_ptr", "out_ptr"]
+            body += self._store("acc")
+        else:
+            ptrs = ["x_ptr", "w_ptr"] + self.epilogue.pointers()
+            strides += self.epilogue.strides()
+            lines, em = self._fused_store("acc")
+            body += lines
+            helpers = em.helper_source()
+        args = ",\n    ".join(ptrs + strides + sizes + blocks)
         a = self.attrs
         types = f"x {self.x.node.type} * w {self.w.node.type} -> {self.node.type}"
         head = "\n".join(f"#   {line}" for line in self.group.labels)
@@ -87,6 +99,9 @@ class Conv2dKernel:
             "# Per group: rows m = (n, oh, ow), columns = the group's output channels,",
             "# reduction k = (c, kh, kw).",
             "import triton\nimport triton.language as tl\n",
+            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))' if not self.epilogue.trivial
+            else "",
+            *helpers,
             "# the convolution's geometry: (rows, columns) of stride, padding and dilation",
             *[f"{name}_{axis} = tl.constexpr({value[i]})"
               for name, value in (("STRIDE", a.stride), ("PAD", a.padding), ("DILATION", a.dilation))
@@ -169,6 +184,16 @@ class Conv2dKernel:
             "tl.store(out_ptr + out_m[:, None] + oc[None, :] * out_stride_c, out, mask=mask)",
         ]
 
+    def _fused_store(self, acc: str):
+        """The tile through the group's epilogue: per row the pixel (n, oh, ow), per column channel oc."""
+        rows = {0: "n[:, None]", 1: "oc[None, :]", 2: "oh[:, None]", 3: "ow[:, None]"}
+        value = [f"acc_out = {cast(acc, self.acc, self.dtype)}  # the convolution's value, as {self.dtype}"]
+        lines, em = self.epilogue.lines(
+            "acc_out", rows.__getitem__, "[BLOCK_M, BLOCK_N]", "m_mask[:, None] & oc_mask[None, :]",
+            lambda ptr: f"{ptr} + (n * out_stride_n + oh * out_stride_h + ow * out_stride_w)[:, None] "
+                        f"+ oc[None, :] * out_stride_c")
+        return value + lines, em
+
     # --- launch --------------------------------------------------------------------------------------
     def prepare(self, env: dict[str, int]) -> Launch:
         x_view, x_arg = meta_view(self.x, env)
@@ -185,9 +210,14 @@ class Conv2dKernel:
         m, k = n * oh * ow, c_g * kh * kw
         meta = self.blocks(m, o_g, k)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(o_g, meta["BLOCK_N"]), groups)
-        scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape),
+        if self.epilogue.trivial:
+            scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape),
+                       h, w, c_g, o_g, oh, ow, kh, kw, m, k)
+            return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta)
+        extra, more = self.epilogue.prepare(env)
+        scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape), *more,
                    h, w, c_g, o_g, oh, ow, kh, kw, m, k)
-        return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta)
+        return Launch(grid, (x_arg, w_arg, *extra), tuple(self.group.outputs), scalars, meta)
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
         """Block sizes for the per-group (m x k) @ (k x n) product: BLOCK_M and BLOCK_N the next power of

@@ -47,6 +47,58 @@ class KernelGroup:
     inputs: tuple[Access, ...]
     outputs: tuple[Node, ...]
     labels: tuple[str, ...] = ()  # one line per node for the kernel's header comment
+    space: tuple = ()             # the iteration space (fused groups; else the output's shape)
+    axes: tuple[int, ...] = ()    # reduce: the reduced axes of `space`
+    persistent: bool = False      # reduce: whole rows in one block
+
+
+def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
+    """Kernel groups from a fusion plan (`passes.fusion.fuse(graph).groups`, in launch order): each
+    group's members computed in one kernel; what they read from outside is an `Access` (a stored value
+    through the movement ops that view it); a member is stored when another kernel reads it or it is a
+    graph output."""
+    index = graph.index()
+    outputs = set(graph.outputs.values())
+    owned = {n for fg in fused for n in fg.nodes}
+    plans = []
+    for fg in fused:
+        members = fg.members(index)
+        inside = set(members)
+        first = [m for m in fg.nodes if m.op in TEMPLATES][:1] if fg.kind != "reduce" else []
+        # a template's operands come first, by position; then what the other members read (an
+        # epilogue loads its operands over the output tile, even one the template also reads)
+        operands = [_access(i, owned) for m in first for i in m.inputs]
+        reads: list[Access] = []
+        for m in members:
+            for i in m.inputs:
+                a = _access(i, owned)
+                if m not in first and i not in inside and a not in reads:
+                    reads.append(a)
+        reads = operands + reads
+        plans.append((fg, members, reads))
+    stored = {a.buffer for _, _, reads in plans for a in reads} | outputs
+    result = []
+    for fg, members, reads in plans:
+        outs = tuple(n for n in sorted(fg.nodes, key=index.__getitem__) if n in stored)
+        labels = tuple(_label(n, index) for n in members)
+        kind = "pointwise" if fg.kind == "copy" else fg.kind
+        result.append(KernelGroup(kind, tuple(members), tuple(reads), outs, labels, tuple(fg.space),
+                                  tuple(fg.axes), fg.persistent))
+    return result
+
+
+def _access(v: Node, owned: set[Node]) -> Access:
+    """How a kernel reads stored value `v`: the buffer under `v`'s chain of folded movement ops."""
+    view = []
+    while v.op in FOLDED_MOVEMENT and v not in owned:
+        view.append(v)
+        v = v.inputs[0]
+    return Access(v, tuple(reversed(view)))
+
+
+def _label(n: Node, index) -> str:
+    args = ", ".join(f"%{index[i]}" for i in n.inputs)
+    return f"%{index[n]} = {n.op}({args}): {n.type}"
 
 
 def groups(graph: Graph) -> list[KernelGroup]:

@@ -83,3 +83,23 @@ def broadcast_strides(vshape, vstride, shape) -> list[int]:
     for d, (size, stride) in enumerate(zip(vshape, vstride)):
         out.append(0 if size == 1 and shape[lead + d] != 1 else stride)
     return out
+
+
+def layout_strides(node: Node, env) -> list[int]:
+    """Where a kernel writes the elements of `node`, a chain of permutes then reshapes of a value it
+    computes over its whole space: strides over that space into `node`'s contiguous buffer (the copy's
+    layout, inverted on a meta tensor: undo the reshapes, which are views of a contiguous buffer, then
+    the permutes)."""
+    t = meta_buffer(node, env)
+    v = node
+    while v.op.value in ("permute", "reshape"):
+        src = concrete(v.inputs[0].shape, env)
+        if v.op.value == "reshape":
+            t = t.view(src)
+        else:
+            inverse = [0] * len(v.attrs.perm)
+            for d, p in enumerate(v.attrs.perm):
+                inverse[p] = d
+            t = t.permute(inverse)
+        v = v.inputs[0]
+    return list(t.stride())

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import triton
 
-from axon.ir import DType
+from axon.ir import DType, OpKind
 from axon.ir.shapes import concrete
 from .cache import target
+from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, meta_view
 from .ops_triton import cast, program_id, tl_dtype
@@ -48,8 +49,9 @@ class MatmulKernel:
     tuned: bool | None = None   # autotuned; None: on a GPU target, not in the interpreter
 
     def __post_init__(self):
-        (self.node,) = self.group.nodes
-        self.a, self.b = self.group.inputs
+        self.node = next(n for n in self.group.nodes if n.op == OpKind.MATMUL)
+        self.a, self.b = self.group.inputs[:2]
+        self.epilogue = Epilogue(self.group, self.node, 2)
         self.dtype = self.node.dtype
         self.batch_rank = len(self.node.shape) - 2
         self.uses_dot = self.dtype.is_float and self.dtype != DType.F64
@@ -64,13 +66,26 @@ class MatmulKernel:
         strides += [f"b_stride_batch{d}" for d in batch] + ["b_stride_k", "b_stride_n"]
         sizes = [f"batch{d}" for d in batch] + ["M", "N", "K"]
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")]
-        args = ",\n    ".join(["a_ptr", "b_ptr", "out_ptr"] + strides + sizes + blocks)
-        body = self._tile() + self._batch() + self._loop() + self._store("acc")
+        body = self._tile() + self._batch() + self._loop()
+        helpers = []
+        if self.epilogue.trivial:
+            ptrs = ["a_ptr", "b_ptr", "out_ptr"]
+            body += self._store("acc")
+        else:
+            ptrs = ["a_ptr", "b_ptr"] + self.epilogue.pointers()
+            strides += self.epilogue.strides()
+            lines, em = self._fused_store("acc")
+            body += lines
+            helpers = em.helper_source()
+        args = ",\n    ".join(ptrs + strides + sizes + blocks)
         head = "\n".join(f"#   {line}" for line in self.group.labels)
         types = f"{self.a.node.type} @ {self.b.node.type} -> {self.node.type}"
         return "\n".join([
             f"# Matmul kernel: {types}, computing:\n{head}",
-            "import triton\nimport triton.language as tl\n\n",
+            "import triton\nimport triton.language as tl\n",
+            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n' if helpers or not
+            self.epilogue.trivial else "",
+            *helpers,
             *self._autotune(),
             f"@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body],
@@ -160,6 +175,20 @@ class MatmulKernel:
             "tl.store(out_ptr + pid_b * M * N + offs_m[:, None] * N + offs_n[None, :], out, mask=mask)",
         ]
 
+    def _fused_store(self, acc: str):
+        """The tile through the group's epilogue: coordinates are the batch element's (scalars), the
+        tile's rows and its columns."""
+        b = self.batch_rank
+
+        def coord(d: int) -> str:
+            return f"i{d}" if d < b else ("offs_m[:, None]" if d == b else "offs_n[None, :]")
+
+        value = [f"acc_out = {cast(acc, self.acc, self.dtype)}  # the matmul's value, as {self.dtype}"]
+        lines, em = self.epilogue.lines(
+            "acc_out", coord, "[BLOCK_M, BLOCK_N]", "m_mask[:, None] & n_mask[None, :]",
+            lambda ptr: f"{ptr} + pid_b * M * N + offs_m[:, None] * N + offs_n[None, :]")
+        return value + lines, em
+
     # --- launch --------------------------------------------------------------------------------------
     def prepare(self, env: dict[str, int]) -> Launch:
         a_view, a_arg = meta_view(self.a, env)
@@ -176,7 +205,11 @@ class MatmulKernel:
             strides += view.stride()[-2:]
         meta = self.blocks(m, n, k)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), n_batch)
-        return Launch(grid, (a_arg, b_arg), (self.node,), (*strides, *batch, m, n, k), meta)
+        if self.epilogue.trivial:
+            return Launch(grid, (a_arg, b_arg), (self.node,), (*strides, *batch, m, n, k), meta)
+        extra, more = self.epilogue.prepare(env)
+        return Launch(grid, (a_arg, b_arg, *extra), tuple(self.group.outputs),
+                      (*strides, *more, *batch, m, n, k), meta)
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
         """The block sizes for an (m x k) @ (k x n) product: each the next power of two of its size,

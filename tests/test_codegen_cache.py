@@ -112,7 +112,7 @@ def test_target_names_the_interpreter():
 
 
 GOLDEN = '''\
-# Pointwise kernel over f32[batch, 53], computing:
+# Pointwise kernel over [batch, 53], computing:
 #   %2 = mul(%0, %1): f32[batch, 53]
 import triton
 import triton.language as tl
@@ -124,7 +124,7 @@ NAN = tl.constexpr(float("nan"))
 def pointwise_kernel(
     in0_ptr,
     in1_ptr,
-    out_ptr,
+    out0_ptr,
     in0_stride0,
     in0_stride1,
     in1_stride0,
@@ -137,7 +137,7 @@ def pointwise_kernel(
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elements
-    # coordinates of each element in the output [size0, size1]
+    # coordinates of each element in the iteration space [size0, size1]
     rem = offs
     i1 = rem % size1
     rem = rem // size1
@@ -146,7 +146,7 @@ def pointwise_kernel(
     x1 = tl.load(in1_ptr + i0 * in1_stride0 + i1 * in1_stride1, mask=mask)
     # %2 = mul(%0, %1): f32[batch, 53]
     mul0 = x0 * x1
-    tl.store(out_ptr + offs, mul0, mask=mask)
+    tl.store(out0_ptr + offs, mul0, mask=mask)
 '''
 
 

@@ -1,0 +1,89 @@
+"""Triton for the elementwise members of a group, over a tile of its iteration space.
+
+Every template with elementwise work (pointwise kernels, fused reductions, matmul and conv2d epilogues)
+emits its members through one `Emitter`. The template says how a coordinate of the iteration space is
+written in its tile (`coord(d)`: `i0` in a flat pointwise block, `i1[None, :]` for a column of a row
+block, `offs_m[:, None]` in a matmul tile) and the shape a constant takes (`tile`); the emitter writes
+one line per node. Values of different shapes in one tile broadcast as in the IR: right-aligned.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from axon.ir import DType, Node, OpKind
+from axon.ir.ops import MOVEMENT
+from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, compute_dtype, literal, tl_dtype
+
+K = OpKind
+
+
+@dataclass
+class Emitter:
+    rank: int                       # axes of the iteration space
+    coord: Callable[[int], str]     # axis -> its coordinate in the tile
+    tile: str                       # the tile's shape, e.g. "[BLOCK]" (for constants)
+    rands: list[Node]               # rand members: rand{r}_stride{d} arguments give their element index
+    helpers: set[str]
+
+    @classmethod
+    def over(cls, rank: int, coord: Callable[[int], str], tile: str, members) -> Emitter:
+        return cls(rank, coord, tile, [m for m in members if m.op == K.RAND], set())
+
+    def index(self, strides: str, r: int | None = None) -> str:
+        """sum_d coord(d) * {strides}{d}: an element offset from per-axis strides."""
+        terms = [f"{self.coord(d)} * {strides}{d}" for d in range(self.rank)]
+        return " + ".join(terms) if terms else "0"
+
+    def zeros(self) -> str:
+        return f"tl.zeros({self.tile}, tl.int32)"
+
+    def emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
+        lines = self._emit(n, var, names)
+        self.helpers.update(h for h in HELPERS for line in lines if h + "(" in line)
+        return lines
+
+    def _emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
+        dt = n.dtype
+        if n.op == K.CONST:
+            return [f"{var} = tl.full({self.tile}, {literal(n.attrs.value, dt)}, {tl_dtype(dt)})"]
+        if n.op == K.IOTA:
+            lead = self.rank - len(n.shape)
+            coord = self.zeros() if n.shape[n.attrs.axis] == 1 else f"({self.coord(lead + n.attrs.axis)})"
+            return [f"{var} = {cast(coord + ' + ' + self.zeros(), DType.I32, dt)}"]
+        if n.op == K.RAND:
+            r = self.rands.index(n)
+            index = f"({self.index(f'rand{r}_stride')}) + {self.zeros()}"
+            return [
+                f"rand_index{r} = ({index}).to(tl.uint32)",
+                f"bits{r}, _, _, _ = tl.philox({names[n.inputs[0]]}, rand_index{r}, "
+                f"rand_index{r} * 0 + {n.attrs.stream}, rand_index{r} * 0, rand_index{r} * 0)",
+                f"{var} = {cast(f'tl.uint_to_uniform_float(bits{r})', DType.F32, dt)}",
+            ]
+        if n.op in MOVEMENT:  # an alias: the element keeps its position in the iteration space
+            return [f"{var} = {names[n.inputs[0]]}"]
+        src = n.inputs[0].dtype
+        if n.op == K.CAST:
+            return [f"{var} = {cast(names[n.inputs[0]], src, dt)}"]
+        template = EXPR.get(n.op) or (FLOAT_EXPR[n.op] if src.is_float else "{a}")
+        operands = [cast(names[i], i.dtype, compute_dtype(i.dtype)) if i.dtype in LOW_FLOATS else names[i]
+                    for i in n.inputs]
+        expr = template.format(**dict(zip("abc", operands)))
+        if dt in LOW_FLOATS:  # computed in f32, rounded to the node's dtype
+            return [f"{var} = {cast(f'({expr})', DType.F32, dt)}"]
+        return [f"{var} = {typed(expr, dt)}"]
+
+    def helper_source(self) -> list[str]:
+        return [HELPERS[h] for h in sorted(self.helpers)]
+
+
+def typed(expr: str, dt: DType) -> str:
+    """Keep a value in its node's dtype: sign's 1/0 literals are i32 whatever the operand is."""
+    return f"({expr}).to({tl_dtype(dt)})" if "tl.where(" in expr and dt != DType.BOOL else expr
+
+
+def broadcast_axes(shape, space) -> list[int]:
+    """Axes of `space` along which a value of `shape` (right-aligned) is broadcast: a stored value of a
+    smaller shape is written only where these coordinates are 0."""
+    lead = len(space) - len(shape)
+    return [lead + d for d, s in enumerate(shape) if s == 1 and space[lead + d] != 1] + list(range(lead))

@@ -1,0 +1,701 @@
+"""Fusion: which IR nodes share a kernel, decided in one place, with a reason for every refusal.
+
+>>> from axon.ir import DType, GraphBuilder
+>>> b = GraphBuilder(); x = b.input("x", DType.F32, ("batch", 64)); w = b.param("w", DType.F32, (64, 8))
+>>> _ = b.output("y", b.relu(b.add(b.matmul(x, w), b.param("b", DType.F32, (8,)))))
+>>> [g.kind for g in fuse(b.build()).groups]
+['matmul']
+
+The pass walks the graph once in topological order. Each computed node either joins the kernel group
+of one of its producers or starts a group of its own:
+
+- pointwise: elementwise ops over one iteration space (the largest member's shape; smaller members,
+  a bias or a per-row scale, are recomputed at every element they broadcast to). A value of a smaller
+  shape that leaves the group is stored only where its broadcast coordinates are 0.
+- reduce: sum/mean/max/min over the same axes of the same space, with the elementwise ops that feed
+  them (prologue), the ops on their results (row values: a softmax's `x - max`, a layernorm's rsqrt),
+  and ops that combine full rows with reduced values (`exp(x - max) / sum`). The latter, and a
+  reduction of a value that depends on another reduction, need the whole row in one block
+  ("persistent"): only for rows of at most MAX_ROW columns of concrete size. Otherwise the kernel loops
+  over blocks of columns and takes only the prologue and the row values.
+  A gather along the reduced axis with one index per row (cross-entropy's label) joins a persistent
+  group too.
+- matmul, conv2d: the template plus an epilogue of elementwise ops over its output tile (bias,
+  activation, residual add, scaling).
+- index (gather, take, pad, concat), argmax/argmin, and copies (a movement that cannot be a view) take
+  no fusion yet: each is a kernel of its own.
+
+Not members of one group but recomputed in each kernel that uses them ("local"): constants, iota, rand,
+and chains of elementwise ops on single-element values (Adam's bias corrections); movement ops that
+change no element's position in the iteration space (expand, a reshape that only adds or drops unit
+axes) are aliases inside a kernel. Every other movement op is a view a reader folds into its index
+arithmetic, so the value it views is stored.
+
+Legality: a node joins a group only if the group's template can compute it in its iteration space, and
+merging creates no cycle between kernels (checked with ancestor bitsets as groups grow, and the final
+kernel graph is checked with networkx; a merge found to close a cycle is undone and refused).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from axon.ir import Graph, Node, OpKind
+from axon.ir.ops import ELEMENTWISE
+
+K = OpKind
+MAX_ROW = 4096  # columns a persistent (one-pass) reduction holds in one block
+MAX_PASSES = 4  # passes a looped reduction kernel makes over its rows (reads of its operands)
+BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})
+INLINE_SOURCES = frozenset({K.CONST, K.IOTA, K.RAND})
+FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
+FUSED_REDUCE = frozenset({K.SUM, K.MEAN, K.MAX, K.MIN})
+TEMPLATES = {K.MATMUL: "matmul", K.CONV2D: "conv2d", K.GATHER: "index", K.TAKE: "index", K.PAD: "index",
+             K.CONCAT: "index", K.ARGMAX: "reduce", K.ARGMIN: "reduce"}
+EPILOGUE_TEMPLATES = frozenset({"matmul", "conv2d"})
+
+
+@dataclass(eq=False)
+class FusedGroup:
+    """The nodes one kernel computes. `nodes` are owned (computed here, stored if used elsewhere);
+    `local` are recomputed or aliased in this kernel only (never stored)."""
+
+    kind: str                   # pointwise, reduce, matmul, conv2d, index, copy
+    nodes: list[Node]
+    space: tuple                # the iteration space's shape (dims may be symbols)
+    axes: tuple[int, ...] = ()  # reduce: the reduced axes of `space`
+    local: list[Node] = field(default_factory=list)
+    closed: bool = False        # takes no other node (index, argmax, copies)
+    layouts: list[Node] = field(default_factory=list)  # outputs written in a copy's layout
+    bits: int = 0               # owned members, as bits of their graph index
+    anc: int = 0                # every ancestor of an owned member
+
+    @property
+    def persistent(self) -> bool:
+        """A reduce group that needs whole rows in one block (values after a reduction over full rows)."""
+        return self.kind == "reduce" and self._persistent
+
+    _persistent: bool = False
+
+    def members(self, index: dict[Node, int]) -> list[Node]:
+        return sorted(set(self.nodes) | set(self.local), key=index.__getitem__)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """`consumer` was not fused with `producer`'s kernel, and why."""
+
+    producer: Node
+    consumer: Node
+    reason: str
+
+
+@dataclass
+class Fusion:
+    graph: Graph
+    groups: list[FusedGroup]      # in launch order
+    refusals: list[Refusal]
+
+    def report(self, why_not: bool = False) -> str:
+        """The groups (one line per kernel with its members), and with `why_not` every refusal."""
+        index = self.graph.index()
+        lines = [f"{len(self.groups)} kernels for {sum(1 for n in self.graph.nodes if _computed(n))} "
+                 f"computed nodes"]
+        for k, g in enumerate(self.groups):
+            owned = ", ".join(f"%{index[n]} {n.op}" for n in g.nodes)
+            extra = f" over axes {list(g.axes)}" + (" (persistent)" if g.persistent else " (looped)") \
+                if g.kind == "reduce" and any(n.op in FUSED_REDUCE for n in g.nodes) else ""
+            lines.append(f"  k{k} {g.kind}{extra} [{', '.join(map(str, g.space))}]: {owned}")
+        if why_not:
+            lines.append(f"{len(self.refusals)} refused fusions:" if self.refusals else "no refused fusions")
+            for r in self.refusals:
+                lines.append(f"  %{index[r.producer]} {r.producer.op} -> %{index[r.consumer]} "
+                             f"{r.consumer.op}: {r.reason}")
+        return "\n".join(lines)
+
+
+def fuse(graph: Graph) -> Fusion:
+    """Group `graph`'s computed nodes into kernels (see the module docstring)."""
+    forbidden: set[Node] = set()
+    while True:
+        fuser = _Fuser(graph, forbidden)
+        fusion = fuser.run()
+        culprit = _cycle_culprit(fusion, fuser)
+        if culprit is None:
+            return fusion
+        forbidden.add(culprit)
+
+
+def _computed(n: Node) -> bool:
+    return n.op not in BUFFER_SOURCES
+
+
+# --- the walk ----------------------------------------------------------------------------------------
+class _Fuser:
+    def __init__(self, graph: Graph, forbidden: set[Node]):
+        self.graph = graph
+        self.forbidden = forbidden
+        self.index = graph.index()
+        self.users = graph.users()
+        self.outputs = set(graph.outputs.values())
+        self.owner: dict[Node, FusedGroup] = {}
+        self.groups: list[FusedGroup] = []
+        self.refusals: list[Refusal] = []
+        self.joins: list[tuple[Node, FusedGroup]] = []
+        self.anc: dict[Node, int] = {}
+        self.local: set[Node] = set()      # recomputed where used
+        self.views: set[Node] = set()      # folded into readers
+        self.contiguous: set[Node] = set()
+
+    def run(self) -> Fusion:
+        for n in self.graph.nodes:
+            self.anc[n] = 0
+            for i in n.inputs:
+                self.anc[n] |= self.anc[i] | (1 << self.index[i])
+            self._place(n)
+        self._merge_groups()
+        for g in self.groups:  # whole rows in one block where a row fits, else passes over its columns
+            g._persistent = g.kind == "reduce" and self._needs_rows(g) and _fits_row(g.space, g.axes)
+        members = {g: set(g.nodes) for g in self.groups}
+        self.refusals = [r for r in self.refusals if r.producer not in self.local and not (
+            self.owner.get(r.producer) is not None and r.consumer in members[self.owner[r.producer]])]
+        return Fusion(self.graph, self._ordered(), self.refusals)
+
+    # --- merging whole groups ------------------------------------------------------------------------
+    def _merge_groups(self) -> None:
+        """Second sweep over the kernel graph: recompute pure producers (no stored operand but single
+        values: a dropout mask from rand) in each kernel that reads them, and merge a producer kernel
+        with a consumer kernel when one template can run both and no other path joins them (exact:
+        networkx reachability on the kernel graph)."""
+        for g in list(self.groups):
+            if self._pure(g):
+                self._dissolve(g)
+        q = self.quotient()
+        progress = True
+        while progress:
+            progress = False
+            for a in list(nx.topological_sort(q)):
+                for b in sorted(q.successors(a), key=lambda g: min(self.index[n] for n in g.nodes)):
+                    merged = self._merged_kind(a, b)
+                    if merged is None or _other_path(q, a, b):
+                        continue
+                    aliases = self._view_links(a, b, len(merged[1]))
+                    if aliases is None:
+                        continue
+                    b.local += [m for m in aliases if m not in b.local]
+                    self._merge(a, b, *merged)
+                    q = nx.contracted_nodes(q, a, b, self_loops=False)
+                    progress = True
+                    break
+                if progress:
+                    break
+
+    def _pure(self, g: FusedGroup) -> bool:
+        """Only elementwise ops on single values and sources (no stored operand of more than one
+        element), stored for nobody but elementwise readers: cheaper recomputed where read."""
+        if g.kind != "pointwise" or g.closed or any(n in self.outputs for n in g.nodes):
+            return False
+        for n in g.nodes:
+            if any(e.op in BUFFER_SOURCES and not _single(e.shape) or e in self.owner
+                   for e in self._external(n, g)):
+                return False
+            for u in self.users[n]:
+                if u in g.nodes:
+                    continue
+                if not (u.op in ELEMENTWISE or u.op in FUSED_REDUCE) or u not in self.owner:
+                    return False
+                host = self.owner[u]
+                if host.closed or _broadcast(host.space, g.space) != tuple(host.space):
+                    return False
+        return True
+
+    def _dissolve(self, g: FusedGroup) -> None:
+        """Make pure group g's nodes local to every kernel that reads them."""
+        readers = {self.owner[u] for n in g.nodes for u in self.users[n] if u not in g.nodes}
+        for n in g.nodes:
+            del self.owner[n]
+            self.local.add(n)
+        for h in readers:
+            h.local += [m for m in g.nodes + g.local if m not in h.local]
+        self.groups.remove(g)
+
+    def _merged_kind(self, a: FusedGroup, b: FusedGroup):
+        """(kind, space, axes) of producer kernel a merged with its consumer b, or None."""
+        if a.closed or b.closed:
+            return None
+        if a.kind == "pointwise" and b.kind == "pointwise":
+            space = _broadcast(a.space, b.space)
+            if any(g.layouts and space != tuple(g.space) for g in (a, b)):
+                return None
+            return ("pointwise", space, ()) if space in (tuple(a.space), tuple(b.space)) else None
+        if a.layouts and b.kind == "reduce" or b.layouts and a.kind == "reduce":
+            return None
+        if a.kind in EPILOGUE_TEMPLATES and b.kind == "pointwise":
+            return (a.kind, a.space, ()) if _broadcast(a.space, b.space) == tuple(a.space) else None
+        if a.kind == "pointwise" and b.kind == "reduce":
+            return ("reduce", b.space, b.axes) if _broadcast(b.space, a.space) == tuple(b.space) else None
+        if a.kind == "reduce" and b.kind == "pointwise":
+            if _broadcast(a.space, b.space) != tuple(a.space):
+                return None
+            return ("reduce", a.space, a.axes) if self._passes_ok(a, b) else None
+        if a.kind == "reduce" and b.kind == "reduce":
+            if tuple(a.space) != tuple(b.space) or a.axes != b.axes or not self._passes_ok(a, b):
+                return None
+            return ("reduce", a.space, a.axes)
+        return None
+
+    def _view_links(self, a: FusedGroup, b: FusedGroup, rank: int) -> list[Node] | None:
+        """The movement ops through which b reads a's values: aliases once merged, or None if one of
+        them moves elements (the value must then be stored, so the kernels stay apart)."""
+        out = []
+        for m in b.nodes + b.local:
+            for i in m.inputs:
+                chain = []
+                while i in self.views:
+                    chain.append(i)
+                    i = i.inputs[0]
+                if chain and i in a.nodes:
+                    if not all(self._alias(c, rank) for c in chain):
+                        return None
+                    out += chain
+        return out
+
+    def _merge(self, a: FusedGroup, b: FusedGroup, kind, space, axes) -> None:
+        a.kind, a.space, a.axes = kind, tuple(space), tuple(axes)
+        a.nodes = sorted(a.nodes + b.nodes, key=self.index.__getitem__)
+        a.local += [m for m in b.local if m not in a.local]
+        a.layouts += b.layouts
+        a.bits |= b.bits
+        a.anc |= b.anc
+        for n in b.nodes:
+            self.owner[n] = a
+            self.joins.append((n, a))
+        self.groups.remove(b)
+        self.refusals = [r for r in self.refusals
+                         if not (self.owner.get(r.producer) is a and self.owner.get(r.consumer) is a)]
+
+    def _chain(self, g: FusedGroup, x: Node) -> int:
+        """Reductions on the longest path to value x inside group g (x itself counts): x is computed
+        in pass `_chain` of a looped kernel."""
+        members = set(g.nodes) | set(g.local)
+        memo: dict[Node, int] = {}
+        for n in sorted(members, key=self.index.__getitem__):
+            inner = [memo[i] for i in map(self._source, n.inputs) if i in memo]
+            memo[n] = max(inner + [0]) + (1 if n.op in FUSED_REDUCE or n.op == K.GATHER else 0)
+        return memo.get(x, 0)
+
+    def _passes_ok(self, a: FusedGroup, b: FusedGroup) -> bool:
+        """Would a and b merged make at most MAX_PASSES passes (or hold whole rows)?"""
+        if _fits_row(a.space, a.axes):
+            return True
+        merged = FusedGroup("reduce", a.nodes + b.nodes, a.space, a.axes, a.local + b.local)
+        return all(self._chain(merged, n) < MAX_PASSES + (n.op in FUSED_REDUCE) for n in merged.nodes)
+
+    def _needs_rows(self, g: FusedGroup) -> bool:
+        """Does reduce group g compute a full-row value or a reduction after one of its reductions?"""
+        for n in g.nodes:
+            if n.op == K.GATHER:
+                return True
+            full = n.op in FUSED_REDUCE or not _row_level(n.shape, g)
+            if full and any(_depends_on_reduction(g, i) for i in n.inputs):
+                return True
+        return False
+
+    # --- classification ------------------------------------------------------------------------------
+    def _place(self, n: Node) -> None:
+        if n.op in BUFFER_SOURCES:
+            self.contiguous.add(n)
+        elif self._is_local(n):
+            self.local.add(n)
+        elif n.op in FOLDED_MOVEMENT and n not in self.outputs and self._foldable(n):
+            self.views.add(n)
+            if n.op == K.RESHAPE and n.inputs[0] in self.contiguous:
+                self.contiguous.add(n)
+        elif n.op in ELEMENTWISE or n.op in INLINE_SOURCES:
+            self._elementwise(n)
+        elif n.op in FUSED_REDUCE:
+            self._reduction(n)
+        elif n.op == K.GATHER and self._row_gather(n):
+            pass
+        elif n.op in TEMPLATES:
+            kind = TEMPLATES[n.op]
+            self._new(n, kind, closed=kind not in EPILOGUE_TEMPLATES)
+            self._refuse_all(n, f"a {kind} kernel reads its operands from memory")
+        elif not self._layout_output(n):  # a movement op that must be a copy
+            self._new(n, "copy", closed=True)
+            self._refuse_all(n, "a copy kernel reads its operand from memory")
+
+    def _layout_output(self, n: Node) -> bool:
+        """A copy that permutes then reshapes a value its producer kernel computes over its whole space
+        (attention's head merge) is that kernel's second output, written in the copy's layout: the
+        producer stores each element straight where the copy would put it."""
+        chain, src = [n], n.inputs[0]
+        while src in self.views:
+            chain.append(src)
+            src = src.inputs[0]
+        ops = [m.op for m in reversed(chain)]  # from the producer's value outwards
+        if any(op not in (K.PERMUTE, K.RESHAPE) for op in ops):
+            return False
+        if K.RESHAPE in ops and K.PERMUTE in ops[ops.index(K.RESHAPE):]:
+            return False  # permutes first, then reshapes: the layout is then strides over the space
+        g = self.owner.get(src)
+        if g is None or g.closed or g.kind in ("copy", "reduce") or tuple(src.shape) != tuple(g.space) \
+                or n in self.forbidden or src.op in FOLDED_MOVEMENT:
+            return False
+        g.layouts.append(n)
+        self._add(g, n, tuple(reversed(chain[1:])))
+        self.joins.append((n, g))
+        return True
+
+    def _is_local(self, n: Node) -> bool:
+        if n in self.outputs or not self.users[n]:
+            return False
+        if not all(u.op in ELEMENTWISE or u.op in FUSED_REDUCE for u in self.users[n]):
+            return False
+        if n.op in INLINE_SOURCES:
+            return True
+        # a chain of elementwise ops on single values: recomputing is cheaper than a launch
+        return n.op in ELEMENTWISE and _single(n.shape) and all(
+            i in self.local or i.op in BUFFER_SOURCES or i in self.owner for i in n.inputs)
+
+    def _foldable(self, n: Node) -> bool:
+        src = n.inputs[0]
+        if src in self.local:
+            return False
+        return n.op != K.RESHAPE or src in self.contiguous
+
+    # --- placing computed nodes ----------------------------------------------------------------------
+    def _new(self, n: Node, kind: str, space=None, axes=(), closed=False) -> FusedGroup:
+        g = FusedGroup(kind, [], tuple(space if space is not None else n.shape), tuple(axes), closed=closed)
+        self.groups.append(g)
+        self._add(g, n)
+        return g
+
+    def _add(self, g: FusedGroup, n: Node, aliases=()) -> None:
+        g.nodes.append(n)
+        g.bits |= 1 << self.index[n]
+        g.anc |= self.anc[n]
+        self.owner[n] = g
+        self.contiguous.add(n)
+        for m in self._locals_of(n) + list(aliases):
+            if m not in g.local:
+                g.local.append(m)
+
+    def _locals_of(self, n: Node) -> list[Node]:
+        out, stack = [], [i for i in n.inputs if i in self.local]
+        while stack:
+            m = stack.pop()
+            if m not in out:
+                out.append(m)
+                stack += [i for i in m.inputs if i in self.local]
+        return out
+
+    def _producers(self, n: Node) -> list[tuple[Node, FusedGroup, tuple[Node, ...]]]:
+        """(producer, its group, the alias chain between) for each operand computed by a kernel, looking
+        through local chains and through movement ops that keep positions in the iteration space."""
+        found, seen = [], set()
+        stack = list(n.inputs)
+        while stack:
+            i = stack.pop(0)
+            if i in seen:
+                continue
+            seen.add(i)
+            if i in self.owner:
+                found.append((i, self.owner[i], ()))
+            elif i in self.local:
+                stack += list(i.inputs)
+            elif i in self.views:
+                chain, src = [i], i.inputs[0]
+                while src in self.views:
+                    chain.append(src)
+                    src = src.inputs[0]
+                if src in self.owner:
+                    found.append((src, self.owner[src], tuple(reversed(chain))))
+        return found
+
+    def _elementwise(self, n: Node) -> None:
+        candidates = self._candidates(n)
+        for k, (p, g, chain) in enumerate(candidates):
+            reason = self._join_reason(g, n, chain)
+            if reason is None:
+                if g.kind == "pointwise":
+                    g.space = _broadcast(g.space, n.shape) or g.space
+                self._join(g, n, chain)
+                self._joined_elsewhere(n, candidates[k + 1:])
+                return
+            self.refusals.append(Refusal(p, n, reason))
+        self._new(n, "pointwise")
+
+    def _joined_elsewhere(self, n: Node, others) -> None:
+        where = f"%{self.index[n]} joined another producer's kernel (a node joins one kernel)"
+        for p, _, _ in others:
+            self.refusals.append(Refusal(p, n, where))
+
+    def _candidates(self, n: Node):
+        """Producer groups to try, the one holding most of n's operands first (then the latest)."""
+        prods = self._producers(n)
+        if n in self.forbidden:
+            for p, _, _ in prods:
+                self.refusals.append(Refusal(p, n, "fusing here would create a cycle between kernels"))
+            return []
+        count: dict[FusedGroup, int] = {}
+        for _, g, _ in prods:
+            count[g] = count.get(g, 0) + 1
+        best: dict[FusedGroup, tuple] = {}
+        for p, g, chain in prods:
+            if g not in best or len(chain) < len(best[g][2]):
+                best[g] = (p, g, chain)
+        return sorted(best.values(), key=lambda t: (-count[t[1]], -self.index[t[0]]))
+
+    def _join(self, g: FusedGroup, n: Node, chain=()) -> None:
+        self._add(g, n, chain)
+        self.joins.append((n, g))
+
+    def _join_reason(self, g: FusedGroup, n: Node, chain) -> str | None:
+        if g.closed:
+            return f"a {g.kind} kernel takes no epilogue"
+        rank = max(len(g.space), len(n.shape))
+        for m in chain:
+            if not self._alias(m, rank):
+                return f"reads %{self.index[m.inputs[0]]} through a {m.op} that moves elements: " \
+                       f"the value must be in memory"
+        if g.kind == "pointwise":
+            space = _broadcast(g.space, n.shape)
+            if space is None or space not in (tuple(g.space), tuple(n.shape)):
+                return f"iteration spaces {_fmt(g.space)} and {_fmt(n.shape)} differ"
+            if g.layouts and space != tuple(g.space):
+                return "the kernel writes an output in another layout over its present space"
+        elif g.kind in EPILOGUE_TEMPLATES:
+            if _broadcast(g.space, n.shape) != tuple(g.space):
+                return f"the {g.kind} output tile is {_fmt(g.space)}, the op is over {_fmt(n.shape)}"
+            if n.op in INLINE_SOURCES:
+                return "a source op starts its own kernel"
+        elif g.kind == "reduce":
+            reason = self._row_reason(g, n)
+            if reason:
+                return reason
+        return self._cycle_reason(g, n)
+
+    def _alias(self, m: Node, rank: int) -> bool:
+        """Is movement op `m` a no-op in an iteration space of `rank` axes (each element keeps its
+        position)?"""
+        if m in self.outputs:
+            return False
+        if m.op == K.EXPAND:
+            return True
+        if m.op != K.RESHAPE:
+            return False
+        return _aligned(m.inputs[0].shape, rank) == _aligned(m.shape, rank)
+
+    def _cycle_reason(self, g: FusedGroup, n: Node) -> str | None:
+        for e in self._external(n, g):
+            if (self.anc[e] | (1 << self.index[e])) & g.bits:
+                return f"fusing would create a cycle: %{self.index[e]} depends on this kernel"
+            other = self.owner.get(e)
+            if other is not None and other is not g and other.anc & g.bits:
+                return f"fusing would create a cycle through the kernel computing %{self.index[e]}"
+        return None
+
+    def _external(self, n: Node, g: FusedGroup) -> list[Node]:
+        """The stored values `n` reads (through local chains and views) from outside group `g`."""
+        out, stack, seen = [], list(n.inputs), set()
+        while stack:
+            i = stack.pop()
+            if i in seen or i in g.nodes:
+                continue
+            seen.add(i)
+            if i in self.local or i in self.views:
+                stack += list(i.inputs)
+            elif i.op not in BUFFER_SOURCES:
+                out.append(i)
+        return out
+
+    # --- reductions ----------------------------------------------------------------------------------
+    def _reduction(self, n: Node) -> None:
+        x = n.inputs[0]
+        axes = tuple(sorted(n.attrs.axes))
+        for p, g, chain in self._candidates(n):
+            reason = self._reduce_reason(g, n, x, axes, chain)
+            if reason is None:
+                if g.kind == "pointwise":
+                    g.kind, g.axes = "reduce", axes
+                self._join(g, n, chain)
+                self._joined_elsewhere(n, [c for c in self._candidates(n) if c[1] is not g])
+                return
+            self.refusals.append(Refusal(p, n, reason))
+        self._new(n, "reduce", space=x.shape, axes=axes)
+
+    def _reduce_reason(self, g: FusedGroup, n: Node, x: Node, axes, chain) -> str | None:
+        if g.closed:
+            return f"a {g.kind} kernel takes no epilogue"
+        if g.kind in EPILOGUE_TEMPLATES:
+            return f"a {g.kind} kernel takes no reduction epilogue"
+        for m in chain:
+            if not self._alias(m, len(g.space)):
+                return f"reads %{self.index[m.inputs[0]]} through a {m.op}: the value must be in memory"
+        if tuple(g.space) != tuple(x.shape):
+            return f"the reduction runs over {_fmt(x.shape)}, the kernel over {_fmt(g.space)}"
+        if g.kind == "reduce" and tuple(g.axes) != axes:
+            return f"reduces axes {list(axes)}, the kernel axes {list(g.axes)}"
+        if self._chain(g, self._source(x)) >= MAX_PASSES and not _fits_row(g.space, axes):
+            return _too_many_passes(g.space, axes)
+        return self._cycle_reason(g, n)
+
+    def _row_reason(self, g: FusedGroup, n: Node) -> str | None:
+        """Can elementwise `n` run in reduce group `g` (as a full-row value or a row value)?"""
+        row = _keep1(g.space, g.axes)
+        if _broadcast(row, n.shape) == row:
+            for i in map(self._source, n.inputs):  # a row value reads no full-row value
+                if self.owner.get(i) is g and not _row_level(i.shape, g) and i not in self.local:
+                    return "a row value from a full-row value"
+            return self._keepdim_reason(g, n)
+        if _broadcast(g.space, n.shape) != tuple(g.space):
+            return f"iteration spaces {_fmt(g.space)} and {_fmt(n.shape)} differ"
+        if max(self._chain(g, self._source(i)) for i in n.inputs) >= MAX_PASSES \
+                and not _fits_row(g.space, g.axes):
+            return _too_many_passes(g.space, g.axes)
+        return self._keepdim_reason(g, n)
+
+    def _source(self, i: Node) -> Node:
+        """The value under a chain of views."""
+        while i in self.views:
+            i = i.inputs[0]
+        return i
+
+    def _keepdim_reason(self, g: FusedGroup, n: Node) -> str | None:
+        for i in map(self._source, n.inputs):
+            if self.owner.get(i) is g and i.op in FUSED_REDUCE and not i.attrs.keepdim and i.shape:
+                return "the reduction drops its axes (keepdim=false): its value is indexed differently"
+        return None
+
+    def _row_gather(self, n: Node) -> bool:
+        """A gather of one element per row along a persistent group's reduced axis joins that group."""
+        x, idx = n.inputs
+        g = self.owner.get(x)
+        if g is None or g.kind != "reduce" or g.axes != (n.attrs.axis,) or n in self.forbidden:
+            return False
+        if tuple(idx.shape) != _keep1(g.space, g.axes):
+            return False
+        if self._chain(g, x) >= MAX_PASSES and not _fits_row(g.space, g.axes):
+            return False
+        if tuple(x.shape) != tuple(g.space) or idx in self.local:
+            return False
+        if self._cycle_reason(g, n) is not None:
+            return False
+        self._join(g, n)
+        return True
+
+    def _refuse_all(self, n: Node, reason: str) -> None:
+        for p, _, _ in self._producers(n):
+            self.refusals.append(Refusal(p, n, reason))
+
+    # --- launch order --------------------------------------------------------------------------------
+    def _ordered(self) -> list[FusedGroup]:
+        q = self.quotient()
+        key = {g: min(self.index[n] for n in g.nodes) for g in self.groups}
+        try:
+            return list(nx.lexicographical_topological_sort(q, key=key.__getitem__))
+        except nx.NetworkXUnfeasible:
+            return sorted(self.groups, key=key.__getitem__)  # a cycle: fuse() undoes a merge and reruns
+
+    def quotient(self) -> nx.DiGraph:
+        """The kernel graph: an edge from each group to every group that reads a value it stores."""
+        q = nx.DiGraph()
+        q.add_nodes_from(self.groups)
+        for g in self.groups:
+            for n in g.members(self.index):
+                for e in self._external(n, g):
+                    other = self.owner.get(e)
+                    if other is not None and other is not g:
+                        q.add_edge(other, g)
+        return q
+
+
+def _other_path(q: nx.DiGraph, a, b) -> bool:
+    """Is there a path from a to b in the kernel graph other than the edge a -> b?"""
+    return any(s is not b and nx.has_path(q, s, b) for s in q.successors(a))
+
+
+def _cycle_culprit(fusion: Fusion, fuser: _Fuser) -> Node | None:
+    """The latest node to join a group on a cycle of the kernel graph, or None if there is none."""
+    q = fuser.quotient()
+    try:
+        cycle = nx.find_cycle(q)
+    except nx.NetworkXNoCycle:
+        return None
+    on_cycle = {g for edge in cycle for g in edge[:2]}
+    for n, g in reversed(fuser.joins):
+        if g in on_cycle and n not in fuser.forbidden:
+            return n
+    raise AssertionError("a cycle between kernels that no merge made")
+
+
+# --- shapes ------------------------------------------------------------------------------------------
+def _single(shape) -> bool:
+    return all(d == 1 for d in shape)
+
+
+def _broadcast(a, b) -> tuple | None:
+    """The right-aligned broadcast of two shapes (symbols broadcast only with 1 or themselves)."""
+    a, b = tuple(a), tuple(b)
+    r = max(len(a), len(b))
+    a, b = (1,) * (r - len(a)) + a, (1,) * (r - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return tuple(out)
+
+
+def _aligned(shape, rank: int) -> list[tuple[int, object]]:
+    """The non-unit axes of `shape` right-aligned in a space of `rank` axes: (position, size)."""
+    lead = rank - len(shape)
+    return [(lead + d, s) for d, s in enumerate(shape) if s != 1]
+
+
+def _keep1(space, axes) -> tuple:
+    return tuple(1 if d in axes else s for d, s in enumerate(space))
+
+
+def _row_level(shape, g: FusedGroup) -> bool:
+    row = _keep1(g.space, g.axes)
+    return _broadcast(row, shape) == row
+
+
+def _fits_row(space, axes) -> bool:
+    cols = 1
+    for a in axes:
+        if not isinstance(space[a], int):
+            return False
+        cols *= space[a]
+    return cols <= MAX_ROW
+
+
+def _too_many_passes(space, axes) -> str:
+    cols = [space[a] for a in axes]
+    return (f"would make more than {MAX_PASSES} passes over rows of {' * '.join(map(str, cols))} columns "
+            f"(a row fits one block only if it has at most {MAX_ROW} columns of known size)")
+
+
+def _depends_on_reduction(g: FusedGroup, x: Node) -> bool:
+    """Does value `x` depend, inside group g, on one of g's reductions?"""
+    stack, seen = [x], set()
+    members = set(g.nodes) | set(g.local)
+    while stack:
+        m = stack.pop()
+        if m in seen or m not in members:
+            continue
+        seen.add(m)
+        if m.op in FUSED_REDUCE or m.op == K.GATHER:
+            return True
+        stack += list(m.inputs)
+    return False
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"

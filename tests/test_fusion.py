@@ -1,0 +1,294 @@
+"""Fusion: kernel counts, fused kernels against the reference evaluator (forward and backward, with NaN
+poisoning so an element no kernel writes shows), the reasons fusions are refused, and legality."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from axon.driver import executable, graph_of, load_ast, optimize
+from axon.frontend import training_graph
+from axon.ir import DType, GraphBuilder, Sym, evaluate
+from axon.ir.ops import ELEMENTWISE
+from axon.passes.autodiff import vjp
+from axon.passes.fusion import MAX_PASSES, fuse
+from axon.trainer import step_graph
+from numerics import assert_close
+from strategies import graphs, random_inputs
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+F32 = DType.F32
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+def compiled(source: str, **kw):
+    g, _ = optimize(graph_of(source, **kw), out=QUIET)
+    return g
+
+
+def check(graph, gen, sizes=None, tol=1e-5, labels=None):
+    """The fused executable (poisoned buffers) equals the reference evaluator on random inputs."""
+    inputs, params = random_inputs(graph, gen, sizes)
+    if labels:
+        inputs["label"] = torch.randint(0, labels, inputs["label"].shape, generator=gen)
+    got = executable(graph)(inputs, params, poison=True)
+    ref = evaluate(graph, inputs, params)
+    for name in ref:
+        assert_close(got[name], ref[name], tol=tol if ref[name].dtype != torch.float16 else 5e-3, what=name)
+
+
+def kinds(graph) -> list[str]:
+    return [g.kind for g in fuse(graph).groups]
+
+
+def with_grads(graph, wrt):
+    g = vjp(graph, wrt)
+    g, _ = optimize(g, out=QUIET)
+    return g
+
+
+# --- kernel counts ---------------------------------------------------------------------------------
+MLP_LAYER = """
+model M() {
+    input x: f32[batch, 37]
+    output y = relu(linear(x, 19))
+}
+"""
+ROWS = {
+    "softmax": "softmax(x)",
+    "log_softmax": "log_softmax(x)",
+    "layernorm": "layernorm(x)",
+    "rmsnorm": "rmsnorm(x)",
+}
+
+
+def test_an_mlp_layer_is_one_kernel(gen):
+    g = compiled(MLP_LAYER)
+    assert kinds(g) == ["matmul"]
+    check(g, gen, {"batch": 13})
+
+
+@pytest.mark.parametrize("cols", ["53", "long"])
+@pytest.mark.parametrize("layer", sorted(ROWS))
+def test_row_layers_are_one_kernel_with_known_or_symbolic_rows(layer, cols, gen):
+    """Rows that fit one block (53) and rows that need passes: symbolic (softmax) or longer than a
+    block (the norms, whose weights need a known size)."""
+    if cols == "long":
+        cols = "n" if "softmax" in layer else "4999"
+    g = compiled(f"model M() {{\n input x: f32[batch, {cols}]\n output y = {ROWS[layer]}\n}}")
+    assert kinds(g) == ["reduce"], fuse(g).report(why_not=True)
+    check(g, gen, {"batch": 7, "n": 29})
+    # and backward: one kernel for the row part of the gradient too
+    gg = with_grads(g, ["x"])
+    check(gg, gen, {"batch": 7, "n": 29})
+    rows = [k for k in fuse(gg).groups if k.kind == "reduce" and k.axes == (1,)]
+    assert len(rows) <= 2, fuse(gg).report()
+
+
+def test_a_long_symbolic_row_makes_passes_not_a_block(gen):
+    """A softmax over rows longer than one block: three passes over the columns, one kernel."""
+    g = compiled("model M() {\n input x: f32[batch, n]\n output y = softmax(x)\n}")
+    (group,) = fuse(g).groups
+    assert not group.persistent
+    check(g, gen, {"batch": 3, "n": 2500})
+    source = executable(g).kernels[0].source
+    assert "pass 3 of 3" in source and "pass 4" not in source
+
+
+def test_cross_entropy_forward_and_backward(gen):
+    g, _ = training_graph(load_ast(EXAMPLES / "mlp.axon"), None)
+    g, _ = optimize(g, out=QUIET)
+    # the logits' row kernel (max, exp-sum, log, the label's gather) and the batch mean
+    groups = fuse(g).groups
+    rows = [k for k in groups if k.kind == "reduce" and k.axes == (1,)]
+    assert len(rows) == 1 and any(n.op.value == "gather" for n in rows[0].nodes)
+    check(g, gen, {"batch": 11}, labels=10)
+
+
+def test_transformer_block_forward_has_no_trivial_kernels(gen):
+    """No kernel only copies (attention's head merge is written by the matmul that computes it) or
+    only applies one elementwise op; the embedding's position iota is a source, not an op."""
+    g = compiled((EXAMPLES / "gpt.axon").read_text(), hparams={"layers": 1})
+    for k in fuse(g).groups:
+        one_op = k.kind == "pointwise" and len(k.nodes) == 1 and k.nodes[0].op in ELEMENTWISE
+        assert k.kind != "copy" and not one_op, fuse(g).report()
+    check(g, gen, {"batch": 2, "seq": 7})
+
+
+@pytest.mark.parametrize("example", ["mlp", "cnn", "gpt"])
+def test_optimizer_updates_need_no_launches_of_their_own(example):
+    """Each parameter's update is the epilogue of the kernel computing its gradient."""
+    loss, spec = training_graph(load_ast(EXAMPLES / f"{example}.axon"), None)
+    step = step_graph(loss, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)})
+    updates = {n for name, n in step.outputs.items() if name.startswith("new.")}
+    only_updates = [k for k in fuse(step).groups if set(k.nodes) <= _update_nodes(step, updates)]
+    assert len(only_updates) <= 2, fuse(step).report()
+
+
+def _update_nodes(step, updates):
+    """Nodes on paths from the optimizer state/step/lr inputs to the new values (the update's own ops)."""
+    out, users = set(), step.users()
+    stack = [n for name, n in step.inputs.items() if name.startswith("state.") or name in ("step", "lr")]
+    while stack:
+        n = stack.pop()
+        if n in out:
+            continue
+        out.add(n)
+        stack += users[n]
+    return out
+
+
+def test_fused_steps_match_the_reference(gen):
+    for example in ("mlp", "cnn", "gpt", "lstm", "perceptron"):
+        loss, spec = training_graph(load_ast(EXAMPLES / f"{example}.axon"), None,
+                                    hparams={"layers": 1} if example == "gpt" else None)
+        step = step_graph(loss, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)})
+        inputs, params = random_inputs(step, gen, {"batch": 5, "seq": 6})
+        for name, t in inputs.items():
+            if name.startswith("state.v"):
+                inputs[name] = t.abs()
+            elif not t.is_floating_point() and name != "seed":
+                inputs[name] = t.abs() % 3  # labels and tokens, in range of every example
+        if "step" in inputs:
+            inputs["step"] = torch.tensor(3.0, dtype=torch.float64)
+        got = executable(step)(inputs, params, poison=True)
+        ref = evaluate(step, inputs, params)
+        for name in ref:
+            assert_close(got[name], ref[name], tol=2e-5, what=f"{example} {name}")
+
+
+def test_conv_epilogue_bias_and_relu(gen):
+    g = compiled("""
+model C() {
+    input x: f32[batch, 3, 9, 7]
+    output y = relu(conv2d(x, 5, 3, padding = 1))
+}""")
+    assert kinds(g) == ["conv2d"]
+    check(g, gen, {"batch": 2})
+
+
+def test_matmul_epilogue_with_residual_and_partial_outputs(gen):
+    b = GraphBuilder()
+    x, w = b.input("x", F32, (6, 11)), b.param("w", F32, (11, 13))
+    r = b.input("r", F32, (6, 13))
+    y = b.matmul(x, w)
+    z = b.add(b.mul(b.tanh(y), 0.5), r)
+    b.output("z", z)
+    b.output("y", y)               # the matmul's own value leaves too
+    b.output("s", b.sum(z, 1))     # a reduction over the epilogue's output, another kernel
+    g = b.build()
+    assert kinds(g)[0] == "matmul"
+    check(g, gen)
+
+
+def test_smaller_outputs_are_written_once(gen):
+    """A per-row value computed inside a [rows, cols] kernel and also returned."""
+    b = GraphBuilder()
+    x, s = b.input("x", F32, (Sym.of("batch"), 9)), b.input("s", F32, (Sym.of("batch"), 1))
+    t = b.exp(s)
+    b.output("t", t)
+    b.output("y", b.mul(x, t))
+    g = b.build()
+    assert kinds(g) == ["pointwise"]
+    check(g, gen, {"batch": 5})
+
+
+# --- refusals --------------------------------------------------------------------------------------
+def _refusal(graph, consumer_op: str) -> str:
+    f = fuse(graph)
+    reasons = [r.reason for r in f.refusals if r.consumer.op.value == consumer_op]
+    assert reasons, f.report(why_not=True)
+    return reasons[0]
+
+
+def test_why_not_matmul_operand():
+    g = compiled("model M() {\n input x: f32[batch, 8]\n output y = linear(relu(linear(x, 6)), 4)\n}")
+    assert "reads its operands from memory" in _refusal(g, "matmul")
+
+
+def test_why_not_other_axes():
+    b = GraphBuilder()
+    x = b.input("x", F32, (5, 7))
+    b.output("y", b.sum(b.exp(b.sub(x, b.max(x, 1, keepdim=True))), 0))
+    assert "reduces axes [0]" in _refusal(b.build(), "sum")
+
+
+def test_why_not_a_view_that_moves_elements():
+    b = GraphBuilder()
+    x = b.input("x", F32, (5, 7))
+    e = b.exp(x)
+    b.output("y", b.add(b.permute(e, (1, 0)), b.input("z", F32, (7, 5))))
+    assert "through a permute" in _refusal(b.build(), "add")
+
+
+def test_why_not_too_many_passes():
+    # reductions chained MAX_PASSES deep over a symbolic row: each needs the previous one's result
+    b = GraphBuilder()
+    x = b.input("x", F32, (Sym.of("batch"), Sym.of("n")))
+    v = x
+    for _ in range(MAX_PASSES + 1):
+        v = b.sub(v, b.max(v, 1, keepdim=True))
+    b.output("y", v)
+    assert "more than" in " ".join(r.reason for r in fuse(b.build()).refusals)
+
+
+def test_why_not_cli(capsys):
+    from axon.cli import main
+
+    assert main(["show", str(EXAMPLES / "mlp.axon"), "--stage", "fused", "--why-not"]) == 0
+    out = capsys.readouterr().out
+    assert "2 kernels" in out and "refused fusions" in out and "reads its operands from memory" in out
+
+
+# --- legality --------------------------------------------------------------------------------------
+def test_no_cycles_when_a_consumer_reads_two_producers_linked_through_a_third(gen):
+    """a -> matmul -> c and a -> c: c may not join a's kernel (the matmul sits between)."""
+    b = GraphBuilder()
+    x, w = b.input("x", F32, (4, 4)), b.param("w", F32, (4, 4))
+    a = b.exp(x)
+    m = b.matmul(a, w)
+    b.output("c", b.add(a, m))
+    g = b.build()
+    f = fuse(g)
+    assert nx.is_directed_acyclic_graph(_quotient(f))
+    check(g, gen)
+
+
+def _quotient(f):
+    owner = {n: k for k in f.groups for n in k.nodes}
+    q = nx.DiGraph()
+    q.add_nodes_from(range(len(f.groups)))
+    index = {id(k): i for i, k in enumerate(f.groups)}
+    for k in f.groups:
+        for n in k.members(f.graph.index()):
+            for i in n.inputs:
+                stack = [i]
+                while stack:
+                    v = stack.pop()
+                    if v in owner and owner[v] is not k:
+                        q.add_edge(index[id(owner[v])], index[id(k)])
+                    elif v not in owner:
+                        stack += list(v.inputs)
+    return q
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_random_graphs_fuse_legally_and_compute_the_same(g):
+    g, _ = optimize(g, out=QUIET)
+    f = fuse(g)
+    assert nx.is_directed_acyclic_graph(_quotient(f))
+    order = {id(k): i for i, k in enumerate(f.groups)}
+    q = _quotient(f)
+    assert all(a < b for a, b in q.edges), "launch order is not topological"
+    assert len(order) == len(f.groups)
+    gen = torch.Generator().manual_seed(0)
+    inputs, params = random_inputs(g, gen)
+    got = executable(g)(inputs, params, poison=True)
+    ref = evaluate(g, inputs, params)
+    for name in ref:
+        tol = {torch.float16: 5e-3, torch.bfloat16: 2e-2, torch.float64: 1e-10}.get(ref[name].dtype, 1e-4)
+        assert_close(got[name], ref[name], tol=tol, what=name)
