@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from axon.driver import graph_of, optimize
+from axon.driver import executable, graph_of, optimize
 from axon.ir import AxonError, Graph, evaluate, init_params
 from axon.passes.manager import DEFAULT_PIPELINE
 from axon.runtime import Executable, RunError
@@ -98,17 +98,18 @@ class CompiledModel:
 
 def compile(source_or_path, model: str | None = None, *, hparams: dict | None = None,  # noqa: A001
             training: bool = False, loss: bool = False, pipeline: str = DEFAULT_PIPELINE,
-            device: str | torch.device | None = None, seed: int = 0) -> CompiledModel:
+            device: str | torch.device | None = None, seed: int = 0, fusion: bool = True) -> CompiledModel:
     """Compile a model — an `.axon` file, `.axon` source text, an `.axir` file or a Graph — through
     the named stages (parse -> ir -> passes -> codegen -> runtime) to a callable `CompiledModel`.
 
     `model` picks one model of a file with several; `hparams` overrides hyper-parameters; `training`
     turns dropout on; `loss` adds the train block's loss as an output (labels become inputs);
     `pipeline` is the pass pipeline; `device` is 'cuda', 'cpu' (Triton's interpreter) or None (CUDA
-    when present); `seed` seeds the parameter initializers.
+    when present); `seed` seeds the parameter initializers; `fusion=False` compiles one kernel per node
+    (the unfused baseline).
     """
     graph = graph_of(source_or_path, model, hparams=hparams, training=training, loss=loss)
     graph, _report = optimize(graph, pipeline, verify=True, out=lambda *a, **k: None)
-    exe = Executable(graph, device)
+    exe = executable(graph, device, fusion=fusion)
     params = {k: v.to(exe.device) for k, v in init_params(graph, seed).items()}
     return CompiledModel(graph, exe, params)

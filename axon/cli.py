@@ -7,6 +7,9 @@
     axon show FILE --print-after-all --time  every pass's output and a timing table
     axon show FILE --dot                     the graph in Graphviz DOT
     axon show FILE --stage triton            the generated Triton kernels
+    axon show FILE --memory [--batch N] [--dim NAME=N] [--step]
+                                             the memory plan (buffers shared by liveness, peak bytes);
+                                             --step: of the whole training step
     axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check]
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
@@ -16,6 +19,8 @@
                                              each epoch, checkpoints, metrics.json and curve.png
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
     axon passes                              the passes there are, with what each is for
+    axon bench FILE [--mode forward|train|kernels] [--json OUT.json] [--plot OUT.png] [--no-compile]
+                                             time Axon against PyTorch eager and torch.compile
 
 FILE is an `.axon` model or `.axir` IR text. User errors (bad syntax, bad shapes, unknown names or
 passes, missing files) print a located message and exit 1; they never show a Python traceback.
@@ -41,13 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a model's AST, IR or parameters after a compiler stage")
     _source_args(s)
     s.add_argument("--stage", default=None,
-                   help="'ast', 'ir' (before any pass), a pass name to stop after (default: all), or "
-                        "'triton' (the generated kernels)")
+                   help="'ast', 'ir' (before any pass), a pass name to stop after (default: all), "
+                        "'fused' (the kernel groups) or 'triton' (the generated kernels)")
     s.add_argument("--pipeline", default=None, help="passes to run, e.g. 'fold,simplify,cse,dce'")
     s.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     s.add_argument("--time", action="store_true", help="print each pass's time and node counts")
     s.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of IR text")
     s.add_argument("--params", action="store_true", help="list the parameters with shapes and counts")
+    s.add_argument("--memory", action="store_true",
+                   help="the memory plan: each intermediate buffer's bytes, offset and live launches, and "
+                        "the peak with and without reuse")
+    s.add_argument("--step", action="store_true",
+                   help="with --memory or --stage fused: the whole training step (forward, loss, backward, "
+                        "update)")
+    s.add_argument("--why-not", action="store_true",
+                   help="with --stage fused: also list every fusion refused, and why")
+    s.add_argument("--no-fusion", action="store_true", help="one kernel per node (the unfused baseline)")
+    s.add_argument("--batch", type=int, default=None,
+                   help="with --memory: the 'batch' dimension (default 4; --step: the train block's)")
+    s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="with --memory: another symbolic dimension's size (default 4)")
 
     r = sub.add_parser("run", help="run a model's generated kernels on given or random inputs")
     _source_args(r)
@@ -74,6 +92,24 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--checkpoint", required=True, metavar="CK", help="a checkpoint written by axon train")
 
     sub.add_parser("passes", help="list the passes")
+
+    bn = sub.add_parser("bench", help="time a model or kernels against PyTorch eager and torch.compile")
+    bn.add_argument("file", nargs="?", default=None, help="an .axon model (not needed for --mode kernels)")
+    bn.add_argument("--model", default=None, help="the model to time (default: the file's only one)")
+    bn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a hyper-parameter (an int, a float, true or false)")
+    bn.add_argument("--mode", default="forward", help="'forward', 'train' (one training step) or 'kernels'")
+    bn.add_argument("--batch", type=int, default=None, help="the 'batch' dimension (default on a GPU: the "
+                                                             "train block's, else 64; 4 on the CPU)")
+    bn.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                    help="another symbolic dimension's size (default 32 on a GPU, 4 on the CPU)")
+    bn.add_argument("--repeats", type=int, default=None, help="timed calls (default 50 on a GPU, 3 on CPU)")
+    bn.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10 GPU, 1 CPU)")
+    bn.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
+    bn.add_argument("--seed", type=int, default=0, help="seed of the weights and random inputs")
+    bn.add_argument("--json", default=None, metavar="OUT.json", help="write the record as JSON")
+    bn.add_argument("--plot", default=None, metavar="OUT.png", help="write a comparison bar chart")
+    bn.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     return p
 
 
@@ -93,6 +129,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="another symbolic dimension's size (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initializers and random inputs")
     p.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
+    p.add_argument("--no-fusion", action="store_true", help="one kernel per node (the unfused baseline)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -139,6 +176,10 @@ def _show(args) -> int:
 
     if args.stage == "triton":
         return _show_triton(args)
+    if args.memory:
+        return _show_memory(args)
+    if args.stage == "fused" or args.why_not:
+        return _show_fused(args)
     if args.stage == "ast":
         from axon.frontend.ast import dump
 
@@ -156,17 +197,66 @@ def _show(args) -> int:
 
 
 def _show_triton(args) -> int:
-    from axon.codegen import compile_group, groups
-    from axon.driver import optimize
+    from axon.codegen import compile_group
+    from axon.driver import kernel_groups, optimize
     from axon.passes.manager import DEFAULT_PIPELINE
     from axon.runtime import choose
 
     choose(getattr(args, "device", None))  # the target decides interpreter or compiler
     g, _ = optimize(_load(args), args.pipeline or DEFAULT_PIPELINE, out=lambda *a, **k: None)
-    for i, group in enumerate(groups(g)):
+    for i, group in enumerate(kernel_groups(g, fusion=not args.no_fusion)):
         kernel = compile_group(group)
         print(f"# ---- kernel {i} ({group.kind}): {kernel.path}")
         print(kernel.source)
+    return 0
+
+
+def _shown_graph(args):
+    """The graph `show --memory`/`--stage fused` look at: the optimized model, or with --step the whole
+    training step; and the sizes given for its symbolic dimensions."""
+    from axon.driver import optimize
+    from axon.passes.manager import DEFAULT_PIPELINE
+    from axon.run import symbols
+
+    dims = dict(_dim(s) for s in args.dim)
+    if args.step:
+        from axon.driver import load_ast
+        from axon.frontend import training_graph
+        from axon.trainer import step_graph
+
+        hparams = dict(_override(s) for s in args.set)
+        loss_graph, spec = training_graph(load_ast(args.file), args.model, hparams=hparams or None)
+        g = step_graph(loss_graph, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)})
+        if args.batch is None and spec.batch and "batch" in symbols(g):
+            dims["batch"] = spec.batch
+    else:
+        g, _ = optimize(_load(args), args.pipeline or DEFAULT_PIPELINE, out=lambda *a, **k: None)
+    if args.batch is not None:
+        dims["batch"] = args.batch
+    return g, dims
+
+
+def _show_memory(args) -> int:
+    from axon.driver import executable
+    from axon.run import bind_dims
+    from axon.runtime.memory import format_plan
+
+    g, dims = _shown_graph(args)
+    env = bind_dims(g, dims)
+    exe = executable(g, fusion=not args.no_fusion)
+    print(format_plan(exe.memory_plan(env), g, env, [k.group for k in exe.kernels]))
+    return 0
+
+
+def _show_fused(args) -> int:
+    from axon.passes.fusion import fuse
+
+    g, _ = _shown_graph(args)
+    if args.no_fusion:
+        print("fusion is off (--no-fusion): one kernel per computed node")
+        return 0
+    print(g)
+    print(fuse(g).report(why_not=args.why_not))
     return 0
 
 
@@ -263,6 +353,24 @@ def _dim(text: str) -> tuple[str, int]:
     return name, value
 
 
+def _bench(args) -> int:
+    from axon import bench
+
+    settings = bench.Settings(file=args.file, model=args.model, hparams=dict(_override(s) for s in args.set),
+                              mode=args.mode, batch=args.batch, dims=dict(_dim(s) for s in args.dim),
+                              repeats=args.repeats, warmup=args.warmup, device=args.device,
+                              compile=not args.no_compile, seed=args.seed)
+    record = bench.run(settings, log=lambda line: print(line, file=sys.stderr))
+    print(bench.format_table(record))
+    if args.json:
+        bench.write_json(record, args.json)
+        print(f"record written to {args.json}")
+    if args.plot:
+        bench.plot(record, args.plot)
+        print(f"chart written to {args.plot}")
+    return 0
+
+
 def _passes(args) -> int:
     from axon.passes.manager import DEFAULT_PIPELINE, registered_passes
 
@@ -314,7 +422,7 @@ def _override(text: str) -> tuple[str, object]:
 
 
 _COMMANDS = {"check": _check, "show": _show, "run": _run, "compile": _compile, "train": _train,
-             "eval": _eval, "passes": _passes}
+             "eval": _eval, "passes": _passes, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -67,8 +67,12 @@ def test_run_with_weights(capsys, tmp_path):
 def test_show_triton(capsys):
     code, out, err = run(capsys, "show", EXAMPLES / "mlp.axon", "--stage", "triton")
     assert code == 0, err
-    assert out.count("@triton.jit") >= 3 and "# ---- kernel 0 (matmul)" in out
-    assert "def matmul_kernel(" in out and "tl.dot(" in out
+    # fused: relu(x @ w + b) and the logits' x @ w + b are one matmul kernel each
+    assert out.count("def matmul_kernel(") == 2 and "# ---- kernel 0 (matmul)" in out
+    assert "tl.dot(" in out and "# the epilogue, over the matmul tile" in out
+    code, out, err = run(capsys, "show", EXAMPLES / "mlp.axon", "--stage", "triton", "--no-fusion")
+    assert code == 0, err
+    assert out.count("@triton.jit") >= 4 and "the epilogue" not in out
 
 
 def test_compile_emit_writes_standalone_kernels(capsys, tmp_path):
@@ -77,7 +81,7 @@ def test_compile_emit_writes_standalone_kernels(capsys, tmp_path):
     manifest = json.loads((tmp_path / "k" / "launches.json").read_text())
     assert manifest["sizes"] == {"batch": 3}
     files = sorted((tmp_path / "k").glob("k*.py"))
-    assert len(files) == len(manifest["launches"]) >= 3
+    assert len(files) == len(manifest["launches"]) == 2  # fused: one matmul kernel per layer
     env = {**os.environ, "TRITON_INTERPRET": "1"} if not _cuda() else dict(os.environ)
     done = subprocess.run([sys.executable, files[0]], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
