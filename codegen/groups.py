@@ -75,6 +75,10 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
                 if m not in first and i not in inside and a not in reads:
                     reads.append(a)
         reads = operands + reads
+        if fg.kind == "copy" and members[0].op != K.RESHAPE:
+            # a permute/expand/slice copy reads its operand through itself: the load is the movement
+            (a,) = reads
+            reads = [Access(a.buffer, (*a.view, members[0]))]
         plans.append((fg, members, reads))
     stored = {a.buffer for _, _, reads in plans for a in reads} | outputs
     result = []

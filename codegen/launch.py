@@ -81,6 +81,8 @@ def broadcast_strides(vshape, vstride, shape) -> list[int]:
         raise CodegenError(f"cannot broadcast {list(vshape)} to {list(shape)}")
     out = [0] * lead
     for d, (size, stride) in enumerate(zip(vshape, vstride)):
+        if size not in (1, shape[lead + d]):
+            raise CodegenError(f"cannot broadcast {list(vshape)} to {list(shape)}")
         out.append(0 if size == 1 and shape[lead + d] != 1 else stride)
     return out
 

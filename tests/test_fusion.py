@@ -243,6 +243,49 @@ def test_why_not_cli(capsys):
     assert "2 kernels" in out and "refused fusions" in out and "reads its operands from memory" in out
 
 
+# Graphs the random-graph test below once found wrong (a copy kernel that ignored its own movement op;
+# integer -> bf16 casts, which Triton's interpreter converts by reinterpreting bits).
+FOUND = {
+    "permute_output": """graph main {
+  input %x: f32[3, 4]
+  %0 = permute(%x, perm=[1, 0]) : f32[4, 3]
+  output %out = %0
+}""",
+    "permute_unit_axis": """graph main {
+  input %x: f32[1, 2]
+  %0 = permute(%x, perm=[1, 0]) : f32[2, 1]
+  output %out = %0
+}""",
+    "strided_slice_of_a_broadcast": """graph main {
+  input %x: f32[2]
+  input %z: f32[batch, 3, 1]
+  %0 = abs(%z) : f32[batch, 3, 1]
+  %1 = ge(%x, %0) : bool[batch, 3, 2]
+  %2 = slice(%1, axes=[1], starts=[0], stops=[3], steps=[2]) : bool[batch, 2, 2]
+  output %out = %2
+}""",
+    "bool_to_bf16": """graph main {
+  input %y: f32[5]
+  %0 = const(value=0.5) : f32[]
+  %1 = ge(%y, %0) : bool[5]
+  %2 = cast(%1) : bf16[5]
+  output %out = %2
+}""",
+    "int_to_bf16": """graph main {
+  input %y: i32[7]
+  %0 = cast(%y) : bf16[7]
+  output %out = %0
+}""",
+}
+
+
+@pytest.mark.parametrize("name", FOUND)
+def test_found_by_the_random_graphs(name, gen):
+    from axon.ir.text import parse_graph
+
+    check(parse_graph(FOUND[name]), gen, tol=1e-6)
+
+
 # --- legality --------------------------------------------------------------------------------------
 def test_no_cycles_when_a_consumer_reads_two_producers_linked_through_a_third(gen):
     """a -> matmul -> c and a -> c: c may not join a's kernel (the matmul sits between)."""
