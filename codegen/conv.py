@@ -215,6 +215,7 @@ class Conv2dKernel:
                        h, w, c_g, o_g, oh, ow, kh, kw, m, k)
             return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta)
         extra, more = self.epilogue.prepare(env)
+        more = [s for group in more for s in group]
         scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape), *more,
                    h, w, c_g, o_g, oh, ow, kh, kw, m, k)
         return Launch(grid, (x_arg, w_arg, *extra), tuple(self.group.outputs), scalars, meta)

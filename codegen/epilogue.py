@@ -85,22 +85,23 @@ class Epilogue:
                 body.append(f"tl.store({store_at(f'out{k}_ptr')}, {v}, mask=mask)")
         return [line for line in body if line], em
 
-    def prepare(self, env) -> tuple[list, list[int]]:
-        """The extra inputs' argument views and every stride argument, in `strides()` order."""
+    def prepare(self, env) -> tuple[list, list[list[int]]]:
+        """The extra inputs' argument views, and the stride arguments (one list per operand, output or
+        rand over the output's space), in `strides()` order."""
         shape = concrete(self.space, env)
         args, strides = [], []
         for a in self.extra:
             view, arg = meta_view(a, env)
             args.append(arg)
             if a not in self.seeds:
-                strides += broadcast_strides(view.shape, view.stride(), shape)
+                strides.append(broadcast_strides(view.shape, view.stride(), shape))
         for n in self.rands:
             rshape = concrete(n.shape, env)
-            strides += broadcast_strides(rshape, contiguous_strides(rshape), shape)
+            strides.append(broadcast_strides(rshape, contiguous_strides(rshape), shape))
         for o in self.group.outputs:
             if o in self.layouts:
-                strides += layout_strides(o, env)
+                strides.append(layout_strides(o, env))
             elif o in self.partial:
                 oshape = concrete(o.shape, env)
-                strides += broadcast_strides(oshape, contiguous_strides(oshape), shape)
+                strides.append(broadcast_strides(oshape, contiguous_strides(oshape), shape))
         return args, strides

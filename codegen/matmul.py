@@ -199,17 +199,21 @@ class MatmulKernel:
         if n_batch > MAX_BATCH:
             raise CodegenError(f"{self.group.labels[0] if self.group.labels else 'matmul'}: a batch of "
                                f"{n_batch} matrices is more than grid axis 1 takes ({MAX_BATCH})")
-        strides: list[int] = []
-        for view in (a_view, b_view):
-            strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch)
-            strides += view.stride()[-2:]
+        operand = [broadcast_strides(v.shape[:-2], v.stride()[:-2], batch) + list(v.stride()[-2:])
+                   for v in (a_view, b_view)]
+        extra, more = self.epilogue.prepare(env) if not self.epilogue.trivial else ([], [])
+        if _foldable(batch, m, operand, more):
+            # b is one matrix and everything else walks the batch as rows: one [batch*M, K] @ [K, N]
+            batch, m, n_batch = (1,) * len(batch), m * n_batch, 1
+        strides = [s for group in operand + more for s in group]
         meta = self.blocks(m, n, k)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), n_batch)
         if self.epilogue.trivial:
             return Launch(grid, (a_arg, b_arg), (self.node,), (*strides, *batch, m, n, k), meta)
-        extra, more = self.epilogue.prepare(env)
+        a_strides, b_strides = operand
+        more_flat = [s for group in more for s in group]
         return Launch(grid, (a_arg, b_arg, *extra), tuple(self.group.outputs),
-                      (*strides, *more, *batch, m, n, k), meta)
+                      (*a_strides, *b_strides, *more_flat, *batch, m, n, k), meta)
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
         """The block sizes for an (m x k) @ (k x n) product: each the next power of two of its size,
@@ -222,6 +226,23 @@ class MatmulKernel:
         if not self.tuned:
             meta["BLOCK_K"] = _tile(k, INTERPRETER_TILE if self.uses_dot else INTERPRETER_LOOP_K)
         return meta
+
+
+def _foldable(batch, m: int, operand: list[list[int]], more: list[list[int]]) -> bool:
+    """Can the batch dims fold into M? When b is the same matrix for every batch element (strides 0)
+    and a, the epilogue's operands and outputs all step through the batch exactly as M rows further on
+    (stride of batch dim d = stride of M * M * the later batch sizes), a batched matmul is one tall
+    matmul: fewer, fuller tiles (a linear layer over [batch, seq, d])."""
+    rank = len(batch)
+    if not rank or any(operand[1][:rank]):
+        return False
+    for strides in [operand[0]] + more:
+        step = strides[rank] * m  # the M stride times M: the stride the last batch dim must have
+        for d in reversed(range(rank)):
+            if batch[d] != 1 and strides[d] != step:
+                return False
+            step *= batch[d]
+    return True
 
 
 def _tile(size: int, cap: int) -> int:

@@ -233,3 +233,38 @@ def test_golden_source():
     assert launch.scalars == (1, 53, 29, 1, 53, 29, 37)  # a = x^T: stride 1 along M, 53 along K
     assert launch.meta == {"BLOCK_M": 64, "BLOCK_N": 32, "GROUP_M": 8, "BLOCK_K": 64}
     assert launch.grid == (1, 1)  # one 64x32 tile, no batch
+
+
+PERMUTE_BATCH = (lambda b, v: b.permute(v, (1, 0, 2, 3)), lambda t: t.permute(1, 0, 2, 3))
+SLICE_ROWS = (lambda b, v: b.slice(v, 1, 0, 19), lambda t: t[:, :19])
+
+
+@pytest.mark.parametrize("a_shape,b_shape,view,folds", [
+    ((3, 5, 19, 23), (23, 7), None, True),          # x @ W over [batch, seq, d]: one tall matmul
+    ((3, 5, 19, 23), (1, 23, 7), None, True),       # b broadcast over the batch
+    ((3, 19, 23), (3, 23, 7), None, False),         # b differs per batch element
+    ((5, 3, 19, 23), (23, 7), PERMUTE_BATCH, False),  # a's batch elements are not consecutive rows
+    ((3, 40, 23), (23, 7), SLICE_ROWS, False),      # a gap between batch elements
+])
+def test_batch_folds_into_rows_only_when_it_may(a_shape, b_shape, view, folds, gen):
+    a_view, torch_view = view or (None, lambda t: t)
+    launch = MatmulKernel(groups(matmul_graph(a_shape, b_shape, a_view=a_view))[0], tuned=False).prepare({})
+    assert (launch.grid[1] == 1) == folds
+    a, b_ = values(gen, *a_shape), values(gen, *b_shape)
+    check(a, b_, a_view=a_view, want=torch.matmul(torch_view(a), b_))
+
+
+def test_batch_folding_with_an_epilogue(gen):
+    """A folded linear layer's bias and residual epilogue still meet the right rows."""
+    from axon.driver import executable
+
+    b = GraphBuilder()
+    x, w = b.input("x", DType.F32, (3, 5, 11)), b.param("w", DType.F32, (11, 6))
+    bias, res = b.param("c", DType.F32, (6,)), b.input("r", DType.F32, (3, 5, 6))
+    b.output("y", b.add(b.relu(b.add(b.matmul(x, w), bias)), res))
+    graph = b.build()
+    feeds = {"x": values(gen, 3, 5, 11), "r": values(gen, 3, 5, 6)}
+    params = {"w": values(gen, 11, 6), "c": values(gen, 6)}
+    got = executable(graph)(feeds, params, poison=True)["y"]
+    want = torch.relu(feeds["x"] @ params["w"] + params["c"]) + feeds["r"]
+    assert_close(got, want, what="folded linear + epilogue")
