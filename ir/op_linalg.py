@@ -6,9 +6,8 @@ needed:
 - input: a conv of the output gradient, spread apart by the stride (zeros inserted) and padded to a
   "full" correlation, with the weight flipped in space and its in/out channels swapped per group;
 - weight: a conv of the input (batch and channels swapped) with the output gradient as the kernel,
-  stride and dilation exchanged. That conv contracts over the batch as its channels, which conv2d
-  needs static; with a symbolic batch the weight gradient is an im2col instead (KH*KW strided slices of
-  the padded input, stacked, and one batched matmul over groups), costing KH*KW copies of the input.
+  stride and dilation exchanged. That conv contracts over the batch as its channels, so conv2d takes
+  a symbolic number of input channels (its output channels and kernel stay static).
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from .errors import IRDTypeError, IRShapeError
 from .op_elementwise import sum_to_shape
 from .op_movement import pad_or_crop, spread
 from .ops import Conv2dAttrs, NoAttrs, OpKind, register, register_grad
-from .shapes import TensorType, broadcast_shapes, format_dim
+from .shapes import TensorType, broadcast_shapes, dim_mul, format_dim
 
 if TYPE_CHECKING:
     from .graph import GraphBuilder, Node
@@ -53,10 +52,10 @@ def _infer_conv2d(attrs: Conv2dAttrs, ts: list[TensorType]) -> TensorType:
         raise IRDTypeError(f"'conv2d' takes floating-point operands of one dtype, got {x.dtype}, {w.dtype}")
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    if not all(isinstance(d, int) for d in (c, h, wd, o, cg, kh, kw)):
-        raise IRShapeError(f"'conv2d' needs static channel, spatial and kernel sizes, got {x} and {w}")
+    if not all(isinstance(d, int) for d in (h, wd, o, kh, kw)):
+        raise IRShapeError(f"'conv2d' needs static output channel, spatial and kernel sizes, got {x} and {w}")
     g = attrs.groups
-    if g < 1 or c % g or o % g or cg * g != c:
+    if g < 1 or o % g or dim_mul(cg, g) != c:  # input channels may be symbolic (a weight gradient's batch)
         raise IRShapeError(f"'conv2d' with groups={g}: input channels {c} and output channels {o} must "
                            f"divide by groups, and the weight must have {c // max(g, 1)} input channels, "
                            f"not {cg}")
@@ -93,8 +92,13 @@ def _ref_matmul(attrs, xs, ctx):
 def _grad_matmul(b, node, ins, out, g):
     # Batch dims broadcast like elementwise operands: sum the gradient back over the stretched ones.
     x, y = ins
-    return [sum_to_shape(b, b.matmul(g, b.transpose(y)), x.shape),
-            sum_to_shape(b, b.matmul(b.transpose(x), g), y.shape)]
+    gx = sum_to_shape(b, b.matmul(g, b.transpose(y)), x.shape)
+    if len(y.shape) == 2 and len(x.shape) > 2:
+        # one matrix applied over a batch (a linear layer over [batch, seq, d]): its gradient is one
+        # matmul contracting over every row, not a batched product summed over the batch afterwards
+        rows = lambda v: b.reshape(v, (-1, v.shape[-1]))  # noqa: E731
+        return [gx, b.matmul(b.transpose(rows(x)), rows(g))]
+    return [gx, sum_to_shape(b, b.matmul(b.transpose(x), g), y.shape)]
 
 
 def _flip(b: GraphBuilder, v: Node, axis: int) -> Node:
@@ -126,28 +130,14 @@ def _grad_conv_weight(b: GraphBuilder, a: Conv2dAttrs, x: Node, w: Node, g: Node
     groups = a.groups
     # g [N, O, OH, OW] -> [G, O/G, N, OH, OW]: per group, output channels by batch
     gg = b.permute(b.reshape(g, (n, groups, o // groups) + g.shape[2:]), (1, 2, 0, 3, 4))
-    if isinstance(n, int):
-        # x [N, C, H, W] -> [C/G, G*N, H, W]: the batch becomes the channels the conv contracts over
-        xt = b.permute(b.reshape(x, (n, groups, cg, h, wd)), (2, 1, 0, 3, 4))
-        xt = b.reshape(xt, (cg, groups * n, h, wd))
-        gw = b.conv2d(xt, b.reshape(gg, (o, n) + g.shape[2:]), stride=a.dilation, padding=a.padding,
-                      dilation=a.stride, groups=groups)                     # [C/G, O, >= KH, >= KW]
-        gw = b.permute(gw, (1, 0, 2, 3))
-        return b.slice(b.slice(gw, 2, 0, kh), 3, 0, kw)
-    # symbolic batch: im2col. patches[n, c, i*KW + j, oh, ow] = xpad[n, c, oh*s + i*d, ow*s + j*d]
-    oh, ow = g.shape[2:]
-    xp = b.pad(x, [(0, 0), (0, 0), (a.padding[0],) * 2, (a.padding[1],) * 2])
-    patches = []
-    for i in range(kh):
-        for j in range(kw):
-            top, left = i * a.dilation[0], j * a.dilation[1]
-            p = b.slice(xp, 2, top, top + (oh - 1) * a.stride[0] + 1, a.stride[0])
-            p = b.slice(p, 3, left, left + (ow - 1) * a.stride[1] + 1, a.stride[1])
-            patches.append(b.reshape(p, (n, c, 1, oh, ow)))
-    cols = b.reshape(b.concat(patches, 2), (n, groups, cg * kh * kw, oh, ow))
-    cols = b.reshape(b.permute(cols, (1, 2, 0, 3, 4)), (groups, cg * kh * kw, -1))   # [G, C/G*KK, M]
-    gw = b.matmul(b.reshape(gg, (groups, o // groups, -1)), b.transpose(cols))       # [G, O/G, C/G*KK]
-    return b.reshape(gw, w.shape)
+    # x [N, C, H, W] -> [C/G, G*N, H, W]: the batch (symbolic or not) becomes the channels the conv
+    # contracts over
+    xt = b.permute(b.reshape(x, (n, groups, cg, h, wd)), (2, 1, 0, 3, 4))
+    xt = b.reshape(xt, (cg, dim_mul(n, groups), h, wd))
+    gw = b.conv2d(xt, b.reshape(gg, (o, n) + g.shape[2:]), stride=a.dilation, padding=a.padding,
+                  dilation=a.stride, groups=groups)                         # [C/G, O, >= KH, >= KW]
+    gw = b.permute(gw, (1, 0, 2, 3))
+    return b.slice(b.slice(gw, 2, 0, kh), 3, 0, kw)
 
 
 def _grad_conv2d(b, node, ins, out, g):
