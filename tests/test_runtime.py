@@ -119,7 +119,8 @@ def test_compile_source_text_call_and_reference(gen):
     assert y.shape == (6, 3)
     assert torch.equal(model(x=x), y)
     assert_close(y, model.reference({"x": x})["y"])
-    ref = torch.relu(x @ model.params["h.w"] + model.params["h.b"]) @ model.params["y.w"] + model.params["y.b"]
+    p = model.params
+    ref = torch.relu(x @ p["h.w"] + p["h.b"]) @ p["y.w"] + p["y.b"]
     assert_close(y, ref)
     with pytest.raises(RunError, match="takes 1 input"):
         model(x, x)
