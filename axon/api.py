@@ -56,8 +56,20 @@ class CompiledModel:
         return next(iter(out.values())) if len(out) == 1 else out
 
     def run(self, inputs: Mapping[str, torch.Tensor], **options) -> dict[str, torch.Tensor]:
-        """The named outputs for named inputs (options: `poison`, `check_indices`)."""
+        """The named outputs for named inputs (options: `poison`, `check_indices`). When gradients are
+        wanted (grad mode on, a float input or parameter requiring grad), the call is recorded for
+        `torch.autograd` through a compiled backward (`axon.autograd`)."""
+        from axon import autograd
+
+        if autograd.needs_grad(self, inputs):
+            return autograd.run(self, inputs, **options)
         return self.executable(inputs, self.params, **options)
+
+    def parameters(self, prefix: str = "") -> list[torch.Tensor]:
+        """The floating-point parameters (those named `prefix...`), set to require grad, for an optimizer:
+        `torch.optim.Adam(model.parameters())`."""
+        chosen = [t for name, t in self.params.items() if name.startswith(prefix) and t.is_floating_point()]
+        return [t.requires_grad_() for t in chosen]
 
     def reference(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The reference evaluator's outputs for the same inputs and parameters (CPU tensors)."""
