@@ -110,18 +110,24 @@ def _flip(b: GraphBuilder, v: Node, axis: int) -> Node:
 def _grad_conv_input(b: GraphBuilder, a: Conv2dAttrs, x: Node, w: Node, g: Node) -> Node:
     o, cg, kh, kw = w.shape
     groups = a.groups
+    padding = [0, 0]
     for i, axis in enumerate((2, 3)):
         k, s, p, d = w.shape[axis], a.stride[i], a.padding[i], a.dilation[i]
         # g spread by the stride (with s-1 trailing zeros), then padded so that a stride-1 conv with
-        # the flipped kernel lands on the unpadded input: d*(k-1) - p before, the rest after.
+        # the flipped kernel lands on the unpadded input: d*(k-1) - p before, the rest after. Equal
+        # non-negative amounts (always so for stride 1) are the conv's own padding: no padded copy.
         g = spread(b, g, axis, s)
         before = d * (k - 1) - p
-        g = pad_or_crop(b, g, axis, before, x.shape[axis] + d * (k - 1) - before - g.shape[axis])
+        after = x.shape[axis] + d * (k - 1) - before - g.shape[axis]
+        if before == after and before >= 0:
+            padding[i] = before
+        else:
+            g = pad_or_crop(b, g, axis, before, after)
     # [O, C/G, KH, KW] -> [G, O/G, C/G, ..] -> [G, C/G, O/G, ..] -> [C, O/G, KH, KW], flipped in space
     wt = b.reshape(w, (groups, o // groups, cg, kh, kw))
     wt = b.reshape(b.permute(wt, (0, 2, 1, 3, 4)), (groups * cg, o // groups, kh, kw))
     wt = _flip(b, _flip(b, wt, 2), 3)
-    return b.conv2d(g, wt, stride=1, padding=0, dilation=a.dilation, groups=groups)
+    return b.conv2d(g, wt, stride=1, padding=padding, dilation=a.dilation, groups=groups)
 
 
 def _grad_conv_weight(b: GraphBuilder, a: Conv2dAttrs, x: Node, w: Node, g: Node) -> Node:
