@@ -110,6 +110,26 @@ def test_pooling(kernel, stride, padding):
     assert_close(out["a"], F.avg_pool2d(x, kernel, s, padding))
 
 
+@pytest.mark.parametrize("kernel", [2, (2, 3), 4])
+def test_pooling_over_tiles_forward_and_gradient(kernel):
+    """Windows that tile the input take the reshape-and-reduce path; values and gradients as torch's."""
+    import axon
+
+    x = randn(2, 3, 8, 12)
+    k = str(list(kernel)) if isinstance(kernel, tuple) else str(kernel)
+    model = axon.compile(f"model M {{\n input x: f32[2, 3, 8, 12]\n output m = max_pool2d(x, {k})\n"
+                         f" output a = avg_pool2d(x, {k})\n}}")
+    mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = model.run({"x": mine})
+    dm, da = randn(*out["m"].shape, seed=2), randn(*out["a"].shape, seed=3)
+    ((out["m"] * dm).sum() + (out["a"] * da).sum()).backward()
+    m, a = F.max_pool2d(theirs, kernel), F.avg_pool2d(theirs, kernel)
+    ((m * dm).sum() + (a * da).sum()).backward()
+    assert_close(out["m"], m)
+    assert_close(out["a"], a)
+    assert_close(mine.grad, theirs.grad)
+
+
 def test_conv2d_with_a_rectangular_kernel():
     x = randn(2, 3, 9, 11)
     out, p = layer("output y = conv2d(x, 5, [3, 5], dilation = [2, 1])", {"x": x})
