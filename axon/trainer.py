@@ -28,6 +28,7 @@ from axon import data as datasets
 from axon.driver import executable, load_ast, optimize
 from axon.ir import AxonError, Graph, GraphBuilder, init_params
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule, make_update
+from axon.frontend.builtins import UPDATE_PREFIX
 from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.runtime.safetensors import load, load_metadata, save
 
@@ -47,11 +48,15 @@ def step_graph(loss_graph: Graph, optimizer: dict) -> Graph:
     """Forward, loss, backward and the optimizer update of every parameter, as one graph."""
     g = grad(loss_graph, "loss")
     b, mapping = GraphBuilder.extending(g)
-    params = {name: mapping[p] for name, p in g.params.items() if p.dtype.is_float}
+    # parameters the model updates itself (running statistics): their new value, and no optimizer
+    buffers = {name[len(UPDATE_PREFIX):]: mapping[node] for name, node in g.outputs.items()
+               if name.startswith(UPDATE_PREFIX)}
+    params = {name: mapping[p] for name, p in g.params.items() if p.dtype.is_float and name not in buffers}
     grads = {name: mapping[g.outputs[GRAD_PREFIX + name]] for name in params}
     new_params, _state_inputs, new_states = make_update(b, params, grads, optimizer)
     full = b.build()
     outputs = {"loss": full.outputs["loss"]}
+    outputs.update({NEW + name: node for name, node in buffers.items()})
     outputs.update({NEW + name: node for name, node in new_params.items()})
     outputs.update({NEW + name: node for name, node in new_states.items()})
     step, _ = optimize(Graph(full.nodes, outputs, full.name), out=QUIET)

@@ -304,6 +304,29 @@ def ones(ctx, shape, dtype):
     return full(ctx, shape, 1, dtype)
 
 
+# --- state a training step carries ------------------------------------------------------------------
+UPDATE_PREFIX = "update."  # graph output update.<param>: the parameter's value after a training step
+
+
+@builtin("buffer, value")
+def running_update(ctx, buffer, value):
+    """`buffer` (a parameter no optimizer touches, such as batchnorm's running mean) takes `value` after
+    each training step: the graph gets an output `update.<name>` that the training step writes back in
+    place of an optimizer update. Returns `value`."""
+    if not isinstance(buffer, Node) or buffer.op != K.PARAM:
+        raise AxonTypeError(f"'running_update' updates a parameter, got {describe(buffer)}")
+    value = tensor(ctx.b, value, "the value of 'running_update'")
+    if value.type != buffer.type:
+        raise AxonTypeError(f"'running_update' of '{buffer.name}' ({buffer.type}) needs a value of that "
+                            f"type, got {value.type}")
+    name = UPDATE_PREFIX + buffer.name
+    if ctx.b.has_output(name):
+        raise AxonValueError(f"the parameter '{buffer.name}' is updated twice in one step (a layer "
+                             f"with running statistics applied twice under one name?)")
+    ctx.b.output(name, value)
+    return value
+
+
 # --- compile-time helpers ---------------------------------------------------------------------------
 @builtin("x")
 def shape(ctx, x):

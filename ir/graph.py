@@ -149,6 +149,9 @@ class GraphBuilder:
         self._outputs[name] = node
         return node
 
+    def has_output(self, name: str) -> bool:
+        return name in self._outputs
+
     def build(self) -> Graph:
         return Graph(self._nodes, self._outputs, self.name)
 

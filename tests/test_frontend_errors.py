@@ -264,6 +264,12 @@ BAD += [
      'name', 2, 9, "parameter 'a' of 'M' is declared twice"),
     ('fn never(x: f33[3]) { return x }\nmodel M { input x: f32[3]  output y = x }',
      'type', 1, 13, "unknown dtype 'f33'"),
+    ('model M { input x: f32[3]  output y = running_update(x, x) }',
+     'type', 1, 39, "'running_update' updates a parameter, got"),
+    ('fn f(x: f32[3]) {\n param m: f32[3] = zeros()\n'
+     ' return running_update(m, x + x) + running_update(m, x) }\n'
+     'model M { input x: f32[3]  output y = f(x) }',
+     'value', 3, 36, "the parameter 'y.m' is updated twice in one step"),
 ]
 
 @pytest.mark.parametrize("src, kind, line, col, fragment", BAD)

@@ -128,6 +128,56 @@ train GPT {
         assert_close(params[name], want[name], tol=1e-4, what=name)
 
 
+BATCHNORM = """
+model BN() {
+    input image: f32[batch, 2, 5, 3]
+    c = conv2d(image, 4, 3, padding = 1)
+    bn = batchnorm(c, momentum = 0.2)
+    h = bn
+    output logits = linear(flatten(relu(h)), 3)
+}
+train BN {
+    data = digits()   loss = cross_entropy(logits, label)
+    optim = OPTIM
+    epochs = 1   batch = 6
+}
+"""
+
+
+def test_batchnorm_running_statistics_follow_torch_and_serve_evaluation(gen):
+    """Three SGD steps: the running mean and (unbiased) variance move as torch's batch norm's, the
+    optimizer leaves them alone, the other parameters match; evaluation then uses them."""
+    feeds = [{"image": torch.randn(6, 2, 5, 3, generator=gen) * 2 + 1,
+              "label": torch.randint(0, 3, (6,), generator=gen)} for _ in range(3)]
+    losses, params, start = _steps(BATCHNORM, "sgd(lr = 0.1, weight_decay = 0.1)", feeds)
+    running_mean, running_var = torch.zeros(4), torch.ones(4)  # F.batch_norm updates them in place
+
+    def loss_fn(p, feed):
+        c = F.conv2d(feed["image"], p["c.w"], p["c.b"], padding=1)
+        h = F.batch_norm(c, running_mean, running_var, p["bn.w"], p["bn.b"], training=True, momentum=0.2)
+        return F.cross_entropy(torch.relu(h).flatten(1) @ p["logits.w"] + p["logits.b"], feed["label"])
+
+    learned = {k: v for k, v in start.items() if "running" not in k}
+    want_losses, want = _torch_steps(learned, lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.1),
+                                     loss_fn, feeds)
+    for got, ref in zip(losses, want_losses):
+        assert_close(got, ref, tol=1e-5, what="loss")
+    for name in want:
+        if name == "c.b":  # its gradient is exactly 0 (batch norm removes a per-channel constant):
+            assert (params[name] - want[name]).abs().max() < 1e-6  # both are rounding noise
+            continue
+        assert_close(params[name], want[name], tol=1e-5, what=name)
+    assert_close(params["bn.running_mean"], running_mean, tol=1e-5, what="running mean")
+    assert_close(params["bn.running_var"], running_var, tol=1e-5, what="running variance")
+    # evaluation: the running statistics, not the batch's
+    eval_graph, _ = training_graph(parse(BATCHNORM.replace("OPTIM", "sgd(lr = 0.1)")), training=False)
+    x = torch.randn(2, 2, 5, 3, generator=gen)
+    got = Executable(eval_graph)({"image": x, "label": torch.zeros(2, dtype=torch.int64)}, params)["logits"]
+    c = F.conv2d(x, params["c.w"], params["c.b"], padding=1)
+    ref = torch.relu(F.batch_norm(c, running_mean, running_var, params["bn.w"], params["bn.b"])).flatten(1)
+    assert_close(got, ref @ params["logits.w"] + params["logits.b"], tol=1e-5, what="eval logits")
+
+
 # --- whole runs --------------------------------------------------------------------------------------
 def _axon(*args, **kw):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
