@@ -10,6 +10,8 @@
     axon show FILE --memory [--batch N] [--dim NAME=N] [--step]
                                              the memory plan (buffers shared by liveness, peak bytes);
                                              --step: of the whole training step
+    axon show FILE --saved                   what a compiled model used from torch.autograd saves for
+                                             its backward, and what the backward recomputes
     axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check]
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
@@ -62,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--why-not", action="store_true",
                    help="with --stage fused: also list every fusion refused, and why")
     s.add_argument("--no-fusion", action="store_true", help="one kernel per node (the unfused baseline)")
+    s.add_argument("--saved", action="store_true",
+                   help="the activations saved for backward (gradients wrt every parameter and float "
+                        "input), and those recomputed instead")
     s.add_argument("--batch", type=int, default=None,
                    help="with --memory: the 'batch' dimension (default 4; --step: the train block's)")
     s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
@@ -178,6 +183,8 @@ def _show(args) -> int:
         return _show_triton(args)
     if args.memory:
         return _show_memory(args)
+    if args.saved:
+        return _show_saved(args)
     if args.stage == "fused" or args.why_not:
         return _show_fused(args)
     if args.stage == "ast":
@@ -193,6 +200,18 @@ def _show(args) -> int:
         print(format_params(g))
     else:
         print(to_dot(g) if args.dot else str(g))
+    return 0
+
+
+def _show_saved(args) -> int:
+    from axon.passes.partition import partition
+
+    g = _load(args)
+    wrt = [n for n, node in [*g.params.items(), *g.inputs.items()] if node.dtype.is_float]
+    p = partition(g, wrt)
+    print(f"{g.name}: gradients of {', '.join(p.outputs) or 'no output'} with respect to {len(wrt)} "
+          f"parameter(s)/input(s)")
+    print(p.summary())
     return 0
 
 

@@ -37,6 +37,17 @@ def test_show_stop_after_a_stage(capsys):
     assert out.startswith("graph ")
 
 
+def test_show_saved(capsys):
+    """relu(x @ w + b) then a linear layer: the backward gets the relu's output (the next layer's weight
+    gradient needs it, and its sign is the relu's mask) and nothing else but the inputs it reads."""
+    code, out, err = run(capsys, "show", EXAMPLES / "perceptron.axon", "--saved")
+    assert code == 0, err
+    assert "saved " in out and "kept " in out and "recomputed " in out
+    code, out, err = run(capsys, "show", EXAMPLES / "mlp.axon", "--saved")
+    assert code == 0, err
+    assert "saved 1 tensor(s): saved.0: f32[batch, 128]" in out
+
+
 def test_show_dot(capsys):
     code, out, _ = run(capsys, "show", EXAMPLE, "--dot")
     assert code == 0

@@ -56,7 +56,7 @@ BAD = [  # (id, build(b, x, i, m, s, h), message fragment)
      "stride and dilation >= 1"),
     ("conv-symbolic", lambda b, x, i, m, s, h: b.conv2d(b.input("c", D.F32, (1, 3, BATCH, 9)),
                                                         b.input("k", D.F32, (2, 3, 3, 3))),
-     "needs static channel, spatial and kernel sizes"),
+     "needs static output channel, spatial and kernel sizes"),
     ("matmul-symbolic-inner", lambda b, x, i, m, s, h: b.matmul(s, b.input("w", D.F32, (BATCH, 5))),
      "(5 vs batch)"),
     ("reshape-count", lambda b, x, i, m, s, h: b.reshape(x, (3, 37, 52)), "5883 elements vs 5772"),
