@@ -202,7 +202,8 @@ class MatmulKernel:
         operand = [broadcast_strides(v.shape[:-2], v.stride()[:-2], batch) + list(v.stride()[-2:])
                    for v in (a_view, b_view)]
         extra, more = self.epilogue.prepare(env) if not self.epilogue.trivial else ([], [])
-        if _foldable(batch, m, operand, more):
+        iota = any(n.op == OpKind.IOTA for n in self.group.nodes)  # reads batch/row coordinates directly
+        if not iota and _foldable(batch, m, operand, more):
             # b is one matrix and everything else walks the batch as rows: one [batch*M, K] @ [K, N]
             batch, m, n_batch = (1,) * len(batch), m * n_batch, 1
         strides = [s for group in operand + more for s in group]

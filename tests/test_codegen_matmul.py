@@ -268,3 +268,18 @@ def test_batch_folding_with_an_epilogue(gen):
     got = executable(graph)(feeds, params, poison=True)["y"]
     want = torch.relu(feeds["x"] @ params["w"] + params["c"]) + feeds["r"]
     assert_close(got, want, what="folded linear + epilogue")
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, 3])
+def test_no_folding_under_an_epilogue_that_reads_coordinates(axis, gen):
+    """An iota in the epilogue computes from the batch and row coordinates themselves, which folding
+    would merge: such a product keeps its batch grid."""
+    from axon.driver import executable
+
+    b = GraphBuilder()
+    x, w = b.input("x", DType.F32, (2, 3, 4, 5)), b.param("w", DType.F32, (5, 6))
+    b.output("y", b.add(b.matmul(x, w), b.cast(b.iota((2, 3, 4, 6), axis), DType.F32)))
+    graph = b.build()
+    feeds, params = {"x": values(gen, 2, 3, 4, 5)}, {"w": values(gen, 5, 6)}
+    got = executable(graph)(feeds, params, poison=True)["y"]
+    assert_close(got, evaluate(graph, feeds, params)["y"], what=f"iota over axis {axis}")
