@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from axon.driver import executable, graph_of, optimize
+from axon.frontend.builtins import UPDATE_PREFIX
 from axon.ir import AxonError, Graph, evaluate, init_params
 from axon.passes.manager import DEFAULT_PIPELINE
 from axon.runtime import Executable, RunError
@@ -27,10 +28,12 @@ class CompiledModel:
     the model's device; change them in place or assign new tensors of the same shape and dtype.
     """
 
-    def __init__(self, graph: Graph, executable: Executable, params: dict[str, torch.Tensor]):
+    def __init__(self, graph: Graph, executable: Executable, params: dict[str, torch.Tensor],
+                 fusion: bool = True):
         self.graph = graph
         self.executable = executable
         self.params = params
+        self.fusion = fusion  # the autograd path compiles its forward/backward the same way
 
     @property
     def device(self) -> torch.device:
@@ -62,13 +65,26 @@ class CompiledModel:
         from axon import autograd
 
         if autograd.needs_grad(self, inputs):
-            return autograd.run(self, inputs, **options)
-        return self.executable(inputs, self.params, **options)
+            out = autograd.run(self, inputs, **options)
+        else:
+            out = self.executable(inputs, self.params, **options)
+        # running statistics (a model compiled with training=True): the call moves them, as a torch
+        # module's buffers; a new tensor each time, so one saved for a backward is never changed
+        for name in [n for n in out if n.startswith(UPDATE_PREFIX)]:
+            self.params[name[len(UPDATE_PREFIX):]] = out.pop(name).detach()
+        return out
+
+    @property
+    def buffers(self) -> list[str]:
+        """Parameters the model updates itself when training (running statistics), not an optimizer."""
+        return [n[len(UPDATE_PREFIX):] for n in self.graph.outputs if n.startswith(UPDATE_PREFIX)]
 
     def parameters(self, prefix: str = "") -> list[torch.Tensor]:
-        """The floating-point parameters (those named `prefix...`), set to require grad, for an optimizer:
-        `torch.optim.Adam(model.parameters())`."""
-        chosen = [t for name, t in self.params.items() if name.startswith(prefix) and t.is_floating_point()]
+        """The floating-point parameters (those named `prefix...`, not running statistics), set to
+        require grad, for an optimizer: `torch.optim.Adam(model.parameters())`."""
+        skip = set(self.buffers)
+        chosen = [t for name, t in self.params.items() if name.startswith(prefix) and t.is_floating_point()
+                  and name not in skip]
         return [t.requires_grad_() for t in chosen]
 
     def reference(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -124,4 +140,4 @@ def compile(source_or_path, model: str | None = None, *, hparams: dict | None = 
     graph, _report = optimize(graph, pipeline, verify=True, out=lambda *a, **k: None)
     exe = executable(graph, device, fusion=fusion)
     params = {k: v.to(exe.device) for k, v in init_params(graph, seed).items()}
-    return CompiledModel(graph, exe, params)
+    return CompiledModel(graph, exe, params, fusion)

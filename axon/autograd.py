@@ -21,6 +21,10 @@ Design note.
   backward as zeros. Integer outputs are non-differentiable; integer inputs never get gradients.
 - Once differentiable: the backward is itself compiled kernels, not torch ops, so a second-order
   gradient (create_graph=True) raises instead of silently being wrong.
+- An input or parameter that only outputs without a gradient depend on gets None, as in torch (so an
+  optimizer with momentum or weight decay leaves it alone), not zeros.
+- Running statistics (`update.<name>` outputs of a model compiled with training=True) are written back
+  into `model.params` by `CompiledModel.run`, never handed to an optimizer.
 """
 from __future__ import annotations
 
@@ -28,7 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from axon.driver import executable
 from axon.ir import EvalError
@@ -48,6 +51,7 @@ class Differentiated:
     inputs: tuple[str, ...]   # the model's inputs, in order
     params: tuple[str, ...]   # the model's parameters, in order
     outputs: tuple[str, ...]  # the model's outputs, in order
+    reach: dict               # each differentiated name -> the outputs that depend on it
 
 
 def needs_grad(model, inputs: Mapping[str, object]) -> bool:
@@ -80,8 +84,22 @@ def differentiated(model, wrt) -> Differentiated:
         p = partition(g, order)
         fusion = getattr(model, "fusion", True)  # as the model's own kernels were made
         forward, backward = (executable(h, model.device, fusion=fusion) for h in (p.forward, p.backward))
-        cache[key] = Differentiated(p, forward, backward, tuple(g.inputs), tuple(g.params), tuple(g.outputs))
+        cache[key] = Differentiated(p, forward, backward, tuple(g.inputs), tuple(g.params), tuple(g.outputs),
+                                    _reach(g, key))
     return cache[key]
+
+
+def _reach(g, names) -> dict[str, frozenset[str]]:
+    """For each input/parameter in `names`, the outputs whose values depend on it."""
+    depends: dict = {}
+    for node in g.nodes:
+        own = {node.name} if node.op.value in ("input", "param") and node.name in names else set()
+        depends[node] = own.union(*(depends[i] for i in node.inputs))
+    reach: dict[str, set[str]] = {name: set() for name in names}
+    for out, node in g.outputs.items():
+        for name in depends[node]:
+            reach[name].add(out)
+    return {name: frozenset(outs) for name, outs in reach.items()}
 
 
 def _wrt(model, inputs: Mapping[str, object]) -> list[str]:
@@ -119,8 +137,13 @@ class _Apply(torch.autograd.Function):
         return tuple(results)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *grads: torch.Tensor | None):
+        # torch runs a backward in grad mode exactly when create_graph=True: refuse, as a second-order
+        # gradient through compiled kernels would silently be missing
+        if torch.is_grad_enabled():
+            raise RunError("a compiled model's backward is compiled kernels, not torch ops, so it has no "
+                           "gradient of its own: create_graph=True (a gradient penalty, a Hessian) is not "
+                           "supported through it")
         d: Differentiated = ctx.d
         p = d.partition
         given = dict(zip(d.outputs, grads))
@@ -140,5 +163,6 @@ class _Apply(torch.autograd.Function):
         result = []
         for name, device in zip([*d.inputs, *d.params], ctx.devices):
             g = out.get(GRAD_PREFIX + name)
-            result.append(None if g is None else g.to(device))
+            unused = all(given.get(o) is None for o in d.reach.get(name, ()))  # as torch: None, not 0
+            result.append(None if g is None or unused else g.to(device))
         return (None, None, *result)

@@ -20,6 +20,7 @@ from axon.driver import graph_of
 from axon.ir import DType, GraphBuilder, OpKind, Sym, evaluate, init_params, verify
 from axon.ir.evaluate import EvalContext, bind_symbols, run_op
 from axon.passes.autodiff import DOUT_PREFIX, GRAD_PREFIX, vjp
+from axon.runtime import RunError
 from axon.passes.partition import MAX_RECOMPUTE_DEPTH, partition
 from numerics import assert_close
 
@@ -199,6 +200,57 @@ def test_no_grad_and_frozen_calls_take_the_plain_path(gen, monkeypatch):
         out = model(x)
     assert out.grad_fn is None and not model.__dict__.get("_differentiated")
     assert_close(out, plain, tol=0.0)
+
+
+def test_a_parameter_only_unused_outputs_need_gets_none_as_in_torch(gen):
+    """Only `b` gets a gradient: the weights of output `a` alone get None (an optimizer with momentum
+    or weight decay then leaves them alone), the shared ones get theirs."""
+    model = axon.compile(HEADS)
+    model.parameters()
+    model(torch.randn(5, 6, generator=gen))["b"].sum().backward()
+    assert model.params["a.w"].grad is None and model.params["a.b"].grad is None
+    assert model.params["h.w"].grad is not None and model.params["b.w"].grad is not None
+
+
+def test_second_order_gradients_are_refused_not_silently_dropped(gen):
+    model = axon.compile("model D() {\n input x: f32[batch, 3]\n output y = sum(tanh(x * x), axis = -1)\n}")
+    x = torch.randn(4, 3, generator=gen, requires_grad=True)
+    (g,) = torch.autograd.grad(model(x).sum(), x)  # first order is fine
+    assert_close(g, 2 * x.detach() / torch.cosh(x.detach() ** 2) ** 2)
+    with pytest.raises(RunError, match="create_graph=True"):
+        torch.autograd.grad(model(x).sum(), x, create_graph=True)
+
+
+def test_running_statistics_move_with_each_training_call_and_stay_out_of_the_optimizer(gen):
+    """A batchnorm model compiled with training=True, driven by torch.optim: each call moves the
+    running statistics as F.batch_norm does; parameters() leaves them out; one output is a tensor."""
+    model = axon.compile("model N() {\n input x: f32[batch, 4]\n output y = batchnorm(x, momentum = 0.3)\n}",
+                         training=True)
+    assert model.buffers == ["y.running_mean", "y.running_var"]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    assert len(opt.param_groups[0]["params"]) == 2  # y.w, y.b
+    mean, var = torch.zeros(4), torch.ones(4)
+    for _ in range(2):
+        x = torch.randn(7, 4, generator=gen) * 3 + 1
+        y = model(x)
+        assert isinstance(y, torch.Tensor)
+        (y ** 3).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        F.batch_norm(x, mean, var, training=True, momentum=0.3)
+    assert_close(model.params["y.running_mean"], mean, tol=1e-5)
+    assert_close(model.params["y.running_var"], var, tol=1e-5)
+
+
+def test_the_autograd_path_compiles_as_the_model_was(gen):
+    model = axon.compile("model M() {\n input x: f32[batch, 5]\n output y = tanh(linear(x, 3)) * 2.0\n}",
+                         fusion=False)
+    model(torch.randn(4, 5, generator=gen, requires_grad=True)).sum().backward()
+    (d,) = model._differentiated.values()
+    from axon.driver import executable
+
+    unfused, fused = (len(executable(d.partition.forward, fusion=f).kernels) for f in (False, True))
+    assert len(d.forward.kernels) == unfused > fused
 
 
 # ---------------------------------------------------------------------------------------------------
