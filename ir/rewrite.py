@@ -42,7 +42,7 @@ def rebuild(graph: Graph, visit: Visit | None = None,
     old_live = reachable(graph)
     used = {i for n in graph.nodes for i in n.inputs}
     dead_ends = [mapping[n] for n in graph.nodes if n in mapping and n not in old_live and n not in used]
-    live = _cone(list(outputs.values()) + dead_ends)
+    live = cone(list(outputs.values()) + dead_ends)
     nodes = [n for n in b.build().nodes if n in live or n.op in (OpKind.INPUT, OpKind.PARAM)]
     return Graph(nodes, outputs, graph.name), mapping
 
@@ -75,11 +75,11 @@ def apply_rules(graph: Graph, rules: Sequence[Rule]) -> tuple[Graph, int]:
 
 def reachable(graph: Graph) -> set[Node]:
     """The nodes the outputs depend on (iteratively, no recursion), plus every input."""
-    return _cone(graph.outputs.values()) | {n for n in graph.nodes if n.op == OpKind.INPUT}
+    return cone(graph.outputs.values()) | {n for n in graph.nodes if n.op == OpKind.INPUT}
 
 
-def _cone(roots: Iterable[Node]) -> set[Node]:
-    """`roots` and everything they depend on."""
+def cone(roots: Iterable[Node]) -> set[Node]:
+    """`roots` and everything they depend on (iteratively: deep graphs are fine)."""
     seen: set[Node] = set()
     stack = list(roots)
     while stack:

@@ -47,6 +47,7 @@ import networkx as nx
 
 from axon.ir import Graph, GraphBuilder, Node, OpKind, PassError, TensorType
 from axon.ir.ops import ELEMENTWISE, MOVEMENT
+from axon.ir.rewrite import cone
 from axon.ir.shapes import Sym, dim_value, format_dim, numel, symbols
 
 from .autodiff import DOUT_PREFIX, GRAD_PREFIX, vjp
@@ -149,8 +150,8 @@ def choose(joint: Graph, outputs: Sequence[str], tangent: set[Node], needs: list
     over (inputs and parameters among them) and those the backward computes again; both in graph order."""
     order = joint.index()
     forward = [n for n in joint.nodes if n not in tangent]
-    cone = _forward_cone(joint, outputs)
-    banned = {n for n in forward if n.op not in RECOMPUTABLE} | _checkpoints(forward, cone, max_depth)
+    reached = _forward_cone(joint, outputs)
+    banned = {n for n in forward if n.op not in RECOMPUTABLE} | _checkpoints(forward, reached, max_depth)
     side = _min_cut(forward, needs, banned, env, order)
     return _walk(needs, side, banned, order)
 
@@ -181,7 +182,7 @@ def _needs(joint: Graph, tangent: set[Node], grads: list[Node]) -> list[Node]:
 
 def _forward_cone(joint: Graph, outputs) -> set[Node]:
     """What the model's own outputs reach: values the forward computes whatever is saved."""
-    return _cone(joint.outputs[name] for name in outputs)
+    return cone(joint.outputs[name] for name in outputs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,11 +194,11 @@ def _min_cut(forward: list[Node], needs: list[Node], banned: set[Node], env, ord
     saved, not recomputed."""
     if not needs:
         return set()
-    cone = _cone(needs)
-    bonus = _tie_bonus([n for n in forward if n in cone])
+    within = cone(needs)
+    bonus = _tie_bonus([n for n in forward if n in within])
     g = nx.DiGraph()
     g.add_node("source")
-    for n in sorted(cone, key=order.__getitem__):
+    for n in sorted(within, key=order.__getitem__):
         i = order[n]
         g.add_edge((i, "in"), (i, "out"), capacity=_cost(n, env, bonus[n]))
         if n in banned:
@@ -207,7 +208,7 @@ def _min_cut(forward: list[Node], needs: list[Node], banned: set[Node], env, ord
     for n in needs:
         g.add_edge((order[n], "out"), "sink")
     _, (source_side, _) = nx.minimum_cut(g, "source", "sink")
-    return {n for n in cone if (order[n], "in") in source_side}
+    return {n for n in within if (order[n], "in") in source_side}
 
 
 def _walk(needs: list[Node], side: set[Node], banned: set[Node], order) -> tuple[list[Node], list[Node]]:
@@ -263,18 +264,6 @@ def _cost(n: Node, env, bonus: int) -> int:
         return 0  # the model holds its parameters anyway
     bonus = TIE - 1 if n.op == K.INPUT else bonus
     return max(_numel(n.shape, env, NOMINAL_DIM) * n.dtype.itemsize * TIE - bonus, 0)
-
-
-def _cone(roots) -> set[Node]:
-    """`roots` and everything they depend on (iteratively: deep graphs are fine)."""
-    seen: set[Node] = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.inputs)
-    return seen
 
 
 # ---------------------------------------------------------------------------------------------------
