@@ -22,6 +22,9 @@ of one of its producers or starts a group of its own:
   group too.
 - matmul, conv2d: the template plus an epilogue of elementwise ops over its output tile (bias,
   activation, residual add, scaling).
+- attention: `softmax(f(q @ k)) @ v` (f: a scale, a causal mask from iota comparisons) is claimed
+  before the walk as one kernel with an online softmax that never stores the scores, when nothing
+  outside reads the scores or probabilities (a training step's backward does: there it is refused).
 - index (gather, take, pad, concat), argmax/argmin, and copies (a movement that cannot be a view) take
   no fusion yet: each is a kernel of its own.
 
@@ -41,12 +44,14 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from axon.ir import Graph, Node, OpKind
+from axon.ir import DType, Graph, Node, OpKind
 from axon.ir.ops import ELEMENTWISE
+from axon.ir.rewrite import cone
 
 K = OpKind
 MAX_ROW = 4096  # columns a persistent (one-pass) reduction holds in one block
 MAX_PASSES = 4  # passes a looped reduction kernel makes over its rows (reads of its operands)
+MAX_HEAD = 256  # head size an attention kernel holds per query row (q and the accumulator)
 BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})
 INLINE_SOURCES = frozenset({K.CONST, K.IOTA, K.RAND})
 FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
@@ -153,7 +158,10 @@ class _Fuser:
             self.anc[n] = 0
             for i in n.inputs:
                 self.anc[n] |= self.anc[i] | (1 << self.index[i])
-            self._place(n)
+        claimed = self._claim_attention()
+        for n in self.graph.nodes:
+            if n not in claimed:
+                self._place(n)
         self._merge_groups()
         for g in self.groups:  # whole rows in one block where a row fits, else passes over its columns
             g._persistent = g.kind == "reduce" and self._needs_rows(g) and _fits_row(g.space, g.axes)
@@ -301,6 +309,59 @@ class _Fuser:
             if full and any(_depends_on_reduction(g, i) for i in n.inputs):
                 return True
         return False
+
+    # --- attention -----------------------------------------------------------------------------------
+    def _claim_attention(self) -> set[Node]:
+        """Claim each `softmax(f(q @ k)) @ v` (f: elementwise ops on the scores with constants and index
+        comparisons, such as a scale and a causal mask) as one "attention" kernel that never stores the
+        scores: an online softmax over blocks of keys. Refused, with a reason, where a value inside is
+        read elsewhere (a training step's backward reads the probabilities) or the template cannot
+        compute it. Returns the nodes claimed (owned or local)."""
+        claimed: set[Node] = set()
+        for o in self.graph.nodes:
+            found = _attention_pattern(o)
+            if found is None:
+                continue
+            s, x, inner, side = found
+            reason = self._attention_reason(o, s, inner, side)
+            if reason is None and claimed & (inner | {o}):
+                reason = "its nodes belong to another attention kernel"
+            if reason is not None:
+                self.refusals.append(Refusal(o.inputs[0], o, f"no attention kernel: {reason}"))
+                continue
+            owned = sorted(inner | {o}, key=self.index.__getitem__)
+            g = FusedGroup("attention", [], tuple(o.shape), local=sorted(side, key=self.index.__getitem__))
+            self.groups.append(g)
+            for n in owned:
+                self._add(g, n)
+                self.joins.append((n, g))
+            self.local |= side
+            claimed |= set(owned) | side
+        return claimed
+
+    def _attention_reason(self, o: Node, s: Node, inner: set[Node], side: set[Node]) -> str | None:
+        """Why the attention pattern ending at `o` cannot be one kernel, or None."""
+        index = self.index
+        for n in sorted(inner, key=index.__getitem__):
+            if n in self.outputs:
+                return f"%{index[n]} {n.op} is a graph output"
+            others = [u for u in self.users[n] if u not in inner and u is not o]
+            if others:
+                return f"%{index[n]} {n.op} is also read by %{index[others[0]]} {others[0].op} outside " \
+                       f"it (in a training step: the backward), so it must be stored"
+        if any(n in self.forbidden for n in inner | {o}):
+            return "fusing here would create a cycle between kernels"
+        if s.dtype != DType.F32 or o.dtype != DType.F32:
+            return f"the template computes f32 scores, these are {s.dtype}"
+        q, v = s.inputs[0], o.inputs[1]
+        if not all(isinstance(d, int) and d <= MAX_HEAD for d in (q.shape[-1], v.shape[-1])):
+            return f"the head sizes must be static and at most {MAX_HEAD}"
+        if tuple(o.shape[:-2]) != tuple(s.shape[:-2]):
+            return "the values' batch dims are not the scores'"
+        for n in side:
+            if n.op in BUFFER_SOURCES or n.op == K.RAND:
+                return f"the scores' ops read %{index[n]} {n.op}; the template takes constants and iota only"
+        return None
 
     # --- classification ------------------------------------------------------------------------------
     def _place(self, n: Node) -> None:
@@ -453,7 +514,7 @@ class _Fuser:
         self.joins.append((n, g))
 
     def _join_reason(self, g: FusedGroup, n: Node, chain) -> str | None:
-        if g.closed:
+        if g.closed or g.kind == "attention":
             return f"a {g.kind} kernel takes no epilogue"
         rank = max(len(g.space), len(n.shape))
         for m in chain:
@@ -615,6 +676,54 @@ class _Fuser:
 def _other_path(q: nx.DiGraph, a, b) -> bool:
     """Is there a path from a to b in the kernel graph other than the edge a -> b?"""
     return any(s is not b and nx.has_path(q, s, b) for s in q.successors(a))
+
+
+def _attention_pattern(o: Node):
+    """If `o` is `div(e, sum(e)) @ v` with `e = exp(x - max(x))` over the last axis and `x` computed
+    from one matmul `s` by elementwise ops: (s, x, inner, side) where inner holds s, the ops from s to
+    the division and the reductions, and side the other operands of those ops (each must be made of
+    sources and elementwise ops alone; the caller checks). Else None."""
+    if o.op != K.MATMUL or o.inputs[0].op != K.DIV:
+        return None
+    p = o.inputs[0]
+    e, total = p.inputs
+    last = (len(p.shape) - 1,)
+    if e.op != K.EXP or not _row_reduce(total, K.SUM, e, last) or e.inputs[0].op != K.SUB:
+        return None
+    x, mx = e.inputs[0].inputs
+    if not _row_reduce(mx, K.MAX, x, last):
+        return None
+    inner, side = {p, e, total, e.inputs[0], mx}, set()
+    n = x
+    while n.op != K.MATMUL:  # back along the scores' chain of elementwise ops
+        if n.op not in ELEMENTWISE:
+            return None
+        inner.add(n)
+        main = [i for i in n.inputs if tuple(i.shape) == tuple(p.shape) and _reaches_matmul(i, p.shape)]
+        if len(main) != 1:
+            return None
+        for i in n.inputs:
+            if i is not main[0]:
+                side |= cone([i])  # a side operand: constants, iota and ops on them
+        n = main[0]
+    if tuple(n.shape) != tuple(p.shape):
+        return None
+    inner.add(n)
+    return n, x, inner, side
+
+
+def _row_reduce(r: Node, op, x: Node, axes) -> bool:
+    return r.op == op and r.inputs[0] is x and tuple(r.attrs.axes) == axes and r.attrs.keepdim
+
+
+def _reaches_matmul(n: Node, shape) -> bool:
+    """Does a chain of elementwise ops over `shape` lead from a matmul of that shape to `n`?"""
+    while n.op in ELEMENTWISE:
+        full = [i for i in n.inputs if tuple(i.shape) == tuple(shape)]
+        if len(full) != 1:
+            return any(_reaches_matmul(i, shape) for i in full)
+        n = full[0]
+    return n.op == K.MATMUL and tuple(n.shape) == tuple(shape)
 
 
 def _cycle_culprit(fusion: Fusion, fuser: _Fuser) -> Node | None:

@@ -14,6 +14,7 @@ from axon.frontend import training_graph
 from axon.ir import DType, GraphBuilder, Sym, evaluate
 from axon.ir.ops import ELEMENTWISE
 from axon.passes.autodiff import vjp
+from axon.codegen import fused_groups
 from axon.passes.fusion import MAX_PASSES, fuse
 from axon.trainer import step_graph
 from numerics import assert_close
@@ -116,6 +117,61 @@ def test_transformer_block_forward_has_no_trivial_kernels(gen):
         one_op = k.kind == "pointwise" and len(k.nodes) == 1 and k.nodes[0].op in ELEMENTWISE
         assert k.kind != "copy" and not one_op, fuse(g).report()
     check(g, gen, {"batch": 2, "seq": 7})
+
+
+# --- attention -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seq", [7, 13, 40])
+def test_attention_is_one_kernel_that_never_writes_the_scores(seq, gen, monkeypatch):
+    """GPT's causal attention (scale, iota mask, softmax, weighted sum, head merge): one kernel per
+    layer, and no kernel stores a [batch, heads, seq, seq] value; numbers as the reference's. Blocks
+    of 16 queries and keys: several key blocks per row, ragged last blocks, the causal mask crossing
+    block borders (the online softmax's rescaling at work)."""
+    from axon.codegen import attention
+
+    monkeypatch.setattr(attention, "INTERPRETER_TILE", 16)
+    g = compiled((EXAMPLES / "gpt.axon").read_text(), hparams={"layers": 2, "ctx": 40})
+    f = fuse(g)
+    assert [k.kind for k in f.groups].count("attention") == 2, f.report()
+    for k in fused_groups(g, f.groups):
+        assert not any(len(o.shape) == 4 and o.shape[-1] == o.shape[-2] for o in k.outputs), k.labels
+    check(g, gen, {"batch": 2, "seq": seq}, tol=1e-5)
+
+
+def _attention(q_shape, k_shape, v_shape, scale=0.3, dtype=F32, extra=None):
+    b = GraphBuilder()
+    q, k, v = (b.input(n, dtype, s) for n, s in (("q", q_shape), ("k", k_shape), ("v", v_shape)))
+    s = b.mul(b.matmul(q, k), scale)
+    if extra:
+        s = extra(b, s)
+    x = b.sub(s, b.max(s, len(q_shape) - 1, keepdim=True))
+    e = b.exp(x)
+    b.output("o", b.matmul(b.div(e, b.sum(e, len(q_shape) - 1, keepdim=True)), v))
+    return b
+
+
+def test_attention_with_broadcast_keys_and_other_head_sizes(gen):
+    """Keys shared across the batch (broadcast), head sizes 5 and 6, 11 queries, 19 keys, no mask."""
+    g = _attention((2, 3, 11, 5), (3, 5, 19), (2, 3, 19, 6)).build()
+    assert [k.kind for k in fuse(g).groups] == ["attention"]
+    check(g, gen, tol=1e-5)
+
+
+def test_attention_refusals_say_why():
+    b = _attention((2, 7, 5), (2, 5, 7), (2, 7, 4))
+    b.output("p", b.build().outputs["o"].inputs[0])  # the probabilities are wanted too
+    assert "is a graph output" in _refusal(b.build(), "matmul")
+    g = _attention((2, 7, 5), (2, 5, 7), (2, 7, 4), dtype=DType.F64).build()
+    assert "f32 scores" in _refusal(g, "matmul")
+    mask = lambda b, s: b.add(s, b.input("bias", F32, (7, 7)))  # noqa: E731
+    assert "template takes constants and iota only" in _refusal(_attention(
+        (2, 7, 5), (2, 5, 7), (2, 7, 4), extra=mask).build(), "matmul")
+
+
+def test_a_training_step_keeps_the_probabilities_and_says_so():
+    loss, spec = training_graph(load_ast(EXAMPLES / "gpt.axon"), None)
+    step = step_graph(loss, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)})
+    reasons = [r.reason for r in fuse(step).refusals if r.reason.startswith("no attention kernel")]
+    assert len(reasons) == 2 and all("in a training step: the backward" in r for r in reasons)
 
 
 @pytest.mark.parametrize("example", ["mlp", "cnn", "gpt"])
