@@ -103,7 +103,7 @@ def cast(expr: str, src: DType, dst: DType) -> str:
         top = float(info.max) if info.bits < 64 else float(2**63 - 1024)  # the last f64 below 2**63
         wide = f"{expr}.to(tl.float32)" if src in LOW_FLOATS else expr
         return f"_saturate({wide}, {float(info.min)!r}, {top!r}).to({tl_dtype(dst)})"
-    if not src.is_float and dst == DType.BF16:
-        # through f32: Triton's interpreter converts integers to bf16 by reinterpreting bits
+    if dst == DType.BF16 and src not in (DType.F32, DType.F16):
+        # through f32: Triton's interpreter converts integers and f64 to bf16 by reinterpreting bits
         return f"{expr}.to(tl.float32).to({tl_dtype(dst)})"
     return f"{expr}.to({tl_dtype(dst)})"
