@@ -240,10 +240,32 @@ def implicit_broadcast(b, n):
     return new if new.type == n.type else None
 
 
+def add_adjacent_pads(b, n):
+    """pad(x) + pad(y), zero pads along one axis where x's range ends where y's begins -> one pad of
+    concat(x, y): the gradient of slices that tile a value (an LSTM's four gates) is one buffer built
+    once, not a full-size padded copy per slice summed."""
+    if n.op != K.ADD or any(i.op != K.PAD or i.attrs.value != 0.0 or i.type != n.type for i in n.inputs):
+        return None
+    spans = []
+    for i in n.inputs:
+        axes = [d for d, p in enumerate(i.attrs.pads) if p != (0, 0)]
+        if len(axes) != 1:
+            return None
+        before, after = i.attrs.pads[axes[0]]
+        spans.append((axes[0], before, after, i.inputs[0]))
+    (ax, lo_b, lo_a, lo), (ax2, hi_b, hi_a, hi) = sorted(spans, key=lambda t: t[1])
+    if ax != ax2 or not isinstance(lo.shape[ax], int) or lo_b + lo.shape[ax] != hi_b:
+        return None
+    pieces = [v for x in (lo, hi) for v in (x.inputs if x.op == K.CONCAT and x.attrs.axis == ax else [x])]
+    pads = [(0, 0)] * len(n.shape)
+    pads[ax] = (lo_b, hi_a)
+    return b.pad(b.concat(pieces, ax), pads)
+
+
 RULES: tuple[Rule, ...] = (
     add_zero, sub_zero, mul_one, mul_minus_one, div_one, pow_one, sub_neg, add_neg, idempotent,
     involution, repeated_unary, where_same, cast_same, cast_cast, permute_permute, reshape_reshape,
-    expand_expand, no_op_movement, unit_reduce, implicit_broadcast,
+    expand_expand, no_op_movement, unit_reduce, implicit_broadcast, add_adjacent_pads,
 )
 SIGNED_ZERO_RULES = (add_zero, sub_zero)  # take the `signed_zeros` option
 

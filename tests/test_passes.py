@@ -264,6 +264,19 @@ SIMPLIFY = {
         %3 = reshape(%2) : f32[2, 3, 4]
         %4 = expand(%3) : f32[2, 3, 4]""", "%z",
         {"expand": -1, "pad": -1, "permute": -1, "reshape": -1, "slice": -1}),
+    "adjacent zero pads summed are one concat (slices' gradients)": ("""
+        %0 = pad(%x, pads=[[0, 3]], value=0.0) : f32[6]
+        %1 = pad(%y, pads=[[3, 0]], value=0.0) : f32[6]
+        %2 = add(%1, %0) : f32[6]""", """
+        %0 = concat(%x, %y, axis=0) : f32[6]""", {"add": -1, "concat": 1, "pad": -2}),
+    "three adjacent pads inside a larger one: one concat, one pad": ("""
+        %0 = pad(%x, pads=[[1, 9]], value=0.0) : f32[13]
+        %1 = pad(%y, pads=[[4, 6]], value=0.0) : f32[13]
+        %2 = pad(%x, pads=[[7, 3]], value=0.0) : f32[13]
+        %3 = add(%0, %1) : f32[13]
+        %4 = add(%3, %2) : f32[13]""", """
+        %0 = concat(%x, %y, %x, axis=0) : f32[9]
+        %1 = pad(%0, pads=[[1, 3]], value=0.0) : f32[13]""", {"add": -2, "concat": 1, "pad": -2}),
 }
 
 
@@ -289,6 +302,20 @@ NOT_SIMPLIFIED = {
     "x + 1": """
         %0 = const(value=1.0) : f32[]
         %1 = add(%x, %0) : f32[3]""",
+    "pads with a gap or an overlap between them": """
+        %0 = pad(%x, pads=[[0, 4]], value=0.0) : f32[7]
+        %1 = pad(%y, pads=[[4, 0]], value=0.0) : f32[7]
+        %2 = add(%0, %1) : f32[7]
+        %3 = pad(%x, pads=[[0, 2]], value=0.0) : f32[5]
+        %4 = pad(%y, pads=[[2, 0]], value=0.0) : f32[5]
+        %5 = add(%3, %4) : f32[5]
+        %6 = pad(%x, pads=[[0, 3]], value=1.0) : f32[6]
+        %7 = pad(%y, pads=[[3, 0]], value=0.0) : f32[6]
+        %8 = add(%6, %7) : f32[6]
+        %9 = slice(%2, axes=[0], starts=[0], stops=[5], steps=[1]) : f32[5]
+        %10 = add(%9, %5) : f32[5]
+        %11 = slice(%8, axes=[0], starts=[0], stops=[5], steps=[1]) : f32[5]
+        %12 = add(%10, %11) : f32[5]""",
 }
 
 
