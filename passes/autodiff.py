@@ -27,6 +27,10 @@ Design note.
   do not reach the loss are never seeded. A rule returns a gradient for every operand it can (pow's
   exponent, a where branch); those nobody needs are dropped at the end with everything else the outputs
   do not reach. The forward part is kept exactly as it was (its dead values are dce's to remove).
+- One pattern is differentiated as a whole: attention, `softmax(f(q @ k)) @ v`, gets flash attention's
+  backward (`passes/attention.py`: the probabilities recomputed from the scores and a saved row
+  log-sum-exp) instead of the primitive rules, which read the probabilities and so would keep an
+  [.., M, N] matrix alive from the forward to the backward.
 - A `wrt` entry the loss does not depend on gets zeros (a const), not an error: a frozen embedding or
   an unused head is normal in training code.
 """
@@ -38,6 +42,7 @@ from functools import reduce
 from axon.ir import Graph, GraphBuilder, Node, OpKind, PassError
 from axon.ir.errors import did_you_mean
 from axon.ir.ops import OPS
+from . import attention
 
 K = OpKind
 GRAD_PREFIX = "grad."  # output grad.<name>: the gradient of input or parameter <name>
@@ -140,6 +145,7 @@ def _backward(graph: Graph, b: GraphBuilder, mapping: dict[Node, Node], seeds: d
             active.add(node)
     pending: dict[Node, list[Node]] = {old: [g] for old, g in seeds.items() if old in active}
     done: dict[Node, Node] = {}
+    patterns = _attention(graph, active, seeds)
     for node in reversed(graph.nodes):
         parts = pending.pop(node, None)
         if parts is None:
@@ -147,6 +153,11 @@ def _backward(graph: Graph, b: GraphBuilder, mapping: dict[Node, Node], seeds: d
         g = reduce(b.add, parts)  # every use has been visited: the gradient is complete
         if node.op in (K.INPUT, K.PARAM):
             done[node] = g
+            continue
+        if node in patterns:
+            for src, dg in attention.backward(b, patterns[node], mapping, g).items():
+                if src in active:
+                    pending.setdefault(src, []).append(dg)
             continue
         rule = OPS[node.op].grad
         if rule is None:
@@ -164,6 +175,21 @@ def _backward(graph: Graph, b: GraphBuilder, mapping: dict[Node, Node], seeds: d
         g = done.get(node)
         b.output(GRAD_PREFIX + name, g if g is not None else b.const(0.0, node.dtype, node.shape))
     return _pruned(b, set(mapping.values()))
+
+
+def _attention(graph: Graph, active: set[Node], seeds) -> dict[Node, attention.Attention]:
+    """The attention patterns to differentiate as a whole (`passes/attention.py`), by their output:
+    those whose inner values nothing else reads and whose side values (a mask, a scale) need no
+    gradient. Others get the primitive rules."""
+    users = graph.users()
+    found = {}
+    for node in graph.nodes:
+        a = attention.match(node) if node in active else None
+        if a is None or any(n in active for n in a.side) or any(n in seeds for n in a.inner):
+            continue
+        if all(u in a.inner or u is node for n in a.inner for u in users[n]):
+            found[node] = a
+    return found
 
 
 def _pruned(b: GraphBuilder, forward: set[Node]) -> Graph:

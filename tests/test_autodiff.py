@@ -616,3 +616,55 @@ def test_error_hints():
     with pytest.raises(PassError, match="no floating-point parameters"):
         grad(b.build(), "loss")
     assert "grad.x" in grad(b.build(), "loss", "x").outputs  # one name, not its characters
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_gets_the_flash_backward_and_matches_torch(gen, causal):
+    """softmax(f(q @ k)) @ v is differentiated as a whole (`passes/attention.py`): the probabilities
+    are read by the weighted sum only (the backward recomputes them from the scores and the row's
+    log-sum-exp), and the gradients of q, k and v are torch's. q and k are one value here (their
+    gradients add up), v is shared across the batch (its gradient sums over it)."""
+    b = GraphBuilder()
+    x = b.input("x", D.F64, (2, 3, 7, 5))
+    v = b.input("v", D.F64, (3, 7, 4))
+    s = b.mul(b.matmul(x, b.transpose(x)), 0.4)
+    if causal:
+        s = b.where(b.le(b.iota((7, 7), 1), b.iota((7, 7), 0)), s, float("-inf"))
+    e = b.exp(b.sub(s, b.max(s, 3, keepdim=True)))
+    p = b.div(e, b.sum(e, 3, keepdim=True))
+    b.output("y", b.matmul(p, v))
+    g = verify(vjp(b.build(), ["x", "v"]))
+    (div,) = [n for n in g.nodes if n.op == K.DIV and n.shape == (2, 3, 7, 7)]
+    assert [u.op for u in g.users()[div]] == [K.MATMUL]
+
+    xv, vv, dy = f64(gen, 2, 3, 7, 5), f64(gen, 3, 7, 4), f64(gen, 2, 3, 7, 4)
+    got = evaluate(g, {"x": xv, "v": vv, "dout.y": dy}, {}, precise=True)
+    xt, vt = xv.clone().requires_grad_(), vv.clone().requires_grad_()
+    st = xt @ xt.transpose(-1, -2) * 0.4
+    if causal:
+        st = st.masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), float("-inf"))
+    yt = torch.softmax(st, -1) @ vt
+    gx, gv = torch.autograd.grad(yt, [xt, vt], dy)
+    assert_close(got["y"], yt.detach(), tol=TORCH_TOL)
+    assert_close(got["grad.x"], gx, tol=TORCH_TOL)
+    assert_close(got["grad.v"], gv, tol=TORCH_TOL)
+
+
+def test_attention_whose_probabilities_are_read_elsewhere_keeps_the_primitive_rules(gen):
+    b = GraphBuilder()
+    q, k, v = (b.input(n, D.F64, (4, 6)) for n in "qkv")
+    s = b.matmul(q, b.transpose(k))
+    e = b.exp(b.sub(s, b.max(s, 1, keepdim=True)))
+    p = b.div(e, b.sum(e, 1, keepdim=True))
+    b.output("y", b.matmul(p, v))
+    b.output("p", p)
+    g = verify(vjp(b.build(), ["q", "k", "v"]))
+    assert not any(n.op == K.LOG for n in g.nodes)  # no log-sum-exp: the general rules
+    feeds = {n: f64(gen, 4, 6) for n in "qkv"} | {"dout.y": f64(gen, 4, 6), "dout.p": f64(gen, 4, 4)}
+    got = evaluate(g, feeds, {}, precise=True)
+    leaves = {n: feeds[n].clone().requires_grad_() for n in "qkv"}
+    pt = torch.softmax(leaves["q"] @ leaves["k"].T, -1)
+    douts = [feeds["dout.y"], feeds["dout.p"]]
+    grads = torch.autograd.grad([pt @ leaves["v"], pt], list(leaves.values()), douts)
+    for name, gt in zip("qkv", grads):
+        assert_close(got[f"grad.{name}"], gt, tol=TORCH_TOL)
