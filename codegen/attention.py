@@ -9,8 +9,9 @@ with acc rescaled by exp(m_old - m_new) whenever the maximum grows; out = acc / 
 past N score -inf. A row whose scores are all -inf gives 0 / 0 = NaN, as the reference's softmax does.
 
 The fusion pass (`passes/fusion.py`, `_claim_attention`) decides when the pattern is one kernel: the
-scores, probabilities and row statistics must have no reader outside it. A training step's backward
-reads the probabilities, so there the pattern stays a matmul, a fused softmax and a matmul.
+scores, probabilities and row statistics must have no reader outside it but the backward below. When
+the graph holds the gradient (a training step), the forward kernel also stores each row's log-sum-exp,
+m + log(l), and `AttentionBackwardKernel` computes dq, dk and dv from it in one more launch.
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ class AttentionKernel:
                 within.add(n)
                 stack.extend(n.inputs)
         self.score_ops = [n for n in self.group.nodes if n in within]
-        self.layouts = [o for o in self.group.outputs if o is not self.o]
+        # a row's log-sum-exp, [.., M, 1], when the graph holds the backward (`passes/attention.py`)
+        self.lse = next((o for o in self.group.outputs if o.op == K.ADD and o.shape[-1] == 1
+                         and tuple(o.shape) != tuple(self.o.shape)), None)
+        self.layouts = [o for o in self.group.outputs if o is not self.o and o is not self.lse]
 
     # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
@@ -84,11 +88,7 @@ class AttentionKernel:
 
     def _start(self) -> list[str]:
         lines = [f"pid_m = {program_id(0, self.wide)}", f"pid_b = {program_id(1, self.wide)}"]
-        if self.batch_rank:
-            lines.append("rem = pid_b")
-            for d in reversed(range(1, self.batch_rank)):
-                lines += [f"i{d} = rem % batch{d}", f"rem = rem // batch{d}"]
-            lines.append("i0 = rem")
+        lines += _batch_coords(self.batch_rank)
         for x in ("q", "k", "v"):
             terms = " + ".join(f"i{d} * {x}_stride_batch{d}" for d in range(self.batch_rank)) or "0"
             lines.append(f"{x}_batch = {terms}")
@@ -152,6 +152,10 @@ class AttentionKernel:
         for j, o in enumerate(self.group.outputs):
             batch = " + ".join(f"i{d} * out{j}_stride{d}" for d in range(self.batch_rank)) or "0"
             rm, re = f"out{j}_stride{self.batch_rank}", f"out{j}_stride{self.batch_rank + 1}"
+            if o is self.lse:
+                lines += [f"# output {j} ({o.type}): each row's log-sum-exp, for the backward",
+                          f"tl.store(out{j}_ptr + {batch} + offs_m * {rm}, m_i + tl.log(l_i), mask=m_mask)"]
+                continue
             what = "in its copy's layout" if o in self.layouts else "contiguous"
             lines += [f"# output {j} ({o.type}), {what}",
                       f"tl.store(out{j}_ptr + {batch} + offs_m[:, None] * {rm} + offs_e[None, :] * {re}, "
@@ -173,7 +177,8 @@ class AttentionKernel:
             strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch)
             strides += view.stride()[-2:]
         for o in self.group.outputs:
-            strides += layout_strides(o, env) if o in self.layouts else contiguous_strides(shape)
+            strides += layout_strides(o, env) if o in self.layouts else contiguous_strides(
+                concrete(o.shape, env))
         from .cache import target
 
         cap = INTERPRETER_TILE if target().startswith("interpreter") else GPU_TILE
@@ -186,3 +191,248 @@ class AttentionKernel:
 
 def _tile(size: int, cap: int) -> int:
     return min(max(MIN_TILE, triton.next_power_of_2(size)), cap)
+
+
+@dataclass
+class AttentionBackwardKernel:
+    """dq, dk and dv of attention in one launch that never stores the M x N probabilities or their
+    gradient (flash attention's backward; `passes/attention.py` writes the gradient in this form).
+
+    From q, k, v, dout, each row's log-sum-exp (stored by the forward kernel) and d = rowsum(dout * out)
+    (a small reduce kernel), for one tile of queries x keys: s = q @ k and f(s) as in the forward,
+    p = exp(x - lse), dp = dout @ v^T, then the graph's own ops down to ds (softmax's backward
+    p * (dp - d) and f's gradient: a scale, the mask's where). Programs on grid axis 0 below the
+    number of key blocks own BLOCK_N keys and walk all queries, accumulating dv += p^T @ dout and
+    dk += q^T @ ds; the others own BLOCK_M queries and walk all keys, accumulating dq += ds @ k^T.
+    Each program recomputes its tiles, so there are no atomics and the sums are deterministic.
+    """
+
+    group: KernelGroup
+    name: str = "attention_bwd_kernel"
+    wide: bool = False
+
+    def __post_init__(self):
+        nodes = self.group.nodes
+        members = set(nodes)
+        mm = [n for n in nodes if n.op == K.MATMUL]
+        self.dv = next(m for m in mm if m.inputs[0] in members and m.inputs[0].op == K.PERMUTE)
+        self.dq = next(m for m in mm if m.inputs[0] in members and m.inputs[1] not in members
+                       and m is not self.dv)
+        self.dk = next(m for m in mm if m.inputs[1] in members and m.inputs[0] not in members)
+        self.ds, self.p = self.dq.inputs[0], self.dv.inputs[0].inputs[0]
+        x = self.p.inputs[0].inputs[0]  # p = exp(x - lse)
+        scores = _within(x, members)
+        self.s = next(m for m in mm if m in scores)
+        self.dp = next(m for m in mm if m not in (self.s, self.dq, self.dk, self.dv))
+        self.x = x
+        self.score_ops = [n for n in nodes if n in scores and n is not self.s]
+        below = _within(self.ds, members) - scores - {self.s, self.dp}
+        self.region_ops = [n for n in nodes if n in below]
+        self.rank = len(self.s.shape)
+        self.batch_rank = self.rank - 2
+        row = tuple(self.s.shape[:-1]) + (1,)
+        self.rows = [a for a in self.group.inputs if tuple(a.node.shape) == row]
+        # operands by role; one access read in two roles (dout) is loaded once per tile
+        role = {"q": self.s.inputs[0], "k": self.s.inputs[1], "do": self.dp.inputs[0],
+                "vt": self.dp.inputs[1], "qt": self.dk.inputs[0], "kt": self.dq.inputs[1],
+                "dov": self.dv.inputs[1]}
+        by_node = {a.node: a for a in self.group.inputs}
+        self.tensors: list = []  # unique accesses, in argument order
+        self.role: dict[str, int] = {}
+        for r, node in role.items():
+            acc = by_node[node]
+            if acc not in self.tensors:
+                self.tensors.append(acc)
+            self.role[r] = self.tensors.index(acc)
+        self.roots = {o: _root(o, members) for o in self.group.outputs}  # dq, dk or dv under a layout
+
+    # --- source --------------------------------------------------------------------------------------
+    def source(self) -> str:
+        batch = range(self.batch_rank)
+        ptrs = [f"t{j}_ptr" for j in range(len(self.tensors))]
+        ptrs += [f"row{j}_ptr" for j in range(len(self.rows))]
+        strides = []
+        for j in range(len(self.tensors)):
+            strides += [f"t{j}_stride_batch{d}" for d in batch] + [f"t{j}_stride_r", f"t{j}_stride_c"]
+        for j in range(len(self.rows)):
+            strides += [f"row{j}_stride_batch{d}" for d in batch] + [f"row{j}_stride_m"]
+        for j in range(len(self.group.outputs)):
+            strides += [f"out{j}_stride{d}" for d in range(self.rank)]
+        outs = [f"out{j}_ptr" for j in range(len(self.group.outputs))]
+        sizes = [f"batch{d}" for d in batch] + ["M", "N", "D", "E"]
+        blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E")]
+        args = ",\n    ".join([*ptrs, *outs, *strides, *sizes, *blocks])
+        tile, em = self._tile()
+        body = self._start() + ["if pid < num_n:"] + [f"    {line}" for line in self._keys(tile)] \
+            + ["else:"] + [f"    {line}" for line in self._queries(tile)]
+        head = "\n".join(f"#   {line}" for line in self.group.labels)
+        return "\n".join([
+            f"# Attention backward kernel (the probabilities recomputed per tile, never stored): "
+            f"{self.dq.type}, {self.dk.type}, {self.dv.type}, computing:\n{head}",
+            "import triton\nimport triton.language as tl\n",
+            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
+            *em.helper_source(),
+            f"@triton.jit\ndef {self.name}(\n    {args},\n):",
+            *[f"    {line}" for line in body],
+        ]) + "\n"
+
+    def _start(self) -> list[str]:
+        lines = [f"pid = {program_id(0, self.wide)}", f"pid_b = {program_id(1, self.wide)}",
+                 "num_n = tl.cdiv(N, BLOCK_N)"]
+        lines += _batch_coords(self.batch_rank)
+        names = [f"t{j}" for j in range(len(self.tensors))] + [f"row{j}" for j in range(len(self.rows))]
+        for x in names:
+            terms = " + ".join(f"i{d} * {x}_stride_batch{d}" for d in range(self.batch_rank)) or "0"
+            lines.append(f"{x}_batch = {terms}")
+        return lines + ["offs_d = tl.arange(0, BLOCK_D)", "offs_e = tl.arange(0, BLOCK_E)",
+                        "d_mask = offs_d < D", "e_mask = offs_e < E"]
+
+    def _load(self, role: str, var: str, r: str, c: str) -> str:
+        """`var` = the tile of operand `role` over rows offs_{r} and columns offs_{c}."""
+        t = f"t{self.role[role]}"
+        return (f"{var} = tl.load({t}_ptr + {t}_batch + offs_{r}[:, None] * {t}_stride_r + offs_{c}[None, :] "
+                f"* {t}_stride_c, mask={r}_mask[:, None] & {c}_mask[None, :], other=0)")
+
+    def _query_block(self) -> list[str]:
+        """What a block of queries brings: q, dout and the row values."""
+        lines = ["m_mask = offs_m < M", self._load("q", "q", "m", "d"), self._load("do", "do", "m", "e")]
+        if self.role["dov"] != self.role["do"]:
+            lines.append(self._load("dov", "dov", "m", "e"))
+        for j in range(len(self.rows)):
+            lines.append(f"row{j} = tl.load(row{j}_ptr + row{j}_batch + offs_m * row{j}_stride_m, "
+                         f"mask=m_mask, other=0)")
+        return lines
+
+    def _key_block(self) -> list[str]:
+        return ["n_mask = offs_n < N", self._load("k", "k", "d", "n"), self._load("vt", "vt", "e", "n")]
+
+    def _tile(self):
+        """The lines computing p and ds over one [BLOCK_M, BLOCK_N] tile (q, k, dout, vt, rows loaded)."""
+        b = self.batch_rank
+
+        def coord(d: int) -> str:
+            return f"i{d}" if d < b else ("offs_m[:, None]" if d == b else "offs_n[None, :]")
+
+        em = Emitter.over(self.rank, coord, "[BLOCK_M, BLOCK_N]", self.score_ops + self.region_ops)
+        names = {self.s: "s", self.dp: "dp"}
+        row = {a.node: f"row{j}[:, None]" for j, a in enumerate(self.rows)}
+        names.update(row)
+        lines = ['s = tl.dot(q, k, input_precision="ieee")  # the scores, recomputed',
+                 "# the scores' ops, as in the forward"]
+        for k, n in enumerate(self.score_ops):
+            lines += em.emit(n, f"{n.op.value}{k}", names)
+            names[n] = f"{n.op.value}{k}"
+        lines += ['dp = tl.dot(do, vt, input_precision="ieee")  # the probabilities\' gradient',
+                  "# from the probabilities to the scores' gradient, as in the graph"]
+        for k, n in enumerate(self.region_ops):
+            if n not in names:
+                lines += em.emit(n, f"g_{n.op.value}{k}", names)
+                names[n] = f"g_{n.op.value}{k}"
+        return lines + [
+            "valid = m_mask[:, None] & n_mask[None, :]  # rows past M and keys past N add nothing",
+            f"p = tl.where(valid, {names[self.p]}, 0.0)",
+            f"ds = tl.where(valid, {names[self.ds]}, 0.0)",
+        ], em
+
+    def _keys(self, tile: list[str]) -> list[str]:
+        loop = ["offs_m = start + tl.arange(0, BLOCK_M)", *self._query_block(), *tile,
+                f'acc_dv += tl.dot(tl.trans(p), {"dov" if self.role["dov"] != self.role["do"] else "do"}, '
+                f'input_precision="ieee")',
+                self._load("qt", "qt", "d", "m"),
+                'acc_dk += tl.dot(qt, ds, input_precision="ieee")']
+        return [
+            "# this program's keys: dk and dv, summed over every block of queries",
+            "offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)",
+            *self._key_block(),
+            "acc_dk = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)",
+            "acc_dv = tl.zeros([BLOCK_N, BLOCK_E], tl.float32)",
+            "for start in range(0, M, BLOCK_M):",
+            *[f"    {line}" for line in loop],
+            *self._stores({self.dk: ("acc_dk", "d", "n"), self.dv: ("acc_dv", "n", "e")}),
+        ]
+
+    def _queries(self, tile: list[str]) -> list[str]:
+        loop = ["offs_n = start + tl.arange(0, BLOCK_N)", *self._key_block(), *tile,
+                self._load("kt", "kt", "n", "d"),
+                'acc_dq += tl.dot(ds, kt, input_precision="ieee")']
+        return [
+            "# this program's queries: dq, summed over every block of keys",
+            "offs_m = (pid - num_n) * BLOCK_M + tl.arange(0, BLOCK_M)",
+            *self._query_block(),
+            "acc_dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)",
+            "for start in range(0, N, BLOCK_N):",
+            *[f"    {line}" for line in loop],
+            *self._stores({self.dq: ("acc_dq", "m", "d")}),
+        ]
+
+    def _stores(self, accs: dict) -> list[str]:
+        lines = []
+        for j, o in enumerate(self.group.outputs):
+            root = self.roots[o]
+            if root not in accs:
+                continue
+            acc, r, c = accs[root]
+            batch = " + ".join(f"i{d} * out{j}_stride{d}" for d in range(self.batch_rank)) or "0"
+            rs, cs = f"out{j}_stride{self.batch_rank}", f"out{j}_stride{self.batch_rank + 1}"
+            what = "contiguous" if o is root else "in its copy's layout"
+            lines += [f"# output {j} ({o.type}), {what}",
+                      f"tl.store(out{j}_ptr + {batch} + offs_{r}[:, None] * {rs} + offs_{c}[None, :] * {cs}, "
+                      f"{acc}, mask={r}_mask[:, None] & {c}_mask[None, :])"]
+        return lines
+
+    # --- launch --------------------------------------------------------------------------------------
+    def prepare(self, env: dict[str, int]) -> Launch:
+        shape = concrete(self.s.shape, env)
+        batch, m, n = shape[:-2], shape[-2], shape[-1]
+        d, e = concrete(self.dq.shape, env)[-1], concrete(self.dv.shape, env)[-1]
+        n_batch = math.prod(batch)
+        if n_batch > MAX_BATCH:
+            raise CodegenError(f"attention backward: a batch of {n_batch} is more than grid axis 1 takes "
+                               f"({MAX_BATCH})")
+        views = [meta_view(a, env) for a in (*self.tensors, *self.rows)]
+        strides: list[int] = []
+        for view, _ in views[:len(self.tensors)]:
+            strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch)
+            strides += view.stride()[-2:]
+        for view, _ in views[len(self.tensors):]:
+            strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch) + [view.stride()[-2]]
+        for o in self.group.outputs:
+            own = o is self.roots[o]
+            strides += contiguous_strides(concrete(o.shape, env)) if own else layout_strides(o, env)
+        from .cache import target
+
+        # on a GPU: k, v^T and two accumulators stay resident per program; halve the tiles for big heads
+        cap = INTERPRETER_TILE if target().startswith("interpreter") else GPU_TILE if max(d, e) <= 64 else 32
+        meta = {"BLOCK_M": _tile(m, cap), "BLOCK_N": _tile(n, cap), "BLOCK_D": _tile(d, 1 << 30),
+                "BLOCK_E": _tile(e, 1 << 30)}
+        grid = (triton.cdiv(n, meta["BLOCK_N"]) + triton.cdiv(m, meta["BLOCK_M"]), n_batch)
+        return Launch(grid, tuple(arg for _, arg in views), tuple(self.group.outputs),
+                      (*strides, *batch, m, n, d, e), meta)
+
+
+def _batch_coords(batch_rank: int) -> list[str]:
+    """i0, i1, ...: the batch coordinates of grid axis 1's program pid_b."""
+    if not batch_rank:
+        return []
+    lines = ["rem = pid_b"]
+    for d in reversed(range(1, batch_rank)):
+        lines += [f"i{d} = rem % batch{d}", f"rem = rem // batch{d}"]
+    return lines + ["i0 = rem"]
+
+
+def _within(x, members: set) -> set:
+    """x and the members it is computed from."""
+    out, stack = set(), [x]
+    while stack:
+        n = stack.pop()
+        if n in members and n not in out:
+            out.add(n)
+            stack.extend(n.inputs)
+    return out
+
+
+def _root(o, members: set):
+    """The matmul under output o's chain of layout movements (o itself if it is one)."""
+    while o.op != K.MATMUL:
+        o = o.inputs[0]
+    return o

@@ -122,7 +122,7 @@ class CompiledKernel:
 
 def spec_for(group: KernelGroup, wide: bool = False):
     """The kernel spec for a group of its kind; `wide` indexes with int64 (tensors of 2**31+ elements)."""
-    from .attention import AttentionKernel
+    from .attention import AttentionBackwardKernel, AttentionKernel
     from .conv import Conv2dKernel
     from .indexing import IndexKernel
     from .matmul import MatmulKernel
@@ -130,7 +130,8 @@ def spec_for(group: KernelGroup, wide: bool = False):
     from .rowwise import RowKernel
 
     kinds = {"pointwise": PointwiseKernel, "reduce": ReduceKernel, "matmul": MatmulKernel,
-             "conv2d": Conv2dKernel, "index": IndexKernel, "attention": AttentionKernel}
+             "conv2d": Conv2dKernel, "index": IndexKernel, "attention": AttentionKernel,
+             "attention_bwd": AttentionBackwardKernel}
     if group.kind == "reduce" and group.space and not any(n.op.value in ("argmax", "argmin")
                                                           for n in group.nodes):
         return RowKernel(group, wide=wide)  # a fused reduction

@@ -24,7 +24,9 @@ of one of its producers or starts a group of its own:
   activation, residual add, scaling).
 - attention: `softmax(f(q @ k)) @ v` (f: a scale, a causal mask from iota comparisons) is claimed
   before the walk as one kernel with an online softmax that never stores the scores, when nothing
-  outside reads the scores or probabilities (a training step's backward does: there it is refused).
+  outside reads the scores or probabilities. Where the graph holds its gradient in the form autodiff
+  writes (`passes/attention.py`), the forward kernel also stores each row's log-sum-exp and the
+  gradient is one more kernel (dq, dk, dv) that recomputes the probabilities tile by tile.
 - index (gather, take, pad, concat), argmax/argmin, and copies (a movement that cannot be a view) take
   no fusion yet: each is a kernel of its own.
 
@@ -46,7 +48,7 @@ import networkx as nx
 
 from axon.ir import DType, Graph, Node, OpKind
 from axon.ir.ops import ELEMENTWISE
-from axon.ir.rewrite import cone
+from . import attention
 
 K = OpKind
 MAX_ROW = 4096  # columns a persistent (one-pass) reduction holds in one block
@@ -59,6 +61,7 @@ FUSED_REDUCE = frozenset({K.SUM, K.MEAN, K.MAX, K.MIN})
 TEMPLATES = {K.MATMUL: "matmul", K.CONV2D: "conv2d", K.GATHER: "index", K.TAKE: "index", K.PAD: "index",
              K.CONCAT: "index", K.ARGMAX: "reduce", K.ARGMIN: "reduce"}
 EPILOGUE_TEMPLATES = frozenset({"matmul", "conv2d"})
+ATTENTION = frozenset({"attention", "attention_bwd"})  # claimed whole before the walk: take nothing else
 
 
 @dataclass(eq=False)
@@ -314,51 +317,66 @@ class _Fuser:
     def _claim_attention(self) -> set[Node]:
         """Claim each `softmax(f(q @ k)) @ v` (f: elementwise ops on the scores with constants and index
         comparisons, such as a scale and a causal mask) as one "attention" kernel that never stores the
-        scores: an online softmax over blocks of keys. Refused, with a reason, where a value inside is
-        read elsewhere (a training step's backward reads the probabilities) or the template cannot
-        compute it. Returns the nodes claimed (owned or local)."""
+        scores: an online softmax over blocks of keys. Where the graph also holds its gradient (the
+        form `passes/attention.py` writes), the forward kernel stores each row's log-sum-exp too and
+        the backward from there down to dq, dk and dv is one "attention_bwd" kernel that recomputes
+        the scores block by block. Refused, with a reason, where a value inside is read elsewhere or
+        the templates cannot compute it. Returns the nodes claimed (owned or local)."""
         claimed: set[Node] = set()
         for o in self.graph.nodes:
-            found = _attention_pattern(o)
-            if found is None:
+            a = attention.match(o)
+            if a is None:
                 continue
-            s, x, inner, side = found
-            reason = self._attention_reason(o, s, inner, side)
-            if reason is None and claimed & (inner | {o}):
+            back = attention.find_backward(a, self.users, self.outputs)
+            reason = f"its backward is not one kernel: {back}" if isinstance(back, str) else \
+                self._attention_reason(a, back)
+            fwd = set(a.inner) | {o} | ({back.lse, back.log} if back else set())
+            bwd = set(back.region) | {back.dp, back.dq, back.dk, back.dv} if back else set()
+            if reason is None and claimed & (fwd | bwd):
                 reason = "its nodes belong to another attention kernel"
             if reason is not None:
                 self.refusals.append(Refusal(o.inputs[0], o, f"no attention kernel: {reason}"))
                 continue
-            owned = sorted(inner | {o}, key=self.index.__getitem__)
-            g = FusedGroup("attention", [], tuple(o.shape), local=sorted(side, key=self.index.__getitem__))
-            self.groups.append(g)
-            for n in owned:
-                self._add(g, n)
-                self.joins.append((n, g))
-            self.local |= side
-            claimed |= set(owned) | side
+            order = self.index.__getitem__
+            groups = [("attention", fwd, a.side, o.shape)]
+            if back:
+                recomputed = a.side | back.side | {back.probs_t, a.scores, *a.chain}
+                groups.append(("attention_bwd", bwd, recomputed, back.dq.shape))
+            for kind, owned, local, space in groups:
+                g = FusedGroup(kind, [], tuple(space), local=sorted(local, key=order))
+                self.groups.append(g)
+                for n in sorted(owned, key=order):
+                    self._add(g, n)
+                    self.joins.append((n, g))
+                claimed |= owned | local
+            self.local |= a.side | (back.side | {back.probs_t} if back else set())
         return claimed
 
-    def _attention_reason(self, o: Node, s: Node, inner: set[Node], side: set[Node]) -> str | None:
-        """Why the attention pattern ending at `o` cannot be one kernel, or None."""
-        index = self.index
-        for n in sorted(inner, key=index.__getitem__):
+    def _attention_reason(self, a: attention.Attention, back: attention.Backward | None) -> str | None:
+        """Why attention `a` (with its backward `back`, if the graph holds one) cannot be kernels."""
+        index, o, s = self.index, a.out, a.scores
+        recompute = set(back.region) | {back.lse, back.log} if back else set()
+        for n in sorted(a.inner, key=index.__getitem__):
             if n in self.outputs:
                 return f"%{index[n]} {n.op} is a graph output"
-            others = [u for u in self.users[n] if u not in inner and u is not o]
+            others = [u for u in self.users[n] if u not in a.inner and u is not o and u not in recompute]
             if others:
                 return f"%{index[n]} {n.op} is also read by %{index[others[0]]} {others[0].op} outside " \
-                       f"it (in a training step: the backward), so it must be stored"
-        if any(n in self.forbidden for n in inner | {o}):
+                       f"it, so it must be stored"
+        nodes = set(a.inner) | {o}
+        if back:
+            nodes |= set(back.region) | {back.dq, back.dk, back.dv, back.dp}
+        if any(n in self.forbidden for n in nodes):
             return "fusing here would create a cycle between kernels"
-        if s.dtype != DType.F32 or o.dtype != DType.F32:
+        matmuls = (s, o, back.dp, back.dq, back.dk, back.dv) if back else (s, o)
+        if any(m.dtype != DType.F32 for m in matmuls):
             return f"the template computes f32 scores, these are {s.dtype}"
         q, v = s.inputs[0], o.inputs[1]
         if not all(isinstance(d, int) and d <= MAX_HEAD for d in (q.shape[-1], v.shape[-1])):
             return f"the head sizes must be static and at most {MAX_HEAD}"
-        if tuple(o.shape[:-2]) != tuple(s.shape[:-2]):
+        if any(tuple(m.shape[:-2]) != tuple(s.shape[:-2]) for m in matmuls):
             return "the values' batch dims are not the scores'"
-        for n in side:
+        for n in sorted(a.side | (back.side if back else set()), key=index.__getitem__):
             if n.op in BUFFER_SOURCES or n.op == K.RAND:
                 return f"the scores' ops read %{index[n]} {n.op}; the template takes constants and iota only"
         return None
@@ -401,8 +419,11 @@ class _Fuser:
         if K.RESHAPE in ops and K.PERMUTE in ops[ops.index(K.RESHAPE):]:
             return False  # permutes first, then reshapes: the layout is then strides over the space
         g = self.owner.get(src)
-        if g is None or g.closed or g.kind in ("copy", "reduce") or tuple(src.shape) != tuple(g.space) \
-                or n in self.forbidden or src.op in FOLDED_MOVEMENT:
+        if g is None or g.closed or g.kind in ("copy", "reduce") or n in self.forbidden \
+                or src.op in FOLDED_MOVEMENT:
+            return False
+        # over the whole space: the attention backward's is each of its three matmuls'
+        if tuple(src.shape) != tuple(g.space) and not (g.kind == "attention_bwd" and src.op == K.MATMUL):
             return False
         g.layouts.append(n)
         self._add(g, n, tuple(reversed(chain[1:])))
@@ -514,7 +535,7 @@ class _Fuser:
         self.joins.append((n, g))
 
     def _join_reason(self, g: FusedGroup, n: Node, chain) -> str | None:
-        if g.closed or g.kind == "attention":
+        if g.closed or g.kind in ATTENTION:
             return f"a {g.kind} kernel takes no epilogue"
         rank = max(len(g.space), len(n.shape))
         for m in chain:
@@ -588,7 +609,7 @@ class _Fuser:
         self._new(n, "reduce", space=x.shape, axes=axes)
 
     def _reduce_reason(self, g: FusedGroup, n: Node, x: Node, axes, chain) -> str | None:
-        if g.closed:
+        if g.closed or g.kind in ATTENTION:
             return f"a {g.kind} kernel takes no epilogue"
         if g.kind in EPILOGUE_TEMPLATES:
             return f"a {g.kind} kernel takes no reduction epilogue"
@@ -676,54 +697,6 @@ class _Fuser:
 def _other_path(q: nx.DiGraph, a, b) -> bool:
     """Is there a path from a to b in the kernel graph other than the edge a -> b?"""
     return any(s is not b and nx.has_path(q, s, b) for s in q.successors(a))
-
-
-def _attention_pattern(o: Node):
-    """If `o` is `div(e, sum(e)) @ v` with `e = exp(x - max(x))` over the last axis and `x` computed
-    from one matmul `s` by elementwise ops: (s, x, inner, side) where inner holds s, the ops from s to
-    the division and the reductions, and side the other operands of those ops (each must be made of
-    sources and elementwise ops alone; the caller checks). Else None."""
-    if o.op != K.MATMUL or o.inputs[0].op != K.DIV:
-        return None
-    p = o.inputs[0]
-    e, total = p.inputs
-    last = (len(p.shape) - 1,)
-    if e.op != K.EXP or not _row_reduce(total, K.SUM, e, last) or e.inputs[0].op != K.SUB:
-        return None
-    x, mx = e.inputs[0].inputs
-    if not _row_reduce(mx, K.MAX, x, last):
-        return None
-    inner, side = {p, e, total, e.inputs[0], mx}, set()
-    n = x
-    while n.op != K.MATMUL:  # back along the scores' chain of elementwise ops
-        if n.op not in ELEMENTWISE:
-            return None
-        inner.add(n)
-        main = [i for i in n.inputs if tuple(i.shape) == tuple(p.shape) and _reaches_matmul(i, p.shape)]
-        if len(main) != 1:
-            return None
-        for i in n.inputs:
-            if i is not main[0]:
-                side |= cone([i])  # a side operand: constants, iota and ops on them
-        n = main[0]
-    if tuple(n.shape) != tuple(p.shape):
-        return None
-    inner.add(n)
-    return n, x, inner, side
-
-
-def _row_reduce(r: Node, op, x: Node, axes) -> bool:
-    return r.op == op and r.inputs[0] is x and tuple(r.attrs.axes) == axes and r.attrs.keepdim
-
-
-def _reaches_matmul(n: Node, shape) -> bool:
-    """Does a chain of elementwise ops over `shape` lead from a matmul of that shape to `n`?"""
-    while n.op in ELEMENTWISE:
-        full = [i for i in n.inputs if tuple(i.shape) == tuple(shape)]
-        if len(full) != 1:
-            return any(_reaches_matmul(i, shape) for i in full)
-        n = full[0]
-    return n.op == K.MATMUL and tuple(n.shape) == tuple(shape)
 
 
 def _cycle_culprit(fusion: Fusion, fuser: _Fuser) -> Node | None:
