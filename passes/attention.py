@@ -56,6 +56,35 @@ class Attention:
         return self.out.inputs[1]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """x = f(q @ k): the score matmul and f's elementwise ops on it."""
+
+    s: Node                   # matmul(q, k)
+    x: Node                   # f(s)
+    chain: tuple[Node, ...]   # f's ops from s to x, in order (empty when x is s)
+    side: frozenset[Node]     # f's other operands and what they are computed from
+
+
+def scores_of(x: Node) -> Scores | None:
+    """Walk back from x through elementwise ops of x's shape to one matmul of that shape, or None."""
+    shape, chain, side, n = tuple(x.shape), [], set(), x
+    while n.op != K.MATMUL:
+        if n.op not in ELEMENTWISE:
+            return None
+        chain.append(n)
+        main = [i for i in n.inputs if tuple(i.shape) == shape and _reaches_matmul(i, shape)]
+        if len(main) != 1:
+            return None
+        for i in n.inputs:
+            if i is not main[0]:
+                side |= cone([i])  # a side operand: constants, iota and ops on them
+        n = main[0]
+    if tuple(n.shape) != shape:
+        return None
+    return Scores(n, x, tuple(reversed(chain)), frozenset(side))
+
+
 def match(o: Node) -> Attention | None:
     """The attention pattern ending at matmul `o`, or None: `o = div(e, sum(e)) @ v` with
     `e = exp(x - max(x))` over the last axis and `x` computed from one matmul `s` by elementwise ops
@@ -68,26 +97,11 @@ def match(o: Node) -> Attention | None:
     if e.op != K.EXP or not _row_reduce(total, K.SUM, e, last) or e.inputs[0].op != K.SUB:
         return None
     x, mx = e.inputs[0].inputs
-    if not _row_reduce(mx, K.MAX, x, last):
+    sc = scores_of(x) if _row_reduce(mx, K.MAX, x, last) and tuple(x.shape) == tuple(p.shape) else None
+    if sc is None:
         return None
-    inner, side, chain = {p, e, total, e.inputs[0], mx}, set(), []
-    n = x
-    while n.op != K.MATMUL:  # back along the scores' chain of elementwise ops
-        if n.op not in ELEMENTWISE:
-            return None
-        inner.add(n)
-        chain.append(n)
-        main = [i for i in n.inputs if tuple(i.shape) == tuple(p.shape) and _reaches_matmul(i, p.shape)]
-        if len(main) != 1:
-            return None
-        for i in n.inputs:
-            if i is not main[0]:
-                side |= cone([i])  # a side operand: constants, iota and ops on them
-        n = main[0]
-    if tuple(n.shape) != tuple(p.shape):
-        return None
-    inner.add(n)
-    return Attention(o, n, x, mx, total, p, tuple(reversed(chain)), frozenset(inner), frozenset(side))
+    inner = {p, e, total, e.inputs[0], mx, sc.s, *sc.chain}
+    return Attention(o, sc.s, x, mx, total, p, sc.chain, frozenset(inner), sc.side)
 
 
 def backward(b: GraphBuilder, a: Attention, mapping: dict[Node, Node], dout: Node) -> dict[Node, Node]:
@@ -113,11 +127,12 @@ def backward(b: GraphBuilder, a: Attention, mapping: dict[Node, Node], dout: Nod
 
 @dataclass(frozen=True)
 class Backward:
-    """The nodes of the gradient `backward` wrote for one attention, as a training step holds it
-    (after clean-up): what a flash-style backward kernel computes from q, k, v, dout, lse and d."""
+    """The nodes of the gradient `backward` writes for one attention, as a graph holds it after
+    clean-up (a training step, or the backward half of a partition, which recomputes the scores):
+    what a flash-style backward kernel computes from q, k, v, dout, lse and d."""
 
-    lse: Node                 # add(max, log(sum)): the forward kernel stores it, one value per row
-    log: Node                 # log(sum)
+    scores: Scores            # s = q @ k and f, recomputed by the kernel
+    lse: Node                 # the row's log-sum-exp, [.., M, 1] (stored by the forward kernel)
     region: frozenset[Node]   # elementwise ops over the [.., M, N] tile, from x - lse to ds
     probs: Node               # exp(x - lse)
     ds: Node                  # the scores' gradient: read by dq's and dk's matmuls only
@@ -129,28 +144,40 @@ class Backward:
     rows: tuple[Node, ...]    # [.., M, 1] values the region reads (lse and rowsum(dout * out))
     side: frozenset[Node]     # constants and index comparisons the region reads (a mask)
 
+    @property
+    def recomputed(self) -> frozenset[Node]:
+        """What the kernel computes again from q and k: the scores and f's ops."""
+        return frozenset({self.scores.s, *self.scores.chain})
 
-def find_backward(a: Attention, users: dict[Node, list[Node]], outputs) -> Backward | str | None:
-    """The backward of attention `a` in a graph (users: node -> readers; outputs: the graph's output
-    nodes): None if nothing reads the forward's values for a gradient (inference), a reason if a
-    backward is there but not in the form one kernel computes, else its nodes."""
-    lse, log = _lse(a, users)
-    heads = [u for u in users[a.x] if lse is not None and u.op == K.SUB and u.inputs == (a.x, lse)]
-    if not heads:
+
+def head_of(n: Node) -> bool:
+    """Could n start an attention backward: `x - lse` (lse one value per row) read by one exp?"""
+    if n.op != K.SUB or len(n.shape) < 2 or n.shape[-1] == 1:
+        return False
+    x, lse = n.inputs
+    return tuple(lse.shape) == tuple(n.shape[:-1]) + (1,) and tuple(x.shape) == tuple(n.shape)
+
+
+def find_backward(head: Node, users: dict[Node, list[Node]], outputs) -> Backward | str | None:
+    """The attention backward starting at `head` = x - lse (see `head_of`) in a graph (users: node ->
+    readers; outputs: the graph's output nodes): None if it is not one (no q, k and v gradients
+    below it), a reason if it is but not in the form one kernel computes, else its nodes."""
+    sc = scores_of(head.inputs[0])
+    if sc is None or [u.op for u in users[head]] != [K.EXP]:
         return None
-    if [u.op for u in users[heads[0]]] != [K.EXP]:
-        return "the probabilities exp(x - lse) are read by other ops"
-    probs = users[heads[0]][0]
-    found = _matmuls(a, heads[0], probs, users)
-    if isinstance(found, str):
-        return found
+    probs = users[head][0]
+    found = _matmuls(head, probs, users)
+    if found is None:
+        return None
     ds, dq, dk, dv = found
-    region = _region(a, ds, users)
+    region = _region(sc, ds, users)
     if isinstance(region, str):
         return region
     nodes, dp, rows, side = region
-    if heads[0] not in nodes or probs not in nodes:
+    if head not in nodes or probs not in nodes:
         return "the scores' gradient does not come from the recomputed probabilities"
+    if len(users[ds]) != 2:
+        return "the scores' gradient is read by other ops than the q and k gradients' matmuls"
     for n in (*nodes, dp):
         if n in outputs:
             return "a value of the backward over the [.., M, N] tile is a graph output"
@@ -158,10 +185,11 @@ def find_backward(a: Attention, users: dict[Node, list[Node]], outputs) -> Backw
         others = [u for u in users[n] if u not in nodes and u not in allowed]
         if others:
             return f"a value of the backward over the [.., M, N] tile is also read by a {others[0].op}"
-    return Backward(lse, log, frozenset(nodes), probs, ds, dp, dq, dk, dv, dv.inputs[0], rows, side)
+    return Backward(sc, head.inputs[1], frozenset(nodes), probs, ds, dp, dq, dk, dv, dv.inputs[0], rows,
+                    side)
 
 
-def _lse(a: Attention, users) -> tuple[Node | None, Node | None]:
+def lse_of(a: Attention, users) -> tuple[Node | None, Node | None]:
     """add(max, log(sum)) of attention a, and its log, if the graph computes them."""
     for u in users[a.mx]:
         other = [i for i in u.inputs if i is not a.mx]
@@ -170,10 +198,10 @@ def _lse(a: Attention, users) -> tuple[Node | None, Node | None]:
     return None, None
 
 
-def _matmuls(a: Attention, head: Node, probs: Node, users):
+def _matmuls(head: Node, probs: Node, users):
     """(ds, dq, dk, dv): the scores' gradient below `head` (x - lse) that one matmul reads on the left
-    (dq) and another on the right (dk), and dv = p^T @ dout; or a reason."""
-    tile = tuple(a.probs.shape)
+    (dq) and another on the right (dk), and dv = p^T @ dout; or None."""
+    tile = tuple(head.shape)
     below, stack = set(), [head]
     while stack:
         n = stack.pop()
@@ -182,31 +210,28 @@ def _matmuls(a: Attention, head: Node, probs: Node, users):
             stack += [u for u in users[n] if u.op in ELEMENTWISE and tuple(u.shape) == tile]
     reads = [(n, u) for n in below for u in users[n] if u.op == K.MATMUL]
     dss = {n for n, u in reads if u.inputs[0] is n} & {n for n, u in reads if u.inputs[1] is n}
-    if len(dss) != 1:
-        return "no single gradient of the scores read by the q and k gradients' matmuls"
-    (ds,) = dss
-    if len(users[ds]) != 2 or any(u.op != K.MATMUL for u in users[ds]):
-        return "the scores' gradient is read by other ops than the q and k gradients' matmuls"
-    dq, dk = sorted(users[ds], key=lambda u: u.inputs[1] is ds)
-    if dq.inputs[1] is ds or dk.inputs[0] is ds:
-        return "the scores' gradient is multiplied by itself"
     transposes = [u for u in users[probs] if u.op == K.PERMUTE and _swaps_last(u)]
     dvs = [m for t in transposes for m in users[t] if m.op == K.MATMUL and m.inputs[0] is t]
-    if len(transposes) != 1 or len(users[transposes[0]]) != 1 or len(dvs) != 1:
-        return "the values' gradient is not one matmul of the transposed probabilities"
+    if len(dss) != 1 or len(transposes) != 1 or len(users[transposes[0]]) != 1 or len(dvs) != 1:
+        return None
+    (ds,) = dss
+    mms = [u for u in users[ds] if u.op == K.MATMUL]
+    dq = next(u for u in mms if u.inputs[0] is ds and u.inputs[1] is not ds)
+    dk = next(u for u in mms if u.inputs[1] is ds and u.inputs[0] is not ds)
     return ds, dq, dk, dvs[0]
 
 
-def _region(a: Attention, ds: Node, users):
+def _region(sc: Scores, ds: Node, users):
     """(region, dp, rows, side): the elementwise ops over the tile that ds is computed from, the one
     matmul among their operands (dout @ v^T), the [.., M, 1] values and the constant cones they read;
     or a reason."""
-    tile = tuple(a.probs.shape)
+    tile = tuple(sc.x.shape)
     row = tile[:-1] + (1,)
+    recomputed = {sc.s, *sc.chain}
     region, rows, side, dps, stack = set(), [], set(), [], [ds]
     while stack:
         n = stack.pop()
-        if n in region or n in a.inner or n in side or n in rows or n in dps:
+        if n in region or n in recomputed or n in sc.side or n in side or n in rows or n in dps:
             continue
         if n.op in ELEMENTWISE and tuple(n.shape) == tile:
             region.add(n)

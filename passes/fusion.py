@@ -317,68 +317,104 @@ class _Fuser:
     def _claim_attention(self) -> set[Node]:
         """Claim each `softmax(f(q @ k)) @ v` (f: elementwise ops on the scores with constants and index
         comparisons, such as a scale and a causal mask) as one "attention" kernel that never stores the
-        scores: an online softmax over blocks of keys. Where the graph also holds its gradient (the
-        form `passes/attention.py` writes), the forward kernel stores each row's log-sum-exp too and
-        the backward from there down to dq, dk and dv is one "attention_bwd" kernel that recomputes
-        the scores block by block. Refused, with a reason, where a value inside is read elsewhere or
-        the templates cannot compute it. Returns the nodes claimed (owned or local)."""
+        scores: an online softmax over blocks of keys, which also stores each row's log-sum-exp when the
+        graph reads it. Claim each attention gradient in the form `passes/attention.py` writes (found
+        from exp(x - lse), with or without the forward in the same graph) as one "attention_bwd"
+        kernel that recomputes the scores block by block. Refused, with a reason, where a value inside
+        is read elsewhere or the templates cannot compute it. Returns the nodes claimed."""
         claimed: set[Node] = set()
+        backs: dict[Node, attention.Backward] = {}  # by the scores matmul
+        for head in self.graph.nodes:
+            if not attention.head_of(head):
+                continue
+            back = attention.find_backward(head, self.users, self.outputs)
+            if back is None:
+                continue
+            reason = back if isinstance(back, str) else self._backward_reason(back)
+            if reason is not None:
+                self.refusals.append(Refusal(head.inputs[0], head, f"no attention backward kernel: {reason}"))
+                continue
+            owned = set(back.region) | {back.dp, back.dq, back.dk, back.dv}
+            local = back.scores.side | back.side | back.recomputed | {back.probs_t}
+            self._claim("attention_bwd", owned, local, back.dq.shape)
+            self.local |= back.scores.side | back.side | {back.probs_t}
+            claimed |= owned | (local - back.recomputed)
+            backs[back.scores.s] = back
         for o in self.graph.nodes:
             a = attention.match(o)
             if a is None:
                 continue
-            back = attention.find_backward(a, self.users, self.outputs)
-            reason = f"its backward is not one kernel: {back}" if isinstance(back, str) else \
-                self._attention_reason(a, back)
-            fwd = set(a.inner) | {o} | ({back.lse, back.log} if back else set())
-            bwd = set(back.region) | {back.dp, back.dq, back.dk, back.dv} if back else set()
-            if reason is None and claimed & (fwd | bwd):
+            lse, log = attention.lse_of(a, self.users)
+            owned = set(a.inner) | {o} | ({lse, log} if lse is not None else set())
+            reason = self._attention_reason(a, owned, backs.get(a.scores))
+            if reason is None and claimed & owned:
                 reason = "its nodes belong to another attention kernel"
             if reason is not None:
                 self.refusals.append(Refusal(o.inputs[0], o, f"no attention kernel: {reason}"))
                 continue
-            order = self.index.__getitem__
-            groups = [("attention", fwd, a.side, o.shape)]
-            if back:
-                recomputed = a.side | back.side | {back.probs_t, a.scores, *a.chain}
-                groups.append(("attention_bwd", bwd, recomputed, back.dq.shape))
-            for kind, owned, local, space in groups:
-                g = FusedGroup(kind, [], tuple(space), local=sorted(local, key=order))
-                self.groups.append(g)
-                for n in sorted(owned, key=order):
-                    self._add(g, n)
-                    self.joins.append((n, g))
-                claimed |= owned | local
-            self.local |= a.side | (back.side | {back.probs_t} if back else set())
+            self._claim("attention", owned, a.side, o.shape)
+            self.local |= a.side
+            claimed |= owned | a.side
+        # scores and f that a backward kernel recomputes and no other kernel reads (the backward half
+        # of a partition): computed nowhere else. Otherwise the walk places them as usual.
+        for back in backs.values():
+            inside = set(back.region) | back.recomputed
+            if not any(n in self.owner for n in back.recomputed) and all(
+                    u in inside for n in back.recomputed for u in self.users[n]):
+                self.local |= back.recomputed
+                claimed |= back.recomputed
         return claimed
 
-    def _attention_reason(self, a: attention.Attention, back: attention.Backward | None) -> str | None:
-        """Why attention `a` (with its backward `back`, if the graph holds one) cannot be kernels."""
-        index, o, s = self.index, a.out, a.scores
-        recompute = set(back.region) | {back.lse, back.log} if back else set()
+    def _claim(self, kind: str, owned: set[Node], local: set[Node], space) -> None:
+        order = self.index.__getitem__
+        g = FusedGroup(kind, [], tuple(space), local=sorted(local, key=order))
+        self.groups.append(g)
+        for n in sorted(owned, key=order):
+            self._add(g, n)
+            self.joins.append((n, g))
+
+    def _backward_reason(self, back: attention.Backward) -> str | None:
+        """Why attention gradient `back` cannot be one kernel, or None."""
+        sc, index = back.scores, self.index
+        inside = set(back.region) | back.recomputed
+        for n in sorted(back.recomputed, key=index.__getitem__):
+            others = [u for u in self.users[n] if u not in inside and not _forward_reader(u, sc)]
+            if others:
+                return f"%{index[n]} {n.op} is also read by %{index[others[0]]} {others[0].op}, so the " \
+                       f"scores must be stored"
+        nodes = set(back.region) | {back.dq, back.dk, back.dv, back.dp}
+        return self._template_reason(sc.s, back.dv, nodes, (back.dp, back.dq, back.dk, back.dv),
+                                     sc.side | back.side)
+
+    def _attention_reason(self, a: attention.Attention, owned: set[Node],
+                          back: attention.Backward | None) -> str | None:
+        """Why attention `a` (owning `owned`; with claimed backward `back`) cannot be a kernel."""
+        index, o = self.index, a.out
+        region = set(back.region) if back else set()
         for n in sorted(a.inner, key=index.__getitem__):
             if n in self.outputs:
                 return f"%{index[n]} {n.op} is a graph output"
-            others = [u for u in self.users[n] if u not in a.inner and u is not o and u not in recompute]
+            others = [u for u in self.users[n] if u not in owned and u not in region]
             if others:
                 return f"%{index[n]} {n.op} is also read by %{index[others[0]]} {others[0].op} outside " \
                        f"it, so it must be stored"
-        nodes = set(a.inner) | {o}
-        if back:
-            nodes |= set(back.region) | {back.dq, back.dk, back.dv, back.dp}
+        return self._template_reason(a.scores, o, owned, (o,), a.side)
+
+    def _template_reason(self, s: Node, o: Node, nodes: set[Node], matmuls, side) -> str | None:
+        """What the attention templates cannot do here: s the scores, o the matmul with v."""
         if any(n in self.forbidden for n in nodes):
             return "fusing here would create a cycle between kernels"
-        matmuls = (s, o, back.dp, back.dq, back.dk, back.dv) if back else (s, o)
-        if any(m.dtype != DType.F32 for m in matmuls):
+        if any(m.dtype != DType.F32 for m in (s, *matmuls)):
             return f"the template computes f32 scores, these are {s.dtype}"
         q, v = s.inputs[0], o.inputs[1]
         if not all(isinstance(d, int) and d <= MAX_HEAD for d in (q.shape[-1], v.shape[-1])):
             return f"the head sizes must be static and at most {MAX_HEAD}"
         if any(tuple(m.shape[:-2]) != tuple(s.shape[:-2]) for m in matmuls):
             return "the values' batch dims are not the scores'"
-        for n in sorted(a.side | (back.side if back else set()), key=index.__getitem__):
+        for n in sorted(side, key=self.index.__getitem__):
             if n.op in BUFFER_SOURCES or n.op == K.RAND:
-                return f"the scores' ops read %{index[n]} {n.op}; the template takes constants and iota only"
+                return f"the scores' ops read %{self.index[n]} {n.op}; the template takes constants and " \
+                       f"iota only"
         return None
 
     # --- classification ------------------------------------------------------------------------------
@@ -697,6 +733,12 @@ class _Fuser:
 def _other_path(q: nx.DiGraph, a, b) -> bool:
     """Is there a path from a to b in the kernel graph other than the edge a -> b?"""
     return any(s is not b and nx.has_path(q, s, b) for s in q.successors(a))
+
+
+def _forward_reader(u: Node, sc: attention.Scores) -> bool:
+    """Is u part of the forward's softmax over the scores (max, x - max), which its own kernel
+    computes?"""
+    return u.op in (K.MAX, K.SUB) and u.inputs[0] is sc.x
 
 
 def _cycle_culprit(fusion: Fusion, fuser: _Fuser) -> Node | None:

@@ -29,6 +29,9 @@ Design note.
 - Recomputable: elementwise, movement and literal ops (`RECOMPUTABLE`). Never recomputed: matmul,
   conv2d, reductions, gather/take, rand (costly, or random), and inputs/parameters (they are handed to
   the backward as they are). Parameters cost nothing to keep (the model holds them anyway).
+- Attention's scores (q @ k and the scale and mask on them) are never saved when the gradient is in
+  flash attention's form (`passes/attention.py`): the backward recomputes them block by block in one
+  kernel, so the forward hands over q, k, v, the output and one log-sum-exp per row, not [.., M, N].
 - Ties between values of one size go to an input (saving it allocates nothing), then to the later
   value (less to recompute): costs are bytes scaled by `TIE`, minus a small bonus.
 - Bounded: every `MAX_RECOMPUTE_DEPTH`-th elementwise value down a chain of cheap ops is a checkpoint
@@ -50,6 +53,7 @@ from axon.ir.ops import ELEMENTWISE, MOVEMENT
 from axon.ir.rewrite import cone
 from axon.ir.shapes import Sym, dim_value, format_dim, numel, symbols
 
+from . import attention
 from .autodiff import DOUT_PREFIX, GRAD_PREFIX, vjp
 from .manager import DEFAULT_PIPELINE, PassManager
 
@@ -152,8 +156,25 @@ def choose(joint: Graph, outputs: Sequence[str], tangent: set[Node], needs: list
     forward = [n for n in joint.nodes if n not in tangent]
     reached = _forward_cone(joint, outputs)
     banned = {n for n in forward if n.op not in RECOMPUTABLE} | _checkpoints(forward, reached, max_depth)
-    side = _min_cut(forward, needs, banned, env, order)
+    scores = _attention_scores(joint)
+    banned -= scores
+    side = _min_cut(forward, needs, banned, env, order, scores)
     return _walk(needs, side, banned, order)
+
+
+def _attention_scores(joint: Graph) -> set[Node]:
+    """The scores (q @ k and f's ops on them) of each attention whose gradient is in the flash form
+    (`passes/attention.py`): never saved, always recomputed, so the backward half holds the whole
+    pattern that one attention backward kernel computes (saving them would keep an [.., M, N] matrix
+    from the forward to the backward, the very thing that kernel avoids)."""
+    users, outputs = joint.users(), set(joint.outputs.values())
+    out: set[Node] = set()
+    for n in joint.nodes:
+        if attention.head_of(n):
+            back = attention.find_backward(n, users, outputs)
+            if isinstance(back, attention.Backward):
+                out |= back.recomputed
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -189,9 +210,10 @@ def _forward_cone(joint: Graph, outputs) -> set[Node]:
 # The cut
 
 
-def _min_cut(forward: list[Node], needs: list[Node], banned: set[Node], env, order) -> set[Node]:
+def _min_cut(forward: list[Node], needs: list[Node], banned: set[Node], env, order,
+             never: set[Node] = frozenset()) -> set[Node]:
     """The values whose `in` end is on the source side of a minimum cut: those the backward needs are
-    saved, not recomputed."""
+    saved, not recomputed. Values in `never` cannot be cut (saved)."""
     if not needs:
         return set()
     within = cone(needs)
@@ -200,7 +222,10 @@ def _min_cut(forward: list[Node], needs: list[Node], banned: set[Node], env, ord
     g.add_node("source")
     for n in sorted(within, key=order.__getitem__):
         i = order[n]
-        g.add_edge((i, "in"), (i, "out"), capacity=_cost(n, env, bonus[n]))
+        if n in never:
+            g.add_edge((i, "in"), (i, "out"))  # no capacity: infinite
+        else:
+            g.add_edge((i, "in"), (i, "out"), capacity=_cost(n, env, bonus[n]))
         if n in banned:
             g.add_edge("source", (i, "in"))  # no capacity: infinite
         for src in n.inputs:

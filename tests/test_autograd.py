@@ -276,6 +276,32 @@ def _chain(length: int):
     return verify(b.build())
 
 
+ATTENTION = """
+model Attn() {
+    input x: f32[batch, seq, 12]
+    output y = attention(x, 3, causal = true)
+}
+"""
+
+
+def test_attention_through_autograd_saves_no_scores_and_runs_the_flash_kernels(gen, monkeypatch):
+    """The partition hands the backward q, k (as the projections), the output and each row's
+    log-sum-exp, never an [.., seq, seq] value: the scores are recomputed, so the backward half is one
+    attention backward kernel. Gradients of the input and every projection as torch's; 21 positions
+    over blocks of 16."""
+    from axon.codegen import attention
+
+    monkeypatch.setattr(attention, "INTERPRETER_TILE", 16)
+    model = axon.compile(ATTENTION)
+    x = torch.randn(2, 21, 12, generator=gen)
+    check_grads(model, {"x": x}, {"y": torch.randn(2, 21, 12, generator=gen)})
+    d = autograd.differentiated(model, ["x", *model.params])
+    seq = Sym.of("seq")
+    assert not any(t.shape[-2:] == (seq, seq) for t in d.partition.saved_types), d.partition.saved_types
+    assert [k.group.kind for k in d.forward.kernels].count("attention") == 1
+    assert [k.group.kind for k in d.backward.kernels].count("attention_bwd") == 1
+
+
 def test_relu_affine_saves_a_mask_not_the_intermediates():
     p = partition(_affine_relu(), ["x", "w", "b"])
     assert [str(t) for t in p.saved_types] == ["bool[batch, 7]"]  # relu's mask: 1 byte an element
