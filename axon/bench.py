@@ -5,7 +5,8 @@ inputs and weights.
     train     one training step (the graph `axon train` compiles: forward, loss, backward, update) vs a
               PyTorch step: the twin's forward, autograd's backward, torch.optim's update
     kernels   single fused kernels (softmax, layernorm, matmul + bias + relu, attention) over a sweep of
-              sizes vs F.softmax, F.layer_norm, relu(x @ w + b), F.scaled_dot_product_attention
+              sizes vs F.softmax, F.layer_norm, relu(x @ w + b), F.scaled_dot_product_attention;
+              attention_train is attention's forward and backward (dq, dk, dv) through torch.autograd
 
 The PyTorch *twin* of a graph runs every IR node as the torch op of its reference rule (the rules of
 `axon.ir.evaluate`), on the device, with no Axon in the loop; so any model Axon compiles has a PyTorch
@@ -41,7 +42,7 @@ from axon.ir.shapes import concrete
 K = OpKind
 MODES = ("forward", "train", "kernels")
 IMPLS = ("axon", "eager", "compiled")
-KERNELS = ("softmax", "layernorm", "matmul_bias_relu", "attention")
+KERNELS = ("softmax", "layernorm", "matmul_bias_relu", "attention", "attention_train")
 # The clean-up passes the PyTorch twin's graph goes through (what a person writing the model in PyTorch
 # would have written: no folded constants left, no duplicate work); never Axon's fusion.
 TWIN_PIPELINE = ("fold", "simplify", "cse", "dce")
@@ -503,9 +504,10 @@ SWEEP = {
     "cuda": {"softmax": [(4096, 1024), (4096, 4096), (8192, 8192)],
              "layernorm": [(4096, 1024), (4096, 4096), (8192, 8192)],
              "matmul_bias_relu": [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096)],
-             "attention": [(8, 16, 512, 64), (4, 16, 1024, 64), (2, 16, 2048, 64)]},
+             "attention": [(8, 16, 512, 64), (4, 16, 1024, 64), (2, 16, 2048, 64)],
+             "attention_train": [(8, 16, 512, 64), (4, 16, 1024, 64), (2, 16, 2048, 64)]},
     "cpu": {"softmax": [(8, 33)], "layernorm": [(8, 33)], "matmul_bias_relu": [(8, 12, 16)],
-            "attention": [(1, 2, 8, 16)]},
+            "attention": [(1, 2, 8, 16)], "attention_train": [(1, 2, 8, 16)]},
 }
 
 
@@ -517,7 +519,7 @@ def kernel_source(kind: str, size: tuple[int, ...]) -> str:
     if kind == "matmul_bias_relu":
         m, k, n = size
         return f"model Sweep() {{\n    input x: f32[{m}, {k}]\n    output y = relu(linear(x, {n}))\n}}\n"
-    if kind == "attention":
+    if kind in ("attention", "attention_train"):
         b, h, t, d = size
         qkv = "\n".join(f"    input {v}: f32[{b}, {h}, {t}, {d}]" for v in "qkv")
         return (f"model Sweep() {{\n{qkv}\n"
@@ -557,6 +559,8 @@ def traffic(kind: str, size: tuple[int, ...]) -> tuple[int, int | None]:
         m, k, n = size
         return (m * k + k * n + n + m * n) * 4, 2 * m * n * k
     b, h, t, d = size
+    if kind == "attention_train":  # + the backward: q, k, v, out, dout read, dq, dk, dv written; 4 matmuls
+        return 12 * b * h * t * d * 4, 12 * b * h * t * t * d
     return 4 * b * h * t * d * 4, 4 * b * h * t * t * d
 
 
@@ -567,6 +571,9 @@ def kernel_cases(s: Settings, device: torch.device):
 
     for kind, sizes in SWEEP["cuda" if device.type == "cuda" else "cpu"].items():
         for size in sizes:
+            if kind == "attention_train":
+                yield attention_train_case(s, device, size)
+                continue
             model = axon.compile(kernel_source(kind, size), device=device, seed=s.seed)
             exe, params = model.executable, model.params
             env: dict[str, int] = {}
@@ -580,6 +587,37 @@ def kernel_cases(s: Settings, device: torch.device):
                        lambda exe=exe, inputs=inputs, params=params: exe(inputs, params, check_indices=False),
                        fn, lambda fn=fn: torch.compile(fn), len(exe.plan(env).launches), len(exe.kernels),
                        agreement(got, want), bytes=nbytes, flops=flops, extra={"kernel": kind, "size": size})
+
+
+def attention_train_case(s: Settings, device: torch.device, size: tuple[int, ...]) -> Case:
+    """Attention's forward and backward through torch.autograd: dq, dk, dv for a random dout, with the
+    compiled model (its partition: the forward and the flash backward kernels) and with
+    F.scaled_dot_product_attention."""
+    import torch.nn.functional as F
+
+    import axon
+    from axon import autograd
+
+    model = axon.compile(kernel_source("attention_train", size), device=device, seed=s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    q, k, v, dout = (torch.randn(size, generator=gen).to(device) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def ours():
+        return torch.autograd.grad(model.run(dict(zip("qkv", leaves)))["o"], leaves, dout)
+
+    def eager():
+        return torch.autograd.grad(F.scaled_dot_product_attention(*leaves), leaves, dout)
+
+    d = autograd.differentiated(model, ["q", "k", "v"])
+    launches = len(d.forward.plan({}).launches) + len(d.backward.plan({}).launches)
+    names = ("grad.q", "grad.k", "grad.v")
+    nbytes, flops = traffic("attention_train", size)
+    return Case(f"attention_train {'x'.join(map(str, size))}", {"inputs": {n: list(size) for n in "qkv"}},
+                ours, eager, lambda: torch.compile(eager), launches,
+                len(d.forward.kernels) + len(d.backward.kernels),
+                agreement(dict(zip(names, ours())), dict(zip(names, eager()))), bytes=nbytes, flops=flops,
+                extra={"kernel": "attention_train", "size": size})
 
 
 # --- a run -------------------------------------------------------------------------------------------

@@ -85,8 +85,11 @@ def test_kernel_sweep(capsys, tmp_path):
         assert r["check"]["ok"], r
         a = r["impls"]["axon"]
         assert a["launches"] >= 1 and r["bytes"] > 0 and a["gbps"] > 0 and "pct_copy_bw" in a
-        assert ("tflops" in a) == (r["kernel"] in ("matmul_bias_relu", "attention"))
+        assert ("tflops" in a) == (r["kernel"] in ("matmul_bias_relu", "attention", "attention_train"))
     assert "attention 1x2x8x16" in out
+    (train,) = [r for r in rec["runs"] if r["kernel"] == "attention_train"]
+    assert train["check"]["outputs"] == ["grad.q", "grad.k", "grad.v"]
+    assert train["impls"]["axon"]["launches"] == 3  # forward, rowsum(dout * out), backward
 
 
 def test_torch_compile_is_recorded_not_raised(capsys, tmp_path):
