@@ -204,6 +204,28 @@ def test_attention_backward_with_shared_keys_and_self_attention(gen, causal):
     check(g, gen, {"t": 19}, tol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["softcap", "rank2"])
+def test_attention_backward_variants(gen, monkeypatch, variant):
+    """Soft-capped scores (5 tanh(s / 5): tanh's gradient reads its own output, recomputed in the
+    kernel) over a batch of 2, and attention without batch dims; 23 positions in blocks of 16."""
+    from axon.codegen import attention
+
+    monkeypatch.setattr(attention, "INTERPRETER_TILE", 16)
+    t = Sym("t")
+    b = GraphBuilder()
+    lead = () if variant == "rank2" else (2,)
+    q, k, v = (b.input(n, F32, (*lead, t, d)) for n, d in (("q", 6), ("k", 6), ("v", 3)))
+    s = b.matmul(q, b.transpose(k))
+    if variant == "softcap":
+        s = b.mul(b.tanh(b.mul(s, 0.2)), 5.0)
+    r = len(s.shape) - 1
+    e = b.exp(b.sub(s, b.max(s, r, keepdim=True)))
+    b.output("y", b.matmul(b.div(e, b.sum(e, r, keepdim=True)), v))
+    g = with_grads(b.build(), ["q", "k", "v"])
+    assert kinds(g) == ["attention", "reduce", "attention_bwd"], fuse(g).report(why_not=True)
+    check(g, gen, {"t": 23}, tol=1e-4)
+
+
 def test_attention_backward_refusals_say_why():
     """A learnable bias on the scores needs their gradient, which the flash backward never forms:
     autodiff keeps the primitive rules, and the forward is refused because the backward reads it."""
