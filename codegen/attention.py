@@ -4,8 +4,9 @@ that never stores the M x N scores (flash attention's forward, as in Triton's fu
 One program takes BLOCK_M query rows of one batch element (grid axis 1, split into the batch
 coordinates like the matmul template) and walks the keys BLOCK_N at a time: the score tile s = q @ k,
 then `f` (the IR's own elementwise ops on the scores, emitted over the tile's coordinates: a scale, a
-causal mask from iota comparisons), then the online softmax: the running row maximum m and sum l,
-with acc rescaled by exp(m_old - m_new) whenever the maximum grows; out = acc / l at the end. Keys
+causal mask from iota comparisons; a stored mask or bias is loaded over the tile), then the online
+softmax: the running row maximum m and sum l, with acc rescaled by exp(m_old - m_new) whenever the
+maximum grows; out = acc / l at the end. Keys
 past N score -inf. A row whose scores are all -inf gives 0 / 0 = NaN, as the reference's softmax does.
 
 The fusion pass (`passes/fusion.py`, `_claim_attention`) decides when the pattern is one kernel: the
@@ -44,7 +45,9 @@ class AttentionKernel:
         self.s, self.o = matmuls[0], matmuls[-1]
         self.mx = next(n for n in self.group.nodes if n.op == K.MAX)
         self.x = self.mx.inputs[0]
-        self.q, self.k, self.v = self.group.inputs[:3]
+        by_node = {a.node: a for a in self.group.inputs}
+        self.q, self.k, self.v = (by_node[n] for n in (*self.s.inputs, self.o.inputs[1]))
+        self.sides = [a for a in self.group.inputs if a not in (self.q, self.k, self.v)]  # a mask input
         self.rank = len(self.s.shape)
         self.batch_rank = self.rank - 2
         # the scores' ops: members that x depends on, after s (the side operands among them)
@@ -67,12 +70,14 @@ class AttentionKernel:
         strides = []
         for x, (r, c) in (("q", "md"), ("k", "dn"), ("v", "ne")):
             strides += [f"{x}_stride_batch{d}" for d in batch] + [f"{x}_stride_{r}", f"{x}_stride_{c}"]
+        strides += _side_strides(len(self.sides), self.rank)
         for j in range(len(self.group.outputs)):
             strides += [f"out{j}_stride{d}" for d in range(self.rank)]
         outs = [f"out{j}_ptr" for j in range(len(self.group.outputs))]
         sizes = [f"batch{d}" for d in batch] + ["M", "N", "D", "E"]
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E")]
-        args = ",\n    ".join(["q_ptr", "k_ptr", "v_ptr", *outs, *strides, *sizes, *blocks])
+        sides = [f"side{j}_ptr" for j in range(len(self.sides))]
+        args = ",\n    ".join(["q_ptr", "k_ptr", "v_ptr", *sides, *outs, *strides, *sizes, *blocks])
         scores, em = self._scores()
         body = self._start() + self._loop(scores) + self._store()
         head = "\n".join(f"#   {line}" for line in self.group.labels)
@@ -115,8 +120,8 @@ class AttentionKernel:
             return f"i{d}" if d < b else ("offs_m[:, None]" if d == b else "offs_n[None, :]")
 
         em = Emitter.over(self.rank, coord, "[BLOCK_M, BLOCK_N]", self.score_ops)
-        names = {self.s: "s"}
-        lines = []
+        names = {self.s: "s", **{a.node: f"side{j}" for j, a in enumerate(self.sides)}}
+        lines = _side_loads(len(self.sides), self.batch_rank)
         for k, n in enumerate(self.score_ops):
             var = f"{n.op.value}{k}"
             lines += em.emit(n, var, names)
@@ -128,6 +133,7 @@ class AttentionKernel:
         loop = [
             "offs_n = start + tl.arange(0, BLOCK_N)",
             "n_mask = offs_n < N",
+            "m_n_mask = m_mask[:, None] & n_mask[None, :]",
             "k = tl.load(k_ptr + k_batch + offs_d[:, None] * k_stride_d + offs_n[None, :] * k_stride_n,",
             "            mask=d_mask[:, None] & n_mask[None, :], other=0)",
             's = tl.dot(q, k, input_precision="ieee")  # the score tile, full f32 as torch',
@@ -164,7 +170,7 @@ class AttentionKernel:
 
     # --- launch --------------------------------------------------------------------------------------
     def prepare(self, env: dict[str, int]) -> Launch:
-        views = [meta_view(a, env) for a in (self.q, self.k, self.v)]
+        views = [meta_view(a, env) for a in (self.q, self.k, self.v, *self.sides)]
         shape = concrete(self.o.shape, env)
         batch, m, e = shape[:-2], shape[-2], shape[-1]
         n, d = views[2][0].shape[-2], views[0][0].shape[-1]
@@ -173,9 +179,11 @@ class AttentionKernel:
             raise CodegenError(f"attention: a batch of {n_batch} is more than grid axis 1 takes "
                                f"({MAX_BATCH})")
         strides: list[int] = []
-        for view, _ in views:
+        for view, _ in views[:3]:
             strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch)
             strides += view.stride()[-2:]
+        for view, _ in views[3:]:
+            strides += broadcast_strides(view.shape, view.stride(), concrete(self.s.shape, env))
         for o in self.group.outputs:
             strides += layout_strides(o, env) if o in self.layouts else contiguous_strides(
                 concrete(o.shape, env))
@@ -245,17 +253,20 @@ class AttentionBackwardKernel:
                 self.tensors.append(acc)
             self.role[r] = self.tensors.index(acc)
         self.roots = {o: _root(o, members) for o in self.group.outputs}  # dq, dk or dv under a layout
+        self.sides = [a for a in self.group.inputs if a not in self.tensors and a not in self.rows]
 
     # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
         batch = range(self.batch_rank)
         ptrs = [f"t{j}_ptr" for j in range(len(self.tensors))]
         ptrs += [f"row{j}_ptr" for j in range(len(self.rows))]
+        ptrs += [f"side{j}_ptr" for j in range(len(self.sides))]
         strides = []
         for j in range(len(self.tensors)):
             strides += [f"t{j}_stride_batch{d}" for d in batch] + [f"t{j}_stride_r", f"t{j}_stride_c"]
         for j in range(len(self.rows)):
             strides += [f"row{j}_stride_batch{d}" for d in batch] + [f"row{j}_stride_m"]
+        strides += _side_strides(len(self.sides), self.rank)
         for j in range(len(self.group.outputs)):
             strides += [f"out{j}_stride{d}" for d in range(self.rank)]
         outs = [f"out{j}_ptr" for j in range(len(self.group.outputs))]
@@ -314,10 +325,11 @@ class AttentionBackwardKernel:
             return f"i{d}" if d < b else ("offs_m[:, None]" if d == b else "offs_n[None, :]")
 
         em = Emitter.over(self.rank, coord, "[BLOCK_M, BLOCK_N]", self.score_ops + self.region_ops)
-        names = {self.s: "s", self.dp: "dp"}
+        names = {self.s: "s", self.dp: "dp", **{a.node: f"side{j}" for j, a in enumerate(self.sides)}}
         row = {a.node: f"row{j}[:, None]" for j, a in enumerate(self.rows)}
         names.update(row)
-        lines = ['s = tl.dot(q, k, input_precision="ieee")  # the scores, recomputed',
+        lines = ["m_n_mask = m_mask[:, None] & n_mask[None, :]", *_side_loads(len(self.sides), b),
+                 's = tl.dot(q, k, input_precision="ieee")  # the scores, recomputed',
                  "# the scores' ops, as in the forward"]
         for k, n in enumerate(self.score_ops):
             lines += em.emit(n, f"{n.op.value}{k}", names)
@@ -389,13 +401,16 @@ class AttentionBackwardKernel:
         if n_batch > MAX_BATCH:
             raise CodegenError(f"attention backward: a batch of {n_batch} is more than grid axis 1 takes "
                                f"({MAX_BATCH})")
-        views = [meta_view(a, env) for a in (*self.tensors, *self.rows)]
+        views = [meta_view(a, env) for a in (*self.tensors, *self.rows, *self.sides)]
         strides: list[int] = []
         for view, _ in views[:len(self.tensors)]:
             strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch)
             strides += view.stride()[-2:]
-        for view, _ in views[len(self.tensors):]:
+        n_rows = len(self.tensors) + len(self.rows)
+        for view, _ in views[len(self.tensors):n_rows]:
             strides += broadcast_strides(view.shape[:-2], view.stride()[:-2], batch) + [view.stride()[-2]]
+        for view, _ in views[n_rows:]:
+            strides += broadcast_strides(view.shape, view.stride(), shape)
         for o in self.group.outputs:
             own = o is self.roots[o]
             strides += contiguous_strides(concrete(o.shape, env)) if own else layout_strides(o, env)
@@ -408,6 +423,20 @@ class AttentionBackwardKernel:
         grid = (triton.cdiv(n, meta["BLOCK_N"]) + triton.cdiv(m, meta["BLOCK_M"]), n_batch)
         return Launch(grid, tuple(arg for _, arg in views), tuple(self.group.outputs),
                       (*strides, *batch, m, n, d, e), meta)
+
+
+def _side_strides(count: int, rank: int) -> list[str]:
+    return [f"side{j}_stride{d}" for j in range(count) for d in range(rank)]
+
+
+def _side_loads(count: int, batch_rank: int) -> list[str]:
+    """Stored values the scores' ops read (a mask input), loaded over the tile (broadcast strides)."""
+    lines = []
+    for j in range(count):
+        batch = "".join(f"i{d} * side{j}_stride{d} + " for d in range(batch_rank))
+        lines.append(f"side{j} = tl.load(side{j}_ptr + {batch}offs_m[:, None] * side{j}_stride{batch_rank} + "
+                     f"offs_n[None, :] * side{j}_stride{batch_rank + 1}, mask=m_n_mask, other=0)")
+    return lines
 
 
 def _batch_coords(batch_rank: int) -> list[str]:

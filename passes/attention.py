@@ -27,6 +27,7 @@ from axon.ir.ops import ELEMENTWISE, MOVEMENT, OPS
 from axon.ir.rewrite import cone
 
 K = OpKind
+SIDE_SOURCES = frozenset({K.CONST, K.IOTA, K.INPUT, K.PARAM, K.TENSOR})  # what a mask may be made from
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Backward:
     dv: Node                  # matmul(p^T, dout): [.., N, E]
     probs_t: Node             # p^T, dv's left operand
     rows: tuple[Node, ...]    # [.., M, 1] values the region reads (lse and rowsum(dout * out))
-    side: frozenset[Node]     # constants and index comparisons the region reads (a mask)
+    side: frozenset[Node]     # constants, index comparisons, stored values the region reads (a mask)
 
     @property
     def recomputed(self) -> frozenset[Node]:
@@ -240,7 +241,7 @@ def _region(sc: Scores, ds: Node, users):
             dps.append(n)
         elif tuple(n.shape) == row and n.op not in (K.CONST, K.IOTA):
             rows.append(n)
-        elif all(c.op in ELEMENTWISE or c.op in (K.CONST, K.IOTA) or c.op in MOVEMENT for c in cone([n])):
+        elif all(c.op in ELEMENTWISE or c.op in SIDE_SOURCES or c.op in MOVEMENT for c in cone([n])):
             side |= cone([n])
         else:
             return f"the scores' gradient reads a {n.op} of shape {list(n.shape)}, which the kernel " \

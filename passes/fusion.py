@@ -22,11 +22,11 @@ of one of its producers or starts a group of its own:
   group too.
 - matmul, conv2d: the template plus an epilogue of elementwise ops over its output tile (bias,
   activation, residual add, scaling).
-- attention: `softmax(f(q @ k)) @ v` (f: a scale, a causal mask from iota comparisons) is claimed
-  before the walk as one kernel with an online softmax that never stores the scores, when nothing
-  outside reads the scores or probabilities. Where the graph holds its gradient in the form autodiff
-  writes (`passes/attention.py`), the forward kernel also stores each row's log-sum-exp and the
-  gradient is one more kernel (dq, dk, dv) that recomputes the probabilities tile by tile.
+- attention: `softmax(f(q @ k)) @ v` (f: a scale, a causal mask from iota comparisons, a stored mask or bias
+  loaded over the tile) is claimed before the walk as one kernel with an online softmax that never stores
+  the scores, when nothing outside reads the scores or probabilities. Where the graph holds its gradient in
+  the form autodiff writes (`passes/attention.py`), the forward kernel also stores each row's log-sum-exp
+  and the gradient is one more kernel (dq, dk, dv) that recomputes the probabilities tile by tile.
 - index (gather, take, pad, concat), argmax/argmin, and copies (a movement that cannot be a view) take
   no fusion yet: each is a kernel of its own.
 
@@ -315,13 +315,14 @@ class _Fuser:
 
     # --- attention -----------------------------------------------------------------------------------
     def _claim_attention(self) -> set[Node]:
-        """Claim each `softmax(f(q @ k)) @ v` (f: elementwise ops on the scores with constants and index
-        comparisons, such as a scale and a causal mask) as one "attention" kernel that never stores the
-        scores: an online softmax over blocks of keys, which also stores each row's log-sum-exp when the
-        graph reads it. Claim each attention gradient in the form `passes/attention.py` writes (found
-        from exp(x - lse), with or without the forward in the same graph) as one "attention_bwd"
-        kernel that recomputes the scores block by block. Refused, with a reason, where a value inside
-        is read elsewhere or the templates cannot compute it. Returns the nodes claimed."""
+        """Claim each `softmax(f(q @ k)) @ v` (f: elementwise ops on the scores with constants, index
+        comparisons and stored values, such as a scale, a causal mask, a padding mask input) as one
+        "attention" kernel that never stores the scores: an online softmax over blocks of keys, which also
+        stores each row's log-sum-exp when the graph reads it. Claim each attention gradient in the form
+        `passes/attention.py` writes (found from exp(x - lse), with or without the forward in the same
+        graph) as one "attention_bwd" kernel that recomputes the scores block by block. Refused, with a
+        reason, where a value inside is read elsewhere or the templates cannot compute it. Returns the nodes
+        claimed."""
         claimed: set[Node] = set()
         backs: dict[Node, attention.Backward] = {}  # by the scores matmul
         for head in self.graph.nodes:
@@ -335,10 +336,11 @@ class _Fuser:
                 self.refusals.append(Refusal(head.inputs[0], head, f"no attention backward kernel: {reason}"))
                 continue
             owned = set(back.region) | {back.dp, back.dq, back.dk, back.dv}
-            local = back.scores.side | back.side | back.recomputed | {back.probs_t}
+            side = self._computed_side(back.scores.side | back.side)
+            local = side | back.recomputed | {back.probs_t}
             self._claim("attention_bwd", owned, local, back.dq.shape)
-            self.local |= back.scores.side | back.side | {back.probs_t}
-            claimed |= owned | (local - back.recomputed)
+            self.local |= side | {back.probs_t}
+            claimed |= owned | side | {back.probs_t}
             backs[back.scores.s] = back
         for o in self.graph.nodes:
             a = attention.match(o)
@@ -352,9 +354,10 @@ class _Fuser:
             if reason is not None:
                 self.refusals.append(Refusal(o.inputs[0], o, f"no attention kernel: {reason}"))
                 continue
-            self._claim("attention", owned, a.side, o.shape)
-            self.local |= a.side
-            claimed |= owned | a.side
+            side = self._computed_side(a.side)
+            self._claim("attention", owned, side, o.shape)
+            self.local |= side
+            claimed |= owned | side
         # scores and f that a backward kernel recomputes and no other kernel reads (the backward half
         # of a partition): computed nowhere else. Otherwise the walk places them as usual.
         for back in backs.values():
@@ -411,11 +414,32 @@ class _Fuser:
             return f"the head sizes must be static and at most {MAX_HEAD}"
         if any(tuple(m.shape[:-2]) != tuple(s.shape[:-2]) for m in matmuls):
             return "the values' batch dims are not the scores'"
+        loaded = side - self._computed_side(side)
         for n in sorted(side, key=self.index.__getitem__):
-            if n.op in BUFFER_SOURCES or n.op == K.RAND:
-                return f"the scores' ops read %{self.index[n]} {n.op}; the template takes constants and " \
-                       f"iota only"
+            if n in loaded:
+                continue
+            if n.op not in ELEMENTWISE and n.op not in INLINE_SOURCES and n.op not in FOLDED_MOVEMENT \
+                    or n.op == K.RAND:
+                return f"the scores' ops read %{self.index[n]} {n.op}; the template takes elementwise ops " \
+                       f"on constants, iota and stored values only"
+            if n.op in FOLDED_MOVEMENT and not self._alias(n, len(s.shape)):
+                return f"the scores' ops read %{self.index[n]} {n.op} of a computed value, which moves " \
+                       f"its elements; the template loads stored values and views of them only"
         return None
+
+    @staticmethod
+    def _computed_side(side) -> set[Node]:
+        """The side values an attention kernel computes (constants, iota, ops on values); the rest,
+        stored values and views of them (a mask input, a folded causal mask), it loads over its tile."""
+        loaded = {n for n in side if n.op in BUFFER_SOURCES}
+        changed = True
+        while changed:
+            changed = False
+            for n in side:
+                if n not in loaded and n.op in FOLDED_MOVEMENT and n.inputs[0] in loaded:
+                    loaded.add(n)
+                    changed = True
+        return set(side) - loaded
 
     # --- classification ------------------------------------------------------------------------------
     def _place(self, n: Node) -> None:

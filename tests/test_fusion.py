@@ -164,9 +164,11 @@ def test_attention_refusals_say_why():
     assert "is a graph output" in _refusal(b.build(), "matmul")
     g = _attention((2, 7, 5), (2, 5, 7), (2, 7, 4), dtype=DType.F64).build()
     assert "f32 scores" in _refusal(g, "matmul")
-    mask = lambda b, s: b.add(s, b.input("bias", F32, (7, 7)))  # noqa: E731
-    assert "template takes constants and iota only" in _refusal(_attention(
-        (2, 7, 5), (2, 5, 7), (2, 7, 4), extra=mask).build(), "matmul")
+    bias = lambda b, s: b.add(s, b.input("bias", F32, (7, 7)))  # noqa: E731
+    assert kinds(_attention((2, 7, 5), (2, 5, 7), (2, 7, 4), extra=bias).build()) == ["attention"]
+    summed = lambda b, s: b.add(s, b.sum(b.input("bias", F32, (7, 7, 3)), 2))  # noqa: E731
+    assert "elementwise ops on constants, iota and stored values only" in _refusal(_attention(
+        (2, 7, 5), (2, 5, 7), (2, 7, 4), extra=summed).build(), "matmul")
 
 
 def test_attention_backward_is_one_kernel_that_never_writes_the_probabilities(gen, monkeypatch):
@@ -223,6 +225,32 @@ def test_attention_backward_variants(gen, monkeypatch, variant):
     b.output("y", b.matmul(b.div(e, b.sum(e, r, keepdim=True)), v))
     g = with_grads(b.build(), ["q", "k", "v"])
     assert kinds(g) == ["attention", "reduce", "attention_bwd"], fuse(g).report(why_not=True)
+    check(g, gen, {"t": 23}, tol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["static", "inputs"])
+def test_attention_loads_stored_masks_over_its_tile(gen, monkeypatch, variant):
+    """Masks that are stored values: a causal mask at a static size (fold makes it a literal tensor)
+    and a key-padding mask input with an additive bias input (broadcast over batch and heads); both
+    kernels load them tile by tile."""
+    from axon.codegen import attention
+
+    monkeypatch.setattr(attention, "INTERPRETER_TILE", 16)
+    t = 20 if variant == "static" else Sym("t")
+    b = GraphBuilder()
+    q, k, v = (b.input(n, F32, (2, 3, t, d)) for n, d in (("q", 5), ("k", 5), ("v", 4)))
+    s = b.mul(b.matmul(q, b.transpose(k)), 0.3)
+    if variant == "static":
+        s = b.where(b.le(b.iota((t, t), 1), b.iota((t, t), 0)), s, float("-inf"))
+    else:
+        s = b.add(b.where(b.input("keep", DType.BOOL, (2, 1, 1, t)), s, float("-inf")),
+                  b.input("bias", F32, (t, t)))
+    e = b.exp(b.sub(s, b.max(s, 3, keepdim=True)))
+    b.output("y", b.matmul(b.div(e, b.sum(e, 3, keepdim=True)), v))
+    g = with_grads(b.build(), ["q", "k", "v"])
+    assert kinds(g) == ["attention", "reduce", "attention_bwd"], fuse(g).report(why_not=True)
+    if variant == "static":
+        assert any(n.op.value == "tensor" and n.shape == (20, 20) for n in g.nodes)
     check(g, gen, {"t": 23}, tol=1e-4)
 
 
