@@ -70,26 +70,13 @@ class AttentionKernel:
         strides = []
         for x, (r, c) in (("q", "md"), ("k", "dn"), ("v", "ne")):
             strides += [f"{x}_stride_batch{d}" for d in batch] + [f"{x}_stride_{r}", f"{x}_stride_{c}"]
-        strides += _side_strides(len(self.sides), self.rank)
-        for j in range(len(self.group.outputs)):
-            strides += [f"out{j}_stride{d}" for d in range(self.rank)]
-        outs = [f"out{j}_ptr" for j in range(len(self.group.outputs))]
-        sizes = [f"batch{d}" for d in batch] + ["M", "N", "D", "E"]
-        blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E")]
         sides = [f"side{j}_ptr" for j in range(len(self.sides))]
-        args = ",\n    ".join(["q_ptr", "k_ptr", "v_ptr", *sides, *outs, *strides, *sizes, *blocks])
+        args = ["q_ptr", "k_ptr", "v_ptr", *sides, *_tail_args(self, strides)]
         scores, em = self._scores()
         body = self._start() + self._loop(scores) + self._store()
-        head = "\n".join(f"#   {line}" for line in self.group.labels)
         types = f"softmax(f({self.q.node.type} @ {self.k.node.type})) @ {self.v.node.type} -> {self.o.type}"
-        return "\n".join([
-            f"# Attention kernel (online softmax; the scores are never stored): {types}, computing:\n{head}",
-            "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
-            *em.helper_source(),
-            f"@triton.jit\ndef {self.name}(\n    {args},\n):",
-            *[f"    {line}" for line in body],
-        ]) + "\n"
+        return _file(self, f"Attention kernel (online softmax; the scores are never stored): {types}", em,
+                     args, body)
 
     def _start(self) -> list[str]:
         lines = [f"pid_m = {program_id(0, self.wide)}", f"pid_b = {program_id(1, self.wide)}"]
@@ -266,26 +253,12 @@ class AttentionBackwardKernel:
             strides += [f"t{j}_stride_batch{d}" for d in batch] + [f"t{j}_stride_r", f"t{j}_stride_c"]
         for j in range(len(self.rows)):
             strides += [f"row{j}_stride_batch{d}" for d in batch] + [f"row{j}_stride_m"]
-        strides += _side_strides(len(self.sides), self.rank)
-        for j in range(len(self.group.outputs)):
-            strides += [f"out{j}_stride{d}" for d in range(self.rank)]
-        outs = [f"out{j}_ptr" for j in range(len(self.group.outputs))]
-        sizes = [f"batch{d}" for d in batch] + ["M", "N", "D", "E"]
-        blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E")]
-        args = ",\n    ".join([*ptrs, *outs, *strides, *sizes, *blocks])
         tile, em = self._tile()
         body = self._start() + ["if pid < num_n:"] + [f"    {line}" for line in self._keys(tile)] \
             + ["else:"] + [f"    {line}" for line in self._queries(tile)]
-        head = "\n".join(f"#   {line}" for line in self.group.labels)
-        return "\n".join([
-            f"# Attention backward kernel (the probabilities recomputed per tile, never stored): "
-            f"{self.dq.type}, {self.dk.type}, {self.dv.type}, computing:\n{head}",
-            "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
-            *em.helper_source(),
-            f"@triton.jit\ndef {self.name}(\n    {args},\n):",
-            *[f"    {line}" for line in body],
-        ]) + "\n"
+        return _file(self, f"Attention backward kernel (the probabilities recomputed per tile, never "
+                           f"stored): {self.dq.type}, {self.dk.type}, {self.dv.type}", em,
+                     [*ptrs, *_tail_args(self, strides)], body)
 
     def _start(self) -> list[str]:
         lines = [f"pid = {program_id(0, self.wide)}", f"pid_b = {program_id(1, self.wide)}",
@@ -425,8 +398,28 @@ class AttentionBackwardKernel:
                       (*strides, *batch, m, n, d, e), meta)
 
 
-def _side_strides(count: int, rank: int) -> list[str]:
-    return [f"side{j}_stride{d}" for j in range(count) for d in range(rank)]
+def _tail_args(kernel, strides: list[str]) -> list[str]:
+    """An attention kernel's arguments after its input pointers: output pointers, the inputs' strides
+    (given), the side values' and the outputs' strides, the sizes and the block sizes."""
+    rank, n_out = kernel.rank, len(kernel.group.outputs)
+    strides = strides + [f"side{j}_stride{d}" for j in range(len(kernel.sides)) for d in range(rank)]
+    strides += [f"out{j}_stride{d}" for j in range(n_out) for d in range(rank)]
+    return [*(f"out{j}_ptr" for j in range(n_out)), *strides,
+            *(f"batch{d}" for d in range(kernel.batch_rank)), "M", "N", "D", "E",
+            *(f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E"))]
+
+
+def _file(kernel, title: str, em: Emitter, args: list[str], body: list[str]) -> str:
+    """The kernel's source file: a header naming what it computes, the imports, the jitted function."""
+    head = "\n".join(f"#   {line}" for line in kernel.group.labels)
+    return "\n".join([
+        f"# {title}, computing:\n{head}",
+        "import triton\nimport triton.language as tl\n",
+        'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
+        *em.helper_source(),
+        f"@triton.jit\ndef {kernel.name}(\n    " + ",\n    ".join(args) + ",\n):",
+        *[f"    {line}" for line in body],
+    ]) + "\n"
 
 
 def _side_loads(count: int, batch_rank: int) -> list[str]:
