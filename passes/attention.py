@@ -130,10 +130,9 @@ def backward(b: GraphBuilder, a: Attention, mapping: dict[Node, Node], dout: Nod
 class Backward:
     """The nodes of the gradient `backward` writes for one attention, as a graph holds it after
     clean-up (a training step, or the backward half of a partition, which recomputes the scores):
-    what a flash-style backward kernel computes from q, k, v, dout, lse and d."""
+    what a flash-style backward kernel computes from q, k, v, dout and the row values lse and d."""
 
     scores: Scores            # s = q @ k and f, recomputed by the kernel
-    lse: Node                 # the row's log-sum-exp, [.., M, 1] (stored by the forward kernel)
     region: frozenset[Node]   # elementwise ops over the [.., M, N] tile, from x - lse to ds
     probs: Node               # exp(x - lse)
     ds: Node                  # the scores' gradient: read by dq's and dk's matmuls only
@@ -142,7 +141,6 @@ class Backward:
     dk: Node                  # matmul(q^T, ds): [.., D, N]
     dv: Node                  # matmul(p^T, dout): [.., N, E]
     probs_t: Node             # p^T, dv's left operand
-    rows: tuple[Node, ...]    # [.., M, 1] values the region reads (lse and rowsum(dout * out))
     side: frozenset[Node]     # constants, index comparisons, stored values the region reads (a mask)
 
     @property
@@ -174,7 +172,7 @@ def find_backward(head: Node, users: dict[Node, list[Node]], outputs) -> Backwar
     region = _region(sc, ds, users)
     if isinstance(region, str):
         return region
-    nodes, dp, rows, side = region
+    nodes, dp, side = region
     if head not in nodes or probs not in nodes:
         return "the scores' gradient does not come from the recomputed probabilities"
     if len(users[ds]) != 2:
@@ -186,8 +184,7 @@ def find_backward(head: Node, users: dict[Node, list[Node]], outputs) -> Backwar
         others = [u for u in users[n] if u not in nodes and u not in allowed]
         if others:
             return f"a value of the backward over the [.., M, N] tile is also read by a {others[0].op}"
-    return Backward(sc, head.inputs[1], frozenset(nodes), probs, ds, dp, dq, dk, dv, dv.inputs[0], rows,
-                    side)
+    return Backward(sc, frozenset(nodes), probs, ds, dp, dq, dk, dv, dv.inputs[0], side)
 
 
 def lse_of(a: Attention, users) -> tuple[Node | None, Node | None]:
@@ -223,9 +220,9 @@ def _matmuls(head: Node, probs: Node, users):
 
 
 def _region(sc: Scores, ds: Node, users):
-    """(region, dp, rows, side): the elementwise ops over the tile that ds is computed from, the one
-    matmul among their operands (dout @ v^T), the [.., M, 1] values and the constant cones they read;
-    or a reason."""
+    """(region, dp, side): the elementwise ops over the tile that ds is computed from, the one matmul
+    among their operands (dout @ v^T) and the constant cones and stored values they read; or a reason.
+    [.., M, 1] values they read (lse, rowsum(dout * out)) the kernel loads per query row."""
     tile = tuple(sc.x.shape)
     row = tile[:-1] + (1,)
     recomputed = {sc.s, *sc.chain}
@@ -248,7 +245,7 @@ def _region(sc: Scores, ds: Node, users):
                    f"cannot load over its tile"
     if len(dps) != 1:
         return "the probabilities' gradient is not one matmul of dout and the values"
-    return region, dps[0], tuple(rows), frozenset(side)
+    return region, dps[0], frozenset(side)
 
 
 def _swaps_last(t: Node) -> bool:
