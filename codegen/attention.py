@@ -27,7 +27,7 @@ from .expr import Emitter
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, contiguous_strides, layout_strides, meta_view
 from .matmul import MAX_BATCH, MIN_TILE
-from .ops_triton import program_id
+from .ops_triton import INF, program_id
 
 K = OpKind
 INTERPRETER_TILE = 64  # largest BLOCK_M / BLOCK_N in the interpreter
@@ -94,7 +94,7 @@ class AttentionKernel:
             "# this program's query rows, kept for the whole loop",
             "q = tl.load(q_ptr + q_batch + offs_m[:, None] * q_stride_m + offs_d[None, :] * q_stride_d,",
             "            mask=m_mask[:, None] & d_mask[None, :], other=0)",
-            "m_i = tl.full([BLOCK_M], -INF, tl.float32)  # running row maximum of the scores",
+            f"m_i = tl.full([BLOCK_M], -{INF}, tl.float32)  # running row maximum of the scores",
             "l_i = tl.zeros([BLOCK_M], tl.float32)        # running row sum of exp(score - m_i)",
             "acc = tl.zeros([BLOCK_M, BLOCK_E], tl.float32)",
         ]
@@ -126,10 +126,10 @@ class AttentionKernel:
             's = tl.dot(q, k, input_precision="ieee")  # the score tile, full f32 as torch',
             "# the scores' ops, as in the graph",
             *scores,
-            "x = tl.where(n_mask[None, :], x, -INF)  # keys past N take no weight",
+            f"x = tl.where(n_mask[None, :], x, -{INF})  # keys past N take no weight",
             "# online softmax: rescale what was summed when the row maximum grows",
             "m_new = tl.maximum(m_i, tl.max(x, 1))",
-            "m_safe = tl.where(m_new == -INF, 0.0, m_new)  # rows with no finite score yet: exp(-inf) = 0",
+            f"m_safe = tl.where(m_new == -{INF}, 0.0, m_new)  # rows with no finite score yet: exp(-inf) = 0",
             "alpha = tl.exp(m_i - m_safe)",
             "p = tl.exp(x - m_safe[:, None])",
             "l_i = l_i * alpha + tl.sum(p, 1)",
@@ -415,7 +415,6 @@ def _file(kernel, title: str, em: Emitter, args: list[str], body: list[str]) -> 
     return "\n".join([
         f"# {title}, computing:\n{head}",
         "import triton\nimport triton.language as tl\n",
-        'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
         *em.helper_source(),
         f"@triton.jit\ndef {kernel.name}(\n    " + ",\n    ".join(args) + ",\n):",
         *[f"    {line}" for line in body],

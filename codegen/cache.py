@@ -83,7 +83,25 @@ def load_kernel(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(f"axon_kernel_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    check_globals(module, path)
     return getattr(module, name)
+
+
+def check_globals(module, path) -> None:
+    """A kernel module holds imports and jitted functions only. Triton compares every other global a
+    kernel reads with `!=` at each launch (a NaN constant is never equal to itself, so such a kernel
+    compiles and then fails every launch); the interpreter does not, so the rule is checked here."""
+    import types
+
+    for name, value in vars(module).items():
+        if name.startswith("__") or isinstance(value, types.ModuleType):
+            continue
+        if type(value).__name__ not in ("JITFunction", "InterpretedFunction", "Autotuner"):
+            from .groups import CodegenError
+
+            raise CodegenError(f"{path}: generated kernel module defines global '{name}' "
+                               f"({type(value).__name__}); kernels may read only their arguments, "
+                               f"locals and jitted helpers")
 
 
 def allocate(node: Node, env, device, poison: bool = False) -> torch.Tensor:

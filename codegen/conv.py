@@ -99,16 +99,19 @@ class Conv2dKernel:
             "# Per group: rows m = (n, oh, ow), columns = the group's output channels,",
             "# reduction k = (c, kh, kw).",
             "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))' if not self.epilogue.trivial
-            else "",
             *helpers,
-            "# the convolution's geometry: (rows, columns) of stride, padding and dilation",
-            *[f"{name}_{axis} = tl.constexpr({value[i]})"
-              for name, value in (("STRIDE", a.stride), ("PAD", a.padding), ("DILATION", a.dilation))
-              for i, axis in enumerate("HW")],
-            f"\n\n@triton.jit\ndef {self.name}(\n    {args},\n):",
-            *[f"    {line}" for line in body],
+            f"\n@triton.jit\ndef {self.name}(\n    {args},\n):",
+            *[f"    {line}" for line in self._geometry() + body],
         ]) + "\n"
+
+    def _geometry(self) -> list[str]:
+        """The convolution's stride, padding and dilation as constants local to the kernel (a module
+        global would be re-checked by Triton at every launch)."""
+        a = self.attrs
+        return ["# the convolution's geometry: (rows, columns) of stride, padding and dilation",
+                *[f"{name}_{axis}: tl.constexpr = {value[i]}"
+                  for name, value in (("STRIDE", a.stride), ("PAD", a.padding), ("DILATION", a.dilation))
+                  for i, axis in enumerate("HW")]]
 
     def _tile(self) -> list[str]:
         """Which tile: rows (output pixels) by output channels of group `pid_g`, and where they read."""

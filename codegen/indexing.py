@@ -27,7 +27,7 @@ from axon.ir import OpKind
 from axon.ir.shapes import concrete
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, meta_view
-from .ops_triton import literal, program_id, tl_dtype
+from .ops_triton import NAN, literal, program_id, tl_dtype
 
 K = OpKind
 BLOCK = 1024  # elements per program
@@ -70,14 +70,13 @@ class IndexKernel:
         return "\n".join([
             f"# Index kernel ({op}) over {self.node.type}, computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
-            f"@triton.jit\ndef {self.name}(\n    {args},\n):",
+                f"@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body if line],
         ]) + "\n"
 
     def _missing(self) -> str:
         """What an out-of-range index reads: NaN for floats, 0 (False) otherwise."""
-        return "NAN" if self.node.dtype.is_float else "0"
+        return NAN if self.node.dtype.is_float else "0"
 
     def _load_index(self, coords: list[str], axis: int) -> list[str]:
         """Lines loading the index (input 1) at `coords`, with a mask of the indices inside x's axis."""

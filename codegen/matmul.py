@@ -83,8 +83,6 @@ class MatmulKernel:
         return "\n".join([
             f"# Matmul kernel: {types}, computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n' if helpers or not
-            self.epilogue.trivial else "",
             *helpers,
             *self._autotune(),
             f"@triton.jit\ndef {self.name}(\n    {args},\n):",

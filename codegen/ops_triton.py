@@ -56,7 +56,7 @@ def _pow(a, b):
     b_int = tl.floor(b) == b
     b_odd = b_int & (b - 2.0 * tl.floor(b * 0.5) == 1.0)
     out = tl.where((a < 0) & b_odd, -mag, mag)
-    out = tl.where((a < 0) & ~b_int, NAN, out)
+    out = tl.where((a < 0) & ~b_int, float("nan"), out)
     return tl.where((b == 0) | (a == 1), 1.0, out)
 ''',
 }
@@ -77,17 +77,23 @@ def tl_dtype(dtype: DType) -> str:
     return TL_DTYPE[dtype]
 
 
+# Non-finite floats are written inline, never as module globals: Triton re-checks a kernel's globals at
+# every launch with `!=`, and a NaN global is never equal to itself ("Global variable NAN has changed").
+NAN = 'float("nan")'
+INF = 'float("inf")'
+
+
 def literal(value, dtype: DType) -> str:
-    """A Python literal for a constant; non-finite floats use the module constants INF and NAN."""
+    """A Python literal for a constant (non-finite floats as `float("nan")`, `float("inf")`)."""
     if dtype == DType.BOOL:
         return "1" if value else "0"
     if not dtype.is_float:
         return str(int(value))
     value = float(value)
     if math.isnan(value):
-        return "NAN"
+        return NAN
     if math.isinf(value):
-        return "INF" if value > 0 else "-INF"
+        return INF if value > 0 else f"-{INF}"
     return repr(value)
 
 

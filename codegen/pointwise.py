@@ -103,7 +103,6 @@ class PointwiseKernel:
         text = [
             f"# Pointwise kernel over [{', '.join(map(str, self.space))}], computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))',
             *em.helper_source(),
             f"\n@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body if line],

@@ -16,7 +16,7 @@ import triton
 
 from axon.ir import DType, OpKind
 from .groups import KernelGroup
-from .ops_triton import program_id, tl_dtype
+from .ops_triton import INF, NAN, program_id, tl_dtype
 from .launch import Launch, meta_view
 
 K = OpKind
@@ -49,9 +49,9 @@ class ReduceKernel:
         if op in (K.SUM, K.MEAN):
             fill = "0"
         elif op in (K.MAX, K.ARGMAX):
-            fill = "-INF" if is_float else str(torch.iinfo(self.src.torch).min)
+            fill = f"-{INF}" if is_float else str(torch.iinfo(self.src.torch).min)
         else:
-            fill = "INF" if is_float else str(torch.iinfo(self.src.torch).max)
+            fill = INF if is_float else str(torch.iinfo(self.src.torch).max)
         body = [
             f"rows = {program_id(0, self.wide)} * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)",
             "row_mask = rows < n_rows",
@@ -82,7 +82,7 @@ class ReduceKernel:
             final = [f"result = {red}(acc, axis=1)"]
             if is_float:
                 final += ["row_has_nan = tl.max((acc != acc).to(tl.int32), axis=1) > 0",
-                          "result = tl.where(row_has_nan, NAN, result)"]
+                          f"result = tl.where(row_has_nan, {NAN}, result)"]
         else:
             nan = " | ((x != x) & (acc == acc))" if is_float else ""
             red = "tl.max" if op == K.ARGMAX else "tl.min"
@@ -106,8 +106,7 @@ class ReduceKernel:
             f"# Reduction kernel: {self.input.node.type} -> {self.node.type} over axes "
             f"{list(self.axes)}, computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))\n',
-            f"@triton.jit\ndef {self.name}(\n    {args},\n):",
+                f"@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body],
         ]) + "\n"
 

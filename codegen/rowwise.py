@@ -28,7 +28,7 @@ from axon.ir.shapes import concrete
 from .expr import Emitter, broadcast_axes
 from .groups import KernelGroup
 from .launch import Launch, broadcast_strides, contiguous_strides, meta_view
-from .ops_triton import cast, program_id, tl_dtype
+from .ops_triton import INF, NAN, cast, program_id, tl_dtype
 
 K = OpKind
 REDUCTIONS = frozenset({K.SUM, K.MEAN, K.MAX, K.MIN})
@@ -98,7 +98,6 @@ class RowKernel:
             f"# Row kernel over [{', '.join(map(str, self.space))}], reducing axes {list(self.axes)} "
             f"({mode}), computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
-            'INF = tl.constexpr(float("inf"))\nNAN = tl.constexpr(float("nan"))',
             *self.em.helper_source(),
             f"\n@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body if line],
@@ -221,8 +220,8 @@ class RowKernel:
         if n.op in (K.SUM, K.MEAN):
             return "0"
         if n.op == K.MAX:
-            return "-INF" if src.is_float else str(torch.iinfo(src.torch).min)
-        return "INF" if src.is_float else str(torch.iinfo(src.torch).max)
+            return f"-{INF}" if src.is_float else str(torch.iinfo(src.torch).min)
+        return INF if src.is_float else str(torch.iinfo(src.torch).max)
 
     def _masked(self, n: Node) -> list[str]:
         """The operand as a full tile in the accumulation dtype, the fill outside the rows' columns."""
@@ -243,7 +242,7 @@ class RowKernel:
         lines = [f"{var} = {red}({acc}, axis=1)[:, None]"]
         if n.op in (K.MAX, K.MIN) and n.inputs[0].dtype.is_float:
             lines.append(f"{var} = tl.where(tl.max(({acc} != {acc}).to(tl.int32), axis=1)[:, None] > 0, "
-                         f"NAN, {var})")
+                         f"{NAN}, {var})")
         if n.op == K.MEAN:
             lines.append(f"{var} = {var} / n_cols")
         lines.append(f"{var} = {cast(var, self._acc_dtype(n), n.dtype)}")
@@ -289,7 +288,7 @@ class RowKernel:
         """The picked element; NaN (0 for integers) where the index is out of range, as the index kernel."""
         ix = self.names[n.inputs[1]]
         (axis,) = self.axes
-        bad = "NAN" if n.dtype.is_float else "0"
+        bad = NAN if n.dtype.is_float else "0"
         return [f"{var} = {picked}",
                 f"{var} = tl.where(({ix} >= 0) & ({ix} < size{axis}), {var}, {bad}).to({tl_dtype(n.dtype)})"]
 

@@ -117,8 +117,6 @@ GOLDEN = '''\
 import triton
 import triton.language as tl
 
-INF = tl.constexpr(float("inf"))
-NAN = tl.constexpr(float("nan"))
 
 @triton.jit
 def pointwise_kernel(

@@ -234,12 +234,12 @@ GOLDEN_HEADER = """\
 """
 
 GOLDEN_GEOMETRY = """
-STRIDE_H = tl.constexpr(2)
-STRIDE_W = tl.constexpr(1)
-PAD_H = tl.constexpr(1)
-PAD_W = tl.constexpr(2)
-DILATION_H = tl.constexpr(1)
-DILATION_W = tl.constexpr(2)
+    STRIDE_H: tl.constexpr = 2
+    STRIDE_W: tl.constexpr = 1
+    PAD_H: tl.constexpr = 1
+    PAD_W: tl.constexpr = 2
+    DILATION_H: tl.constexpr = 1
+    DILATION_W: tl.constexpr = 2
 """
 
 GOLDEN_SIGNATURE = """

@@ -241,4 +241,4 @@ def test_source_reads_like_a_kernel(gen):
     args = [a.strip() for a in source.split("def index_kernel(")[1].split("):")[0].split(",") if a.strip()]
     assert args[:5] == ["in0_ptr", "in1_ptr", "out_ptr", "in0_stride0", "in0_stride1"]
     assert args[-3:] == ["in0_size1", "n_elements", "BLOCK: tl.constexpr"]
-    assert "mask = offs < n_elements" in source and "other=NAN" in source
+    assert "mask = offs < n_elements" in source and 'other=float("nan")' in source
