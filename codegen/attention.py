@@ -27,11 +27,13 @@ from .expr import Emitter
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, contiguous_strides, layout_strides, meta_view
 from .matmul import MAX_BATCH, MIN_TILE
-from .ops_triton import INF, program_id
+from .ops_triton import INF, dot, program_id
+from .target import Target
 
 K = OpKind
 INTERPRETER_TILE = 64  # largest BLOCK_M / BLOCK_N in the interpreter
 GPU_TILE = 64          # on a GPU: q, acc and a k/v block of head size <= 128 stay in registers/SMEM
+GPU_CONFIGS = ((4, 2), (8, 2))  # (num_warps, num_stages) tried on a GPU, the first the default
 
 
 @dataclass
@@ -39,6 +41,7 @@ class AttentionKernel:
     group: KernelGroup
     name: str = "attention_kernel"
     wide: bool = False
+    target: Target = Target()
 
     def __post_init__(self):
         matmuls = [n for n in self.group.nodes if n.op == K.MATMUL]
@@ -77,6 +80,10 @@ class AttentionKernel:
         types = f"softmax(f({self.q.node.type} @ {self.k.node.type})) @ {self.v.node.type} -> {self.o.type}"
         return _file(self, f"Attention kernel (online softmax; the scores are never stored): {types}", em,
                      args, body)
+
+    def _dot(self, a: str, b: str) -> str:
+        """A dot of two tiles in the inputs' dtype, accumulated in f32."""
+        return dot(a, b, self.s.dtype, self.target)
 
     def _start(self) -> list[str]:
         lines = [f"pid_m = {program_id(0, self.wide)}", f"pid_b = {program_id(1, self.wide)}"]
@@ -123,7 +130,7 @@ class AttentionKernel:
             "m_n_mask = m_mask[:, None] & n_mask[None, :]",
             "k = tl.load(k_ptr + k_batch + offs_d[:, None] * k_stride_d + offs_n[None, :] * k_stride_n,",
             "            mask=d_mask[:, None] & n_mask[None, :], other=0)",
-            's = tl.dot(q, k, input_precision="ieee")  # the score tile, full f32 as torch',
+            f"s = {self._dot('q', 'k')}  # the score tile, in f32",
             "# the scores' ops, as in the graph",
             *scores,
             f"x = tl.where(n_mask[None, :], x, -{INF})  # keys past N take no weight",
@@ -135,7 +142,7 @@ class AttentionKernel:
             "l_i = l_i * alpha + tl.sum(p, 1)",
             "v = tl.load(v_ptr + v_batch + offs_n[:, None] * v_stride_n + offs_e[None, :] * v_stride_e,",
             "            mask=n_mask[:, None] & e_mask[None, :], other=0)",
-            'acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")',
+            f"acc = acc * alpha[:, None] + {self._dot('p', 'v')}",
             "m_i = m_new",
         ]
         return ["for start in range(0, N, BLOCK_N):", *[f"    {line}" for line in loop]]
@@ -174,18 +181,24 @@ class AttentionKernel:
         for o in self.group.outputs:
             strides += layout_strides(o, env) if o in self.layouts else contiguous_strides(
                 concrete(o.shape, env))
-        from .cache import target
-
-        cap = INTERPRETER_TILE if target().startswith("interpreter") else GPU_TILE
+        cap = INTERPRETER_TILE if self.target.interpreted else GPU_TILE
         meta = {"BLOCK_M": _tile(m, cap), "BLOCK_N": _tile(n, cap), "BLOCK_D": _tile(d, 1 << 30),
                 "BLOCK_E": _tile(e, 1 << 30)}
         grid = (triton.cdiv(m, meta["BLOCK_M"]), n_batch)
+        configs = _configs(meta, self.target)
         return Launch(grid, tuple(arg for _, arg in views), tuple(self.group.outputs),
-                      (*strides, *batch, m, n, d, e), meta)
+                      (*strides, *batch, m, n, d, e), configs[0] if configs else meta, configs)
 
 
 def _tile(size: int, cap: int) -> int:
     return min(max(MIN_TILE, triton.next_power_of_2(size)), cap)
+
+
+def _configs(blocks: dict[str, int], target: Target) -> tuple[dict, ...]:
+    """On a GPU: `blocks` with each (warps, stages) of GPU_CONFIGS; none in the interpreter."""
+    if target.interpreted:
+        return ()
+    return tuple({**blocks, "num_warps": w, "num_stages": s, "enable_fp_fusion": True} for w, s in GPU_CONFIGS)
 
 
 @dataclass
@@ -205,6 +218,7 @@ class AttentionBackwardKernel:
     group: KernelGroup
     name: str = "attention_bwd_kernel"
     wide: bool = False
+    target: Target = Target()
 
     def __post_init__(self):
         nodes = self.group.nodes
@@ -260,6 +274,10 @@ class AttentionBackwardKernel:
                            f"stored): {self.dq.type}, {self.dk.type}, {self.dv.type}", em,
                      [*ptrs, *_tail_args(self, strides)], body)
 
+    def _dot(self, a: str, b: str) -> str:
+        """A dot of two tiles in the inputs' dtype, accumulated in f32."""
+        return dot(a, b, self.s.dtype, self.target)
+
     def _start(self) -> list[str]:
         lines = [f"pid = {program_id(0, self.wide)}", f"pid_b = {program_id(1, self.wide)}",
                  "num_n = tl.cdiv(N, BLOCK_N)"]
@@ -302,12 +320,12 @@ class AttentionBackwardKernel:
         row = {a.node: f"row{j}[:, None]" for j, a in enumerate(self.rows)}
         names.update(row)
         lines = ["m_n_mask = m_mask[:, None] & n_mask[None, :]", *_side_loads(len(self.sides), b),
-                 's = tl.dot(q, k, input_precision="ieee")  # the scores, recomputed',
+                 f"s = {self._dot('q', 'k')}  # the scores, recomputed",
                  "# the scores' ops, as in the forward"]
         for k, n in enumerate(self.score_ops):
             lines += em.emit(n, f"{n.op.value}{k}", names)
             names[n] = f"{n.op.value}{k}"
-        lines += ['dp = tl.dot(do, vt, input_precision="ieee")  # the probabilities\' gradient',
+        lines += [f"dp = {self._dot('do', 'vt')}  # the probabilities' gradient",
                   "# from the probabilities to the scores' gradient, as in the graph"]
         for k, n in enumerate(self.region_ops):
             if n not in names:
@@ -321,10 +339,9 @@ class AttentionBackwardKernel:
 
     def _keys(self, tile: list[str]) -> list[str]:
         loop = ["offs_m = start + tl.arange(0, BLOCK_M)", *self._query_block(), *tile,
-                f'acc_dv += tl.dot(tl.trans(p), {"dov" if self.role["dov"] != self.role["do"] else "do"}, '
-                f'input_precision="ieee")',
+                "acc_dv += " + self._dot("tl.trans(p)", "dov" if self.role["dov"] != self.role["do"] else "do"),
                 self._load("qt", "qt", "d", "m"),
-                'acc_dk += tl.dot(qt, ds, input_precision="ieee")']
+                f"acc_dk += {self._dot('qt', 'ds')}"]
         return [
             "# this program's keys: dk and dv, summed over every block of queries",
             "offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)",
@@ -339,7 +356,7 @@ class AttentionBackwardKernel:
     def _queries(self, tile: list[str]) -> list[str]:
         loop = ["offs_n = start + tl.arange(0, BLOCK_N)", *self._key_block(), *tile,
                 self._load("kt", "kt", "n", "d"),
-                'acc_dq += tl.dot(ds, kt, input_precision="ieee")']
+                f"acc_dq += {self._dot('ds', 'kt')}"]
         return [
             "# this program's queries: dq, summed over every block of keys",
             "offs_m = (pid - num_n) * BLOCK_M + tl.arange(0, BLOCK_M)",
@@ -387,15 +404,14 @@ class AttentionBackwardKernel:
         for o in self.group.outputs:
             own = o is self.roots[o]
             strides += contiguous_strides(concrete(o.shape, env)) if own else layout_strides(o, env)
-        from .cache import target
-
         # on a GPU: k, v^T and two accumulators stay resident per program; halve the tiles for big heads
-        cap = INTERPRETER_TILE if target().startswith("interpreter") else GPU_TILE if max(d, e) <= 64 else 32
+        cap = INTERPRETER_TILE if self.target.interpreted else GPU_TILE if max(d, e) <= 64 else 32
         meta = {"BLOCK_M": _tile(m, cap), "BLOCK_N": _tile(n, cap), "BLOCK_D": _tile(d, 1 << 30),
                 "BLOCK_E": _tile(e, 1 << 30)}
         grid = (triton.cdiv(n, meta["BLOCK_N"]) + triton.cdiv(m, meta["BLOCK_M"]), n_batch)
+        configs = _configs(meta, self.target)
         return Launch(grid, tuple(arg for _, arg in views), tuple(self.group.outputs),
-                      (*strides, *batch, m, n, d, e), meta)
+                      (*strides, *batch, m, n, d, e), configs[0] if configs else meta, configs)
 
 
 def _tail_args(kernel, strides: list[str]) -> list[str]:

@@ -1,7 +1,9 @@
 """Compiling a group: its source written to an on-disk cache, loaded back, and a launcher around it.
 
-Each kernel is one `.py` file named by sha256(source + target), so a changed kernel or another target
-never reuses a stale file. Files are written to a temporary name in the cache directory and renamed into
+Each kernel is one `.py` file named by sha256(code + target), where the code is the source without its
+comments: kernels that differ only in the IR nodes their comments name (the same layer at another depth,
+the same update for another parameter) share one file, one loaded function and so one Triton compile,
+while a changed kernel or another target never reuses a stale file. Files are written to a temporary name in the cache directory and renamed into
 place (atomic), so two processes compiling the same kernel both see a whole file. The last line holds a
 checksum of the rest: a truncated or damaged file is detected on load and rewritten.
 """
@@ -9,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import math
 import os
 import tempfile
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from .groups import KernelGroup
 from .launch import Launch
 from .pointwise import PointwiseKernel
 from .reduce import ReduceKernel
+from .target import Target, native
 
 CHECKSUM = "# axon-checksum: sha256 "
 _LOADED: dict[str, object] = {}  # cache key -> the loaded kernel function, per process
@@ -32,19 +38,21 @@ def cache_dir() -> Path:
 
 
 def target() -> str:
-    """What the kernels are compiled for: the interpreter or a CUDA architecture, and Triton's version."""
-    import triton
+    """What this machine's kernels are compiled for (the native target's cache key)."""
+    return native().key()
 
-    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
-        device = "interpreter"
-    else:
-        major, minor = torch.cuda.get_device_capability()
-        device = f"cuda:sm{major}{minor}"
-    return f"{device} triton-{triton.__version__}"
+
+def code_of(source: str) -> str:
+    """The source without comments and blank lines: what the kernel computes."""
+    kept = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in (tokenize.COMMENT, tokenize.NL):
+            kept.append(tok.string if tok.type != tokenize.NEWLINE else "\n")
+    return " ".join(kept)
 
 
 def cache_key(source: str, tgt: str) -> str:
-    return hashlib.sha256(f"{source}\n{tgt}".encode()).hexdigest()
+    return hashlib.sha256(f"{code_of(source)}\n{tgt}".encode()).hexdigest()
 
 
 def _with_checksum(source: str) -> str:
@@ -58,7 +66,7 @@ def is_intact(text: str) -> bool:
 
 def write_cached(source: str, tgt: str | None = None) -> Path:
     """The cache file for `source` (written atomically when absent or damaged)."""
-    tgt = tgt or target()
+    tgt = tgt or target()  # a Target's key()
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"k_{cache_key(source, tgt)[:40]}.py"
@@ -104,6 +112,15 @@ def check_globals(module, path) -> None:
                                f"locals and jitted helpers")
 
 
+WIDE = 2**31 - 1  # tensors with more elements than this need int64 index arithmetic
+
+
+def needs_wide(group: KernelGroup, env) -> bool:
+    """Whether a kernel of `group` at sizes `env` touches a tensor of 2**31+ elements (int64 indexing)."""
+    nodes = [a.buffer for a in group.inputs] + list(group.outputs) + [a.node for a in group.inputs]
+    return any(math.prod(concrete(n.shape, env)) > WIDE for n in nodes)
+
+
 def allocate(node: Node, env, device, poison: bool = False) -> torch.Tensor:
     """A contiguous buffer for `node`; `poison` fills it with NaN (or the largest integer) so an element
     no kernel writes shows up in a comparison."""
@@ -117,13 +134,18 @@ def allocate(node: Node, env, device, poison: bool = False) -> torch.Tensor:
 
 @dataclass
 class CompiledKernel:
-    """A group's generated kernel, loaded from its cache file, with the spec that prepares its launches."""
+    """A group's generated kernel, loaded from its cache file, with the spec that prepares its launches.
+
+    `source` is this group's own text (its comments name its IR nodes); `path` is the cache file, which
+    holds the first text written with the same code; `fn` is None for a kernel compiled for another
+    target (ahead of time: `codegen.aot`), which this process never loads."""
 
     group: KernelGroup
     source: str
     path: Path
     fn: object
     spec: object  # a kernel spec (PointwiseKernel, ReduceKernel, ...): knows the kernel's arguments
+    target: Target = Target()
 
     def prepare(self, env: dict[str, int] | None = None) -> Launch:
         return self.spec.prepare(env or {})
@@ -138,8 +160,9 @@ class CompiledKernel:
         return outs
 
 
-def spec_for(group: KernelGroup, wide: bool = False):
-    """The kernel spec for a group of its kind; `wide` indexes with int64 (tensors of 2**31+ elements)."""
+def spec_for(group: KernelGroup, wide: bool = False, target: Target | None = None):
+    """The kernel spec for a group of its kind, for `target` (default: this machine's); `wide` indexes
+    with int64 (tensors of 2**31+ elements)."""
     from .attention import AttentionBackwardKernel, AttentionKernel
     from .conv import Conv2dKernel
     from .indexing import IndexKernel
@@ -150,19 +173,24 @@ def spec_for(group: KernelGroup, wide: bool = False):
     kinds = {"pointwise": PointwiseKernel, "reduce": ReduceKernel, "matmul": MatmulKernel,
              "conv2d": Conv2dKernel, "index": IndexKernel, "attention": AttentionKernel,
              "attention_bwd": AttentionBackwardKernel}
+    target = target or native()
     if group.kind == "reduce" and group.space and not any(n.op.value in ("argmax", "argmin")
                                                           for n in group.nodes):
-        return RowKernel(group, wide=wide)  # a fused reduction
-    return kinds[group.kind](group, wide=wide)
+        return RowKernel(group, wide=wide, target=target)  # a fused reduction
+    return kinds[group.kind](group, wide=wide, target=target)
 
 
-def compile_group(group: KernelGroup, wide: bool = False) -> CompiledKernel:
-    """Generate, cache and load the kernel of `group`."""
-    spec = spec_for(group, wide)
+def compile_group(group: KernelGroup, wide: bool = False, target: Target | None = None) -> CompiledKernel:
+    """Generate and cache the kernel of `group` for `target` (default: this machine's), and load it when
+    the target is this machine's."""
+    tgt = target or native()
+    spec = spec_for(group, wide, tgt)
     source = spec.source()
-    tgt = target()
-    key = cache_key(source, tgt)
-    path = write_cached(source, tgt)
-    if key not in _LOADED:
-        _LOADED[key] = load_kernel(path, spec.name)
-    return CompiledKernel(group, source, path, _LOADED[key], spec)
+    key = cache_key(source, tgt.key())
+    path = write_cached(source, tgt.key())
+    fn = None
+    if tgt == native(tgt.tf32):
+        if key not in _LOADED:
+            _LOADED[key] = load_kernel(path, spec.name)
+        fn = _LOADED[key]
+    return CompiledKernel(group, source, path, fn, spec, tgt)

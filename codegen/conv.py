@@ -13,10 +13,11 @@ fastest, so programs running together share an input patch), grid axis 1 is the 
 read through their own strides, so an input stored NHWC and permuted to NCHW (or a permuted weight) is
 index arithmetic, never a copy. The output is written through its strides.
 
-f32, f16 and bf16 use `tl.dot` with an f32 accumulator (f32 at full precision, like torch's default); as
-`tl.dot` needs every block dim >= 16, blocks are padded (masked) when K or O/G is small (a depthwise conv
+f32, f16 and bf16 use `tl.dot` with an f32 accumulator (16-bit operands on tensor cores; f32 at full
+precision like torch's default, or TF32 where PyTorch's matmul precision allows it); as `tl.dot` needs every block dim >= 16, blocks are padded (masked) when K or O/G is small (a depthwise conv
 has K = KH*KW and one output channel per group). f64 has no portable `tl.dot`: it accumulates a broadcast
-multiply summed over each K block, in f64. Block sizes come from the sizes, in `prepare`.
+multiply summed over each K block, in f64. Block sizes come from the sizes, in `prepare`; on a GPU the
+launch carries configs (warps, pipeline stages) for the runtime's tuner.
 
 A padded tap contributes 0 * w: a NaN weight reaches every output pixel of its channel, as in torch's f64
 CPU conv (its f32 CPU conv skips padded taps, so there the border stays finite).
@@ -29,21 +30,22 @@ import triton
 
 from axon.ir import DType, OpKind
 from axon.ir.shapes import concrete
-from .cache import target
+from . import configs as gpu
 from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, contiguous_strides, meta_view
-from .ops_triton import cast, program_id, tl_dtype
+from .ops_triton import cast, dot, program_id, tl_dtype
+from .target import Target
 
 MIN_TILE = 16           # tl.dot's smallest block in every dimension
 MIN_LOOP_TILE = 4       # smallest BLOCK_M/N/K of the f64 loop (no tl.dot, so no floor of 16)
 MAX_GROUPS = 65535      # CUDA's limit on grid axis 1, which carries the group
-# Caps on the block sizes by target and kernel (tl.dot or the f64 loop). On a GPU the accumulator lives
-# in registers and the operand blocks in shared memory (f32 blocks are twice the bytes of 16-bit ones, so
-# BLOCK_K <= 32). The interpreter pays per program and per op far more than per element, so it takes the
-# largest BLOCK_M its element budget allows (few programs).
-GPU_DOT = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_K_F32": 32}
-GPU_LOOP = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 8}  # holds a BLOCK_M x BLOCK_K x BLOCK_N product
+# Caps on the block sizes by target and kernel. On a GPU, BLOCK_M x BLOCK_N comes from `configs.tile` (by
+# the kind of dot and the epilogue's size) and BLOCK_K is capped by the kind of dot (the gathered input
+# block and the weights share shared memory; the f64 loop holds a BLOCK_M x BLOCK_K x BLOCK_N product).
+# The interpreter pays per program and per op far more than per element, so it takes the largest
+# BLOCK_M its element budget allows (few programs).
+GPU_BLOCK_K = {"tensor": 64, "tf32": 32, "fma": 32, "loop": 8}
 INTERPRETER_DOT = {"BLOCK_N": 64, "BLOCK_K": 128}
 INTERPRETER_LOOP = {"BLOCK_N": 64, "BLOCK_K": 64}
 INTERPRETER_A_BLOCK = 1 << 16   # elements of the gathered input block (BLOCK_M x BLOCK_K) per K step
@@ -56,7 +58,7 @@ class Conv2dKernel:
     group: KernelGroup
     name: str = "conv2d_kernel"
     wide: bool = False                # int64 indexing
-    interpreted: bool | None = None   # for Triton's interpreter; None: from the target
+    target: Target = Target()
 
     def __post_init__(self):
         self.node = next(n for n in self.group.nodes if n.op == OpKind.CONV2D)
@@ -68,8 +70,7 @@ class Conv2dKernel:
             raise CodegenError(f"no conv2d kernel for {self.dtype}")
         self.uses_dot = self.dtype != DType.F64
         self.acc = DType.F32 if self.uses_dot else DType.F64
-        if self.interpreted is None:
-            self.interpreted = target().startswith("interpreter")
+        self.interpreted = self.target.interpreted
 
     # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
@@ -163,13 +164,8 @@ class Conv2dKernel:
             "    w_k = c * w_stride_c + kh * w_stride_h + kw * w_stride_w",
             "    b = tl.load(w_ptr + w_k[:, None] + oc[None, :] * w_stride_o, mask=w_mask, other=0)",
         ]
-        if self.dtype == DType.F32:
-            lines.append('    acc = tl.dot(a, b, acc, input_precision="ieee")  # full f32, as torch')
-        elif self.dtype == DType.BF16 and self.interpreted:
-            lines += ["    # the interpreter's bf16 tl.dot multiplies bit patterns (triton#11584): f32 here",
-                      '    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")']
-        elif self.uses_dot:
-            lines.append("    acc = tl.dot(a, b, acc)  # tensor cores, f32 accumulation")
+        if self.uses_dot:
+            lines.append(f"    acc = {dot('a', 'b', self.dtype, self.target, acc='acc')}")
         else:
             lines += ["    # no portable tl.dot for f64: a broadcast multiply, summed over the K block",
                       "    acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)"]
@@ -213,15 +209,27 @@ class Conv2dKernel:
         m, k = n * oh * ow, c_g * kh * kw
         meta = self.blocks(m, o_g, k)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(o_g, meta["BLOCK_N"]), groups)
+        configs = self.configs(meta)
+        meta = configs[0] if configs else meta
         if self.epilogue.trivial:
             scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape),
                        h, w, c_g, o_g, oh, ow, kh, kw, m, k)
-            return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta)
+            return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta, configs)
         extra, more = self.epilogue.prepare(env)
         more = [s for group in more for s in group]
         scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape), *more,
                    h, w, c_g, o_g, oh, ow, kh, kw, m, k)
-        return Launch(grid, (x_arg, w_arg, *extra), tuple(self.group.outputs), scalars, meta)
+        return Launch(grid, (x_arg, w_arg, *extra), tuple(self.group.outputs), scalars, meta, configs)
+
+    def configs(self, blocks: dict[str, int]) -> tuple[dict, ...]:
+        """On a GPU: `blocks` with each (warps, stages) to try, the first the default (none in the
+        interpreter). BLOCK_K stays as `blocks` has it: it was chosen to pad K little."""
+        if self.interpreted:
+            return ()
+        return gpu.configs(blocks, 0, self._values(), self.dtype, self.target, block_k=blocks["BLOCK_K"])
+
+    def _values(self) -> int:
+        return 2 if self.epilogue.trivial else self.epilogue.values
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
         """Block sizes for the per-group (m x k) @ (k x n) product: BLOCK_M and BLOCK_N the next power of
@@ -242,10 +250,9 @@ class Conv2dKernel:
             return block
 
         if not self.interpreted:
-            caps = GPU_DOT if self.uses_dot else GPU_LOOP
-            block_k = fit_k(caps["BLOCK_K_F32"] if self.dtype == DType.F32 else caps["BLOCK_K"])
-            return {"BLOCK_M": fit(m, caps["BLOCK_M"]), "BLOCK_N": fit(n, caps["BLOCK_N"]),
-                    "BLOCK_K": block_k}
+            kind = gpu.dot_kind(self.dtype, self.target)
+            block_m, block_n = gpu.tile(m, n, self._values(), kind)
+            return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": fit_k(GPU_BLOCK_K[kind])}
         caps = INTERPRETER_DOT if self.uses_dot else INTERPRETER_LOOP
         block_n, block_k = fit(n, caps["BLOCK_N"]), fit_k(caps["BLOCK_K"])
         if self.uses_dot:

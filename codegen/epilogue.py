@@ -40,6 +40,12 @@ class Epilogue:
         self.partial.update({o: [] for o in self.layouts})
 
     @property
+    def values(self) -> int:
+        """About how many tile-sized values a program holds at once: the accumulator, each operand the
+        epilogue loads, each output, and its temporaries (every other node, as compilers overlap them)."""
+        return 1 + len(self.extra) + len(self.group.outputs) + len(self.nodes) // 2
+
+    @property
     def trivial(self) -> bool:
         """Nothing to fuse: the template stores its own result only."""
         return not self.nodes and self.group.outputs == (self.node,)

@@ -26,8 +26,9 @@ import triton
 from axon.ir import OpKind
 from axon.ir.shapes import concrete
 from .groups import CodegenError, KernelGroup
-from .launch import Launch, meta_view
+from .launch import Launch, meta_view, warps
 from .ops_triton import NAN, literal, program_id, tl_dtype
+from .target import Target
 
 K = OpKind
 BLOCK = 1024  # elements per program
@@ -39,6 +40,7 @@ class IndexKernel:
     group: KernelGroup
     name: str = "index_kernel"
     wide: bool = False  # int64 indexing
+    target: Target = Target()
 
     def __post_init__(self):
         (self.node,) = self.group.nodes
@@ -167,7 +169,7 @@ class IndexKernel:
             extra = extra[1:]
         n_el = math.prod(shape)
         return Launch((triton.cdiv(n_el, BLOCK),), tuple(arg for _, arg in views), (self.node,),
-                      (*strides, *shape, *extra, n_el), {"BLOCK": BLOCK})
+                      (*strides, *shape, *extra, n_el), {"BLOCK": BLOCK, **warps(self.target, BLOCK)})
 
 
 def _offset(prefix: str, coords: list[str]) -> str:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import triton
 
 from axon.ir import Node
 from axon.ir.shapes import concrete
@@ -35,19 +36,56 @@ class ArgView:
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel call at fixed sizes: `fn[grid](*inputs, *outputs, *scalars, **meta)`."""
+    """One kernel call at fixed sizes: `fn[grid](*inputs, *outputs, *scalars, **meta)`.
+
+    `meta` holds the block sizes (constexpr arguments) and, on a GPU, the launch options (`num_warps`,
+    `num_stages`). `configs` are the alternatives a tuner may pick from (same grid; `meta` is the
+    first), empty where the kernel has one way to run."""
 
     grid: tuple[int, ...]
     inputs: tuple[ArgView, ...]
     outputs: tuple[Node, ...]
     scalars: tuple[int, ...]
     meta: dict = field(default_factory=dict)
+    configs: tuple[dict, ...] = ()
 
     def run(self, fn, values: dict[Node, torch.Tensor]) -> None:
         if not math.prod(self.grid):
             return
         args = [v.of(values[v.node]) for v in self.inputs]
         fn[self.grid](*args, *(values[o] for o in self.outputs), *self.scalars, **self.meta)
+
+
+VALUE_ELEMENTS_PER_THREAD = 64   # tile elements x values a thread holds at the warps chosen
+MAX_VALUE_ELEMENTS = 16 * 32 * 128  # ... at most: 16 warps with about 128 registers for values each
+
+
+def group_values(group) -> int:
+    """About how many tile-sized values a kernel of `group` holds at once: what it loads, what it stores,
+    and its temporaries (half its nodes: the compiler overlaps the rest)."""
+    return len(group.inputs) + len(group.outputs) + (len(group.nodes) + 1) // 2
+
+
+def fitted(tile_elements: int, values: int, target) -> int:
+    """The factor (a power of two) by which a tile of `tile_elements` must shrink on a GPU for `values`
+    of it to fit the registers of 16 warps (1 in the interpreter, which has no registers to run out of)."""
+    if target.interpreted:
+        return 1
+    factor = 1
+    while values * tile_elements // factor > MAX_VALUE_ELEMENTS and tile_elements // factor > 32:
+        factor *= 2
+    return factor
+
+
+def warps(target, tile_elements: int, values: int = 1) -> dict:
+    """Launch options of a kernel whose programs hold `values` tiles of `tile_elements` elements: on a
+    GPU, enough warps for about VALUE_ELEMENTS_PER_THREAD value-elements per thread (4 to 16 warps);
+    nothing in the interpreter. FMA contraction is asked for explicitly (Triton's default, which 3.9
+    warns will change)."""
+    if target.interpreted:
+        return {}
+    wanted = triton.next_power_of_2(max(1, values * tile_elements // (32 * VALUE_ELEMENTS_PER_THREAD)))
+    return {"num_warps": min(16, max(4, wanted)), "enable_fp_fusion": True}
 
 
 def meta_buffer(node: Node, env) -> torch.Tensor:

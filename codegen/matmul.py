@@ -7,11 +7,14 @@ axis 1 is the batch element, split into the output's batch coordinates and read 
 broadcast strides (0 where it is broadcast). A permuted or sliced operand (a transposed weight) is a view:
 its strides say where its elements are, nothing is copied.
 
-f32, f16 and bf16 use `tl.dot` with an f32 accumulator (f32 at full precision, like torch's default);
-f64 and integers have no portable `tl.dot`, so they accumulate a broadcast multiply summed over each K
-block, in f64 or int64 (integers wrap when cast to the output's dtype, as the reference does).
-On a GPU the kernel is autotuned (BLOCK_K, warps, pipeline stages, keyed on M, N, K); BLOCK_M and BLOCK_N,
-which fix the grid, come from the size table in `prepare`. In the interpreter every block size is fixed.
+f32, f16 and bf16 use `tl.dot` with an f32 accumulator: 16-bit operands on tensor cores (`wgmma` on
+sm_90, `mma` on sm_80), f32 at full precision like torch's default (`ieee`), or on TF32 tensor cores when
+PyTorch's float32 matmul precision allows it (`Target.dot_precision`). f64 and integers have no
+portable `tl.dot`, so they accumulate a broadcast multiply summed over each K block, in f64 or int64
+(integers wrap when cast to the output's dtype, as the reference does).
+BLOCK_M and BLOCK_N, which fix the grid, come from the size table in `prepare`; on a GPU the launch also
+carries alternative configs (BLOCK_K, warps, pipeline stages) for the runtime's tuner, which drops those
+that spill or cannot launch (`runtime/tune.py`). In the interpreter every block size is fixed.
 """
 from __future__ import annotations
 
@@ -22,23 +25,19 @@ import triton
 
 from axon.ir import DType, OpKind
 from axon.ir.shapes import concrete
-from .cache import target
+from . import configs as gpu
 from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, meta_view
-from .ops_triton import cast, program_id, tl_dtype
+from .ops_triton import cast, dot, program_id, tl_dtype
+from .target import Target
 
 GROUP_M = 8              # tile-rows per group of the program order (L2 reuse)
 MIN_TILE = 16            # tl.dot's smallest block in every dimension
 MAX_BATCH = 65535        # CUDA's limit on grid axis 1, which carries the batch
 INTERPRETER_TILE = 64    # largest BLOCK_M/N/K in the interpreter: its cost grows with tiles and programs
 INTERPRETER_LOOP_K = 16  # BLOCK_K of the f64/int loop in the interpreter (it holds an M x K x N product)
-GPU_TILE = 128           # largest BLOCK_M/N of the tl.dot kernel on a GPU
-GPU_LOOP_TILE = 32       # largest BLOCK_M/N of the f64/int loop on a GPU (the product lives in registers)
-# Autotuned on a GPU, as (BLOCK_K, num_warps, num_stages). Shared memory per program is
-# stages * (BLOCK_M + BLOCK_N) * BLOCK_K * 4 bytes: at most 192 KiB for f32 128x128 tiles (H100: 227 KiB).
-DOT_CONFIGS = ((32, 4, 4), (64, 4, 3), (32, 8, 4), (64, 8, 3))
-LOOP_CONFIGS = ((4, 4, 2), (8, 4, 2), (8, 8, 2), (16, 8, 2))
+# On a GPU, tile sizes and configs (BLOCK_K, warps, stages) come from `configs.py`.
 
 
 @dataclass
@@ -46,7 +45,7 @@ class MatmulKernel:
     group: KernelGroup
     name: str = "matmul_kernel"
     wide: bool = False          # int64 indexing
-    tuned: bool | None = None   # autotuned; None: on a GPU target, not in the interpreter
+    target: Target = Target()
 
     def __post_init__(self):
         self.node = next(n for n in self.group.nodes if n.op == OpKind.MATMUL)
@@ -56,8 +55,6 @@ class MatmulKernel:
         self.batch_rank = len(self.node.shape) - 2
         self.uses_dot = self.dtype.is_float and self.dtype != DType.F64
         self.acc = DType.F32 if self.uses_dot else (DType.F64 if self.dtype == DType.F64 else DType.I64)
-        if self.tuned is None:
-            self.tuned = not target().startswith("interpreter")
 
     # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
@@ -84,17 +81,9 @@ class MatmulKernel:
             f"# Matmul kernel: {types}, computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
             *helpers,
-            *self._autotune(),
             f"@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body],
         ]) + "\n"
-
-    def _autotune(self) -> list[str]:
-        if not self.tuned:
-            return []
-        configs = [f'        triton.Config({{"BLOCK_K": {k}}}, num_warps={w}, num_stages={s}),'
-                   for k, w, s in (DOT_CONFIGS if self.uses_dot else LOOP_CONFIGS)]
-        return ["@triton.autotune(", "    configs=[", *configs, "    ],", '    key=["M", "N", "K"],', ")"]
 
     def _tile(self) -> list[str]:
         """Which output tile: programs run down GROUP_M tile-rows before moving right."""
@@ -147,13 +136,8 @@ class MatmulKernel:
             "    b = tl.load(b_ptr + b_batch + offs_k[:, None] * b_stride_k + offs_n[None, :] * b_stride_n,",
             "                mask=b_mask, other=0)",
         ]
-        if self.dtype == DType.F32:
-            lines.append('    acc = tl.dot(a, b, acc, input_precision="ieee")  # full f32, as torch')
-        elif self.dtype == DType.BF16 and not self.tuned:
-            lines += ["    # the interpreter's bf16 tl.dot multiplies bit patterns (triton#11584): f32 here",
-                      '    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")']
-        elif self.uses_dot:
-            lines.append("    acc = tl.dot(a, b, acc)  # tensor cores, f32 accumulation")
+        if self.uses_dot:
+            lines.append(f"    acc = {dot('a', 'b', self.dtype, self.target, acc='acc')}")
         else:
             lines += [
                 "    # no portable tl.dot for this dtype: a broadcast multiply, summed over the K block",
@@ -206,25 +190,36 @@ class MatmulKernel:
             batch, m, n_batch = (1,) * len(batch), m * n_batch, 1
         strides = [s for group in operand + more for s in group]
         meta = self.blocks(m, n, k)
+        configs = self.configs(meta, k)
+        meta = configs[0] if configs else meta
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), n_batch)
         if self.epilogue.trivial:
-            return Launch(grid, (a_arg, b_arg), (self.node,), (*strides, *batch, m, n, k), meta)
+            return Launch(grid, (a_arg, b_arg), (self.node,), (*strides, *batch, m, n, k), meta, configs)
         a_strides, b_strides = operand
         more_flat = [s for group in more for s in group]
         return Launch(grid, (a_arg, b_arg, *extra), tuple(self.group.outputs),
-                      (*a_strides, *b_strides, *more_flat, *batch, m, n, k), meta)
+                      (*a_strides, *b_strides, *more_flat, *batch, m, n, k), meta, configs)
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
-        """The block sizes for an (m x k) @ (k x n) product: each the next power of two of its size,
-        between MIN_TILE and the target's cap. On a GPU the autotuner picks BLOCK_K."""
-        if self.tuned:
-            cap = GPU_TILE if self.uses_dot else GPU_LOOP_TILE
-        else:
-            cap = INTERPRETER_TILE
-        meta = {"BLOCK_M": _tile(m, cap), "BLOCK_N": _tile(n, cap), "GROUP_M": GROUP_M}
-        if not self.tuned:
-            meta["BLOCK_K"] = _tile(k, INTERPRETER_TILE if self.uses_dot else INTERPRETER_LOOP_K)
-        return meta
+        """The block sizes for an (m x k) @ (k x n) product: in the interpreter each the next power of two
+        of its size, between MIN_TILE and INTERPRETER_TILE; on a GPU the tile `configs.tile` picks for
+        the kind of dot and the epilogue's size, BLOCK_K coming with each config (`configs`)."""
+        if not self.target.interpreted:
+            kind = gpu.dot_kind(self.dtype, self.target)
+            bm, bn = gpu.tile(m, n, self._values(), kind)
+            return {"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": GROUP_M}
+        return {"BLOCK_M": _tile(m, INTERPRETER_TILE), "BLOCK_N": _tile(n, INTERPRETER_TILE), "GROUP_M": GROUP_M,
+                "BLOCK_K": _tile(k, INTERPRETER_TILE if self.uses_dot else INTERPRETER_LOOP_K)}
+
+    def configs(self, blocks: dict[str, int], k: int) -> tuple[dict, ...]:
+        """On a GPU: `blocks` with each (BLOCK_K, warps, stages) to try, the first the default (none in
+        the interpreter: its blocks are fixed)."""
+        if self.target.interpreted:
+            return ()
+        return gpu.configs(blocks, k, self._values(), self.dtype, self.target)
+
+    def _values(self) -> int:
+        return 2 if self.epilogue.trivial else self.epilogue.values
 
 
 def _foldable(batch, m: int, operand: list[list[int]], more: list[list[int]]) -> bool:

@@ -62,6 +62,23 @@ def _pow(a, b):
 }
 
 
+def dot(a: str, b: str, dtype: DType, target, acc: str | None = None) -> str:
+    """`tl.dot` of tiles `a` and `b` taken as `dtype` values, accumulated in f32 (into `acc` if given).
+
+    16-bit operands run on tensor cores (an operand computed in f32 inside the kernel, a probability
+    tile, is rounded to `dtype` first); f32 ones at full precision (`ieee`, as torch's default) or on TF32
+    tensor cores where the target allows it. The interpreter's bf16 `tl.dot` multiplies bit patterns
+    (triton#11584), so there bf16 operands go through f32."""
+    if dtype == DType.BF16 and target.interpreted:
+        operands, precision = [f"{x}.to(tl.bfloat16).to(tl.float32)" for x in (a, b)], ', input_precision="ieee"'
+    elif dtype in LOW_FLOATS:
+        operands, precision = [f"{x}.to({tl_dtype(dtype)})" for x in (a, b)], ""
+    else:
+        operands, precision = [a, b], f', input_precision="{target.dot_precision}"'
+    acc_arg = f", {acc}" if acc else ""
+    return f"tl.dot({operands[0]}, {operands[1]}{acc_arg}{precision})"
+
+
 def program_id(axis: int, wide: bool) -> str:
     """The program index; `wide` makes it int64 so index arithmetic over 2**31+ elements cannot wrap."""
     return f"tl.program_id({axis}).to(tl.int64)" if wide else f"tl.program_id({axis})"

@@ -17,8 +17,10 @@ from axon.ir import OpKind
 from axon.ir.shapes import concrete
 from .expr import Emitter, broadcast_axes
 from .groups import Access, KernelGroup
-from .launch import ArgView, Launch, broadcast_strides, contiguous_strides, layout_strides, meta_view
+from .launch import (ArgView, Launch, broadcast_strides, contiguous_strides, fitted, group_values,
+                     layout_strides, meta_view, warps)
 from .ops_triton import program_id
+from .target import Target
 
 K = OpKind
 BLOCK = 1024  # elements per program
@@ -29,6 +31,7 @@ class PointwiseKernel:
     group: KernelGroup
     name: str = "pointwise_kernel"
     wide: bool = False  # int64 indexing
+    target: Target = Target()
 
     def __post_init__(self):
         self.outs = self.group.outputs
@@ -150,5 +153,7 @@ class PointwiseKernel:
                 oshape = concrete(o.shape, env)
                 strides += broadcast_strides(oshape, contiguous_strides(oshape), shape)
         n_el = math.prod(shape)
-        return Launch((triton.cdiv(n_el, BLOCK),), tuple(args), tuple(self.outs),
-                      (*strides, *shape, *own_sizes, n_el), {"BLOCK": BLOCK})
+        values = group_values(self.group)  # a long fused chain (optimizer updates) holds many blocks
+        block = BLOCK // fitted(BLOCK, values, self.target)
+        return Launch((triton.cdiv(n_el, block),), tuple(args), tuple(self.outs),
+                      (*strides, *shape, *own_sizes, n_el), {"BLOCK": block, **warps(self.target, block, values)})

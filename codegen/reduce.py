@@ -17,7 +17,8 @@ import triton
 from axon.ir import DType, OpKind
 from .groups import KernelGroup
 from .ops_triton import INF, NAN, program_id, tl_dtype
-from .launch import Launch, meta_view
+from .launch import Launch, meta_view, warps
+from .target import Target
 
 K = OpKind
 MAX_SINGLE_PASS = 4096   # columns reduced in one block, without a loop
@@ -30,6 +31,7 @@ class ReduceKernel:
     group: KernelGroup
     name: str = "reduce_kernel"
     wide: bool = False  # int64 indexing
+    target: Target = Target()
 
     def __post_init__(self):
         (self.node,) = self.group.nodes
@@ -122,7 +124,8 @@ class ReduceKernel:
         block_rows = min(max(1, TILE_ELEMENTS // block_cols), triton.next_power_of_2(max(n_rows, 1)))
         return Launch((triton.cdiv(n_rows, block_rows),), (arg,), (self.node,),
                       (*view.stride(), *shape, n_rows, n_cols),
-                      {"BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols})
+                      {"BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols,
+                       **warps(self.target, block_rows * block_cols, 3)})  # x, acc (and its index)
 
 
 def _decompose(index: str, dims: list[int], offset: str) -> list[str]:

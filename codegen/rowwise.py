@@ -27,8 +27,10 @@ from axon.ir import DType, Node, OpKind
 from axon.ir.shapes import concrete
 from .expr import Emitter, broadcast_axes
 from .groups import KernelGroup
-from .launch import Launch, broadcast_strides, contiguous_strides, meta_view
+from .launch import (Launch, broadcast_strides, contiguous_strides, fitted, group_values, meta_view,
+                     warps)
 from .ops_triton import INF, NAN, cast, program_id, tl_dtype
+from .target import Target
 
 K = OpKind
 REDUCTIONS = frozenset({K.SUM, K.MEAN, K.MAX, K.MIN})
@@ -41,6 +43,7 @@ class RowKernel:
     group: KernelGroup
     name: str = "row_kernel"
     wide: bool = False
+    target: Target = Target()
 
     def __post_init__(self):
         g = self.group
@@ -335,9 +338,12 @@ class RowKernel:
         else:
             block_cols = LOOP_BLOCK_COLS
         block_rows = min(max(1, TILE_ELEMENTS // block_cols), triton.next_power_of_2(max(n_rows, 1)))
+        values = group_values(self.group)  # a long fused chain (optimizer updates) holds many tiles
+        block_rows = max(1, block_rows // fitted(block_rows * block_cols, values, self.target))
         return Launch((triton.cdiv(n_rows, block_rows),), tuple(args), tuple(self.group.outputs),
                       (*strides, *shape, n_rows, n_cols),
-                      {"BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols})
+                      {"BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols,
+                       **warps(self.target, block_rows * block_cols, values)})
 
     def _out_strides(self, o: Node, shape, env) -> list[int]:
         """Where each output element goes, per axis of the space: a reduction's result (with or without

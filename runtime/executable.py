@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from axon.codegen import CompiledKernel, compile_group, groups
-from axon.codegen.cache import allocate
+from axon.codegen.cache import allocate, needs_wide
 from axon.codegen.launch import Launch
 from axon.ir import AxonError, EvalError, Graph, Node, OpKind
 from axon.ir.evaluate import EvalContext, _check_bound, bind_symbols, check_names
@@ -24,7 +24,6 @@ from .device import choose
 from .memory import MemoryPlan, allocate_arena, plan_graph
 
 K = OpKind
-WIDE = 2**31 - 1  # tensors with more elements than this need int64 index arithmetic
 NO_REUSE = "AXON_NO_REUSE"  # set to 1: every intermediate gets bytes of its own (to rule reuse out)
 
 
@@ -115,7 +114,7 @@ class Executable:
                 constants[node] = value.to(node.dtype.torch).to(self.device)
         launches, fresh = [], []
         for kernel in self.kernels:
-            if _needs_wide(kernel, env):
+            if needs_wide(kernel.group, env):
                 kernel = compile_group(kernel.group, wide=True)
             launch = kernel.prepare(env)
             fresh += [node for node in launch.outputs if node in outputs]
@@ -167,19 +166,6 @@ class Executable:
             if lo < 0 or hi >= size:
                 raise RunError(f"input '{name}' is the index of a {what} of size {size}, but its values "
                                f"span [{lo}, {hi}]")
-
-
-def _needs_wide(kernel: CompiledKernel, env) -> bool:
-    nodes = [a.buffer for a in kernel.group.inputs] + list(kernel.group.outputs)
-    nodes += [a.node for a in kernel.group.inputs]
-    return any(_numel(n, env) > WIDE for n in nodes)
-
-
-def _numel(node: Node, env) -> int:
-    n = 1
-    for d in concrete(node.shape, env):
-        n *= d
-    return n
 
 
 def _poison(t: torch.Tensor) -> None:

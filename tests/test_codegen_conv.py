@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from axon.codegen import compile_group, groups, run_graph
 from axon.codegen import conv as cv
 from axon.codegen.conv import Conv2dKernel
+from axon.codegen.target import Target, parse
 from axon.ir import DType, GraphBuilder, Sym, evaluate
 from axon.passes.autodiff import vjp
 from numerics import assert_close
@@ -23,6 +24,9 @@ from numerics import assert_close
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AXON_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
+
+
+INTERPRETER, SM90 = Target(), parse("sm_90", tf32=False)
 
 
 def values(gen, *shape, dtype=torch.float32):
@@ -89,7 +93,7 @@ def test_ragged_tiles(dot, n, h, o, m, gen, monkeypatch):
     dtype = torch.float32 if dot else torch.float64
     x, w = values(gen, n, 4, h, 7, dtype=dtype), values(gen, o, 2, 5, 3, dtype=dtype)
     graph = conv_graph(x.shape, w.shape, DType.from_torch(dtype), padding=(2, 1), groups=2)
-    launch = Conv2dKernel(groups(graph)[0], interpreted=True).prepare({})
+    launch = Conv2dKernel(groups(graph)[0], target=INTERPRETER).prepare({})
     size = 16 if dot else 4
     assert launch.meta == {"BLOCK_M": size, "BLOCK_N": size, "BLOCK_K": size}
     assert launch.grid == (-(-m // size) * -(-o // 2 // size), 2)
@@ -200,31 +204,35 @@ def test_digits_cnn_takes_few_programs_in_the_interpreter():
     """The interpreter pays per program: a digits-sized conv (32 images of 8x8) is one tile per group."""
     for c, o, g in ((1, 16, 1), (16, 16, 1), (16, 16, 16)):
         graph = conv_graph((32, c, 8, 8), (o, c // g, 3, 3), padding=1, groups=g)
-        spec = Conv2dKernel(groups(graph)[0], interpreted=True)
+        spec = Conv2dKernel(groups(graph)[0], target=INTERPRETER)
         assert spec.prepare({}).grid == (1, g)
 
 
 def test_block_sizes():
-    """tl.dot blocks are at least 16 (masks pad them); BLOCK_K pads K by little; GPU tiles are capped."""
+    """tl.dot blocks are at least 16 (masks pad them); BLOCK_K pads K by little; GPU tiles are capped by
+    the kind of dot: 64 x 64 for full-precision f32 (FMAs), 128 x 128 on tensor cores, 32 rows for f64."""
     graph = conv_graph((32, 16, 8, 8), (16, 16, 3, 3), padding=1)
-    gpu = Conv2dKernel(groups(graph)[0], interpreted=False)
-    assert gpu.blocks(2048, 16, 144) == {"BLOCK_M": 128, "BLOCK_N": 16, "BLOCK_K": 32}  # 5 x 32 = 160
+    gpu = Conv2dKernel(groups(graph)[0], target=SM90)
+    assert gpu.blocks(2048, 16, 144) == {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}  # 5 x 32 = 160
     assert gpu.blocks(5, 1, 9) == {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
-    assert gpu.blocks(10**6, 1000, 4608)["BLOCK_K"] == cv.GPU_DOT["BLOCK_K_F32"]
-    half = Conv2dKernel(groups(conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.F16))[0], interpreted=False)
-    assert half.blocks(10**6, 1000, 4608) == {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}
-    f64 = Conv2dKernel(groups(conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.F64))[0], interpreted=False)
+    assert gpu.blocks(10**6, 1000, 4608) == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": cv.GPU_BLOCK_K["fma"]}
+    half = Conv2dKernel(groups(conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.F16))[0], target=SM90)
+    assert half.blocks(10**6, 1000, 4608) == {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}
+    f64 = Conv2dKernel(groups(conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.F64))[0], target=SM90)
     assert f64.blocks(10**6, 1, 9) == {"BLOCK_M": 32, "BLOCK_N": 4, "BLOCK_K": 4}  # 3 x 4, not 2 x 8
+    configs = gpu.configs(gpu.blocks(2048, 16, 144))
+    assert configs and all(c["BLOCK_K"] == 32 and {"num_warps", "num_stages"} <= set(c) for c in configs)
 
 
 @pytest.mark.parametrize("interpreted,line", [
-    (True, 'acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")'),
-    (False, "acc = tl.dot(a, b, acc)  # tensor cores, f32 accumulation"),
+    (True, 'acc = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, '
+           'input_precision="ieee")'),
+    (False, "acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)"),
 ])
 def test_bf16_dot(interpreted, line):
     """bf16 runs on tensor cores on a GPU; the interpreter's bf16 tl.dot is wrong, so it goes via f32."""
     graph = conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.BF16)
-    assert line in Conv2dKernel(groups(graph)[0], interpreted=interpreted).source()
+    assert line in Conv2dKernel(groups(graph)[0], target=INTERPRETER if interpreted else SM90).source()
 
 
 GOLDEN_HEADER = """\
@@ -282,7 +290,7 @@ def test_golden_source():
     named masks; the tile is cast and stored last (where a fused epilogue goes)."""
     graph = conv_graph((3, 9, 7, 5), (6, 5, 3, 3), x_view=lambda b, v: b.permute(v, (0, 3, 1, 2)),
                        stride=(2, 1), padding=(1, 2), dilation=(1, 2))
-    spec = Conv2dKernel(groups(graph)[0], interpreted=True)
+    spec = Conv2dKernel(groups(graph)[0], target=INTERPRETER)
     source = spec.source()
     assert source.startswith(GOLDEN_HEADER)
     assert GOLDEN_GEOMETRY in source and GOLDEN_SIGNATURE in source

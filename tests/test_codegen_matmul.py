@@ -13,6 +13,7 @@ from axon.codegen import CodegenError, compile_group, groups, run_graph
 from axon.codegen import matmul as mm
 from axon.codegen.cache import load_kernel, write_cached
 from axon.codegen.matmul import MatmulKernel
+from axon.codegen.target import Target, parse
 from axon.ir import DType, GraphBuilder, Sym, evaluate
 from numerics import assert_close
 
@@ -20,6 +21,9 @@ from numerics import assert_close
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AXON_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
+
+
+INTERPRETER, SM90 = Target(), parse("sm_90", tf32=False)
 
 
 def values(gen, *shape, dtype=torch.float32):
@@ -168,27 +172,31 @@ def test_wide_indexing_same_answer(dtype, gen):
 def test_too_many_batch_elements_is_refused():
     graph = matmul_graph((mm.MAX_BATCH + 1, 1, 1), (1, 1))
     with pytest.raises(CodegenError, match="batch of 65536 matrices"):
-        MatmulKernel(groups(graph)[0], tuned=False).prepare({})
+        MatmulKernel(groups(graph)[0], target=INTERPRETER).prepare({})
 
 
 @pytest.mark.parametrize("dtype", [DType.F16, DType.F64])
-def test_autotuned_source(dtype, gen):
-    """The GPU variant: autotuned over BLOCK_K (so it is not in `meta`); each of its configs gives the
-    right answer, run through the jitted function under the autotuner (interpreted without a GPU)."""
+def test_gpu_configs(dtype, gen):
+    """The GPU variant: its launch carries the configs a tuner picks from (BLOCK_K, warps, stages; the
+    same grid), each within the target's shared memory; each gives the right answer, run through the
+    jitted function (interpreted without a GPU)."""
     graph = matmul_graph((2, 37, 53), (53, 29), dtype)
-    spec = MatmulKernel(groups(graph)[0], tuned=True)
-    source = spec.source()
-    assert '@triton.autotune(' in source and 'key=["M", "N", "K"]' in source
+    spec = MatmulKernel(groups(graph)[0], target=SM90)
     launch = spec.prepare({})
-    assert "BLOCK_K" not in launch.meta and set(launch.meta) == {"BLOCK_M", "BLOCK_N", "GROUP_M"}
-    tuner = load_kernel(write_cached(source), spec.name)
+    assert len(launch.configs) >= 2 and launch.meta == launch.configs[0]
+    size = dtype.torch.itemsize
+    for config in launch.configs:
+        assert {"BLOCK_K", "num_warps", "num_stages"} <= set(config)
+        assert config["num_stages"] * (config["BLOCK_M"] + config["BLOCK_N"]) * config["BLOCK_K"] * size \
+            <= SM90.limits.smem_per_block
+    fn = load_kernel(write_cached(spec.source(), SM90.key()), spec.name)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled for real on a GPU
     x, w = values(gen, 2, 37, 53, dtype=dtype.torch), values(gen, 53, 29, dtype=dtype.torch)
     x, w = x.to(device), w.to(device)
     want = torch.matmul(x, w)
-    for config in tuner.configs:
+    for config in launch.configs:
         out = torch.full_like(want, float("nan"))
-        tuner.fn[launch.grid](x, w, out, *launch.scalars, **launch.meta, **config.kwargs)
+        fn[launch.grid](x, w, out, *launch.scalars, **config)
         assert_close(out, want, dtype=dtype.torch, what=str(config))
 
 
@@ -223,7 +231,7 @@ def matmul_kernel(
 def test_golden_source():
     """The header names the IR node; pointers, then strides, then sizes, then block sizes."""
     graph = matmul_graph((37, 53), (37, 29), a_view=lambda b, v: b.permute(v, (1, 0)))
-    spec = MatmulKernel(groups(graph)[0], tuned=False)
+    spec = MatmulKernel(groups(graph)[0], target=INTERPRETER)
     source = spec.source()
     assert source.startswith(GOLDEN_HEADER)
     assert GOLDEN_SIGNATURE in source
@@ -248,7 +256,7 @@ SLICE_ROWS = (lambda b, v: b.slice(v, 1, 0, 19), lambda t: t[:, :19])
 ])
 def test_batch_folds_into_rows_only_when_it_may(a_shape, b_shape, view, folds, gen):
     a_view, torch_view = view or (None, lambda t: t)
-    launch = MatmulKernel(groups(matmul_graph(a_shape, b_shape, a_view=a_view))[0], tuned=False).prepare({})
+    launch = MatmulKernel(groups(matmul_graph(a_shape, b_shape, a_view=a_view))[0], target=INTERPRETER).prepare({})
     assert (launch.grid[1] == 1) == folds
     a, b_ = values(gen, *a_shape), values(gen, *b_shape)
     check(a, b_, a_view=a_view, want=torch.matmul(torch_view(a), b_))

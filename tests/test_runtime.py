@@ -87,9 +87,9 @@ def test_index_inputs_are_checked_on_the_host(gen):
 
 def test_wide_indexing_is_chosen_by_size(monkeypatch, gen):
     """Tensors past 2**31 elements get int64 index arithmetic: forced here by lowering the threshold."""
-    import axon.runtime.executable as ex
+    import axon.codegen.cache as cache
 
-    monkeypatch.setattr(ex, "WIDE", 10)
+    monkeypatch.setattr(cache, "WIDE", 10)
     exe = Executable(_graph())
     x, w = torch.randn(5, 13, generator=gen), torch.randn(13, generator=gen)
     got = exe({"x": x}, {"w": w}, poison=True)
