@@ -51,6 +51,7 @@ from axon.ir.ops import ELEMENTWISE
 from . import attention
 
 K = OpKind
+ATTENTION_DTYPES = (DType.F32, DType.F16, DType.BF16)  # tl.dot operands; the softmax runs in f32
 MAX_ROW = 4096  # columns a persistent (one-pass) reduction holds in one block
 MAX_PASSES = 4  # passes a looped reduction kernel makes over its rows (reads of its operands)
 MAX_HEAD = 256  # head size an attention kernel holds per query row (q and the accumulator)
@@ -407,8 +408,8 @@ class _Fuser:
         """What the attention templates cannot do here: s the scores, o the matmul with v."""
         if any(n in self.forbidden for n in nodes):
             return "fusing here would create a cycle between kernels"
-        if any(m.dtype != DType.F32 for m in (s, *matmuls)):
-            return f"the template computes f32 scores, these are {s.dtype}"
+        if s.dtype not in ATTENTION_DTYPES or any(m.dtype != s.dtype for m in matmuls):
+            return f"the template's dots take f32, f16 or bf16 operands of one dtype, these are {s.dtype}"
         q, v = s.inputs[0], o.inputs[1]
         if not all(isinstance(d, int) and d <= MAX_HEAD for d in (q.shape[-1], v.shape[-1])):
             return f"the head sizes must be static and at most {MAX_HEAD}"
