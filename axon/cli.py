@@ -15,6 +15,12 @@
     axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check]
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
+    axon compile FILE --target sm_90 [--step] [--dtype bf16] [--tf32] [--json OUT] [--cold]
+                                             compile every kernel (forward, or the whole training step)
+                                             ahead of time for a GPU target, on any machine: a table of
+                                             registers, spills, shared memory, tensor-core instructions,
+                                             occupancy and compile time per kernel and config; exit 1 if
+                                             a kernel has no config that compiles, launches, no spills
     axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
     axon train FILE [--epochs N] [--out DIR] [--resume]
                                              run the file's train block: one compiled step, validation
@@ -81,10 +87,24 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
 
-    e = sub.add_parser("compile", help="compile a model's kernels and write them as standalone files")
+    e = sub.add_parser("compile", help="compile a model's kernels ahead of time for a GPU target, or write "
+                                       "them as standalone files")
     _source_args(e)
     _run_args(e)
-    e.add_argument("--emit", required=True, metavar="DIR", help="folder for the kernel files")
+    e.add_argument("--target", default=None, metavar="ARCH",
+                   help="sm_80, sm_90, sm_100, ... or native: compile every kernel for it and print each "
+                        "one's resources (default: native on a GPU)")
+    e.add_argument("--step", action="store_true",
+                   help="the whole training step (forward, loss, backward, optimizer update)")
+    e.add_argument("--dtype", default=None, choices=("bf16", "f16"),
+                   help="the model in 16 bits, as module.to(torch.bfloat16): tensor cores for its dots")
+    e.add_argument("--tf32", action="store_true",
+                   help="f32 dots on TF32 tensor cores (torch.set_float32_matmul_precision('high'))")
+    e.add_argument("--json", default=None, metavar="OUT.json", help="--target: write the table as JSON")
+    e.add_argument("--workers", type=int, default=None, help="--target: compile processes (default: cores)")
+    e.add_argument("--cold", action="store_true",
+                   help="--target: compile with empty caches, then again warm, and report both times")
+    e.add_argument("--emit", default=None, metavar="DIR", help="write each kernel as a standalone file")
 
     t = sub.add_parser("train", help="train a model by its train block")
     _train_args(t)
@@ -318,12 +338,49 @@ def _run(args) -> int:
 
 
 def _compile(args) -> int:
-    from axon.runtime.emit import emit
+    if args.emit is not None and args.target is None:
+        from axon.runtime.emit import emit
 
-    model, env = _compiled(args)
-    files = emit(model.executable, env, args.emit)
-    print(f"{len(files)} kernels written to {args.emit} (sizes {env}); run one with `python FILE`")
-    return 0
+        model, env = _compiled(args)
+        files = emit(model.executable, env, args.emit)
+        print(f"{len(files)} kernels written to {args.emit} (sizes {env}); run one with `python FILE`")
+        return 0
+    from axon import precompile
+
+    return precompile.command(args, _aot_graph(args))
+
+
+def _aot_graph(args):
+    """The graph `compile --target` compiles: the model, or with --step the whole training step, in
+    --dtype if given; and the sizes of its symbolic dimensions (the train block's batch, else a GPU's
+    defaults: batch 64, other dimensions 32)."""
+    from axon.driver import optimize
+    from axon.run import bind_dims
+
+    args.pipeline = None
+    g, dims = _shown_graph(args)
+    if args.dtype:
+        g, _ = optimize(g, f"dtype{{to={args.dtype}}},fold,simplify,cse,dce", out=lambda *a, **k: None)
+    if args.batch is None and "batch" not in dims:
+        dims["batch"] = _train_batch(args) or 64
+    dims = {**{s: 32 for s in _symbols(g)}, **dims}
+    return g, bind_dims(g, dims)
+
+
+def _train_batch(args) -> int | None:
+    from axon.driver import load_ast
+    from axon.frontend import train_spec
+
+    if not args.file.endswith(".axon"):
+        return None
+    spec = train_spec(load_ast(args.file), args.model)
+    return spec.batch if spec else None
+
+
+def _symbols(graph) -> list[str]:
+    from axon.run import symbols
+
+    return symbols(graph)
 
 
 def _trainer(args, **extra):
