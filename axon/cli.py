@@ -12,7 +12,7 @@
                                              --step: of the whole training step
     axon show FILE --saved                   what a compiled model used from torch.autograd saves for
                                              its backward, and what the backward recomputes
-    axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check]
+    axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check] [--cuda-graphs]
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
     axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
@@ -35,6 +35,9 @@ import sys
 import time
 
 from axon.ir import AxonError
+
+CUDA_GRAPHS_HELP = ("replay the whole launch list as one CUDA graph, captured at the first call at each set "
+                    "of sizes (needs a CUDA GPU)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="parameters by name (default: the model's initializers)")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
+    r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
 
     e = sub.add_parser("compile", help="compile a model's kernels and write them as standalone files")
     _source_args(e)
@@ -285,7 +289,8 @@ def _compiled(args):
 
     hparams = dict(_override(s) for s in args.set)
     model = axon.compile(args.file, args.model, hparams=hparams or None, training=args.training,
-                         loss=args.loss, device=args.device, seed=args.seed)
+                         loss=args.loss, device=args.device, seed=args.seed,
+                         cuda_graphs=getattr(args, "cuda_graphs", False))
     dims = dict(_dim(s) for s in args.dim)
     if args.batch is not None:
         dims["batch"] = args.batch
@@ -302,7 +307,8 @@ def _run(args) -> int:
         model.load_weights(args.weights)
     inputs = read_npz(args.inputs) if args.inputs else random_inputs(model.graph, env, args.seed)
     outputs = model.run(inputs)
-    print(f"{model.graph.name}: {len(model.kernels)} kernels; inputs "
+    graphed = " (replayed as one CUDA graph)" if model.graphs is not None else ""
+    print(f"{model.graph.name}: {len(model.kernels)} kernels{graphed}; inputs "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items()))
     for name, t in outputs.items():
         print(summary(name, t))
