@@ -16,7 +16,7 @@
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
     axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
-    axon train FILE [--epochs N] [--out DIR] [--resume]
+    axon train FILE [--epochs N] [--out DIR] [--resume] [--cuda-graphs]
                                              run the file's train block: one compiled step, validation
                                              each epoch, checkpoints, metrics.json and curve.png
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (default: each epoch only)")
+    t.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
 
     v = sub.add_parser("eval", help="validation metrics of a checkpoint")
     _train_args(v)
@@ -345,13 +346,15 @@ def _trainer(args, **extra):
                       epochs=args.epochs, batch=args.batch, seed=args.seed, **extra)
     print(describe(trainer.step_exe.device), file=sys.stderr)
     print(trainer.data.summary())
-    print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels, "
+    graphed = " (replayed as a CUDA graph)" if trainer.step_call is not trainer.step_exe else ""
+    print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels"
+          f"{graphed}, "
           f"evaluation {len(trainer.eval_exe.kernels)} kernels")
     return trainer
 
 
 def _train(args) -> int:
-    trainer = _trainer(args, checkpoint_every=args.checkpoint_every)
+    trainer = _trainer(args, checkpoint_every=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
     t0 = time.perf_counter()
     p = trainer.fit(resume=args.resume)
     last = p.history[-1] if p.history else {}

@@ -10,6 +10,7 @@ both. Asking for CUDA graphs without a GPU is a clear error, never ignored.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from axon.cli import main
 from axon.ir import DType, GraphBuilder, Sym
 from axon.runtime import DeviceError, Executable, RunError, cuda_graphs
 from axon.runtime.cuda_graphs import GraphedExecutable
+from axon.runtime.safetensors import load
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MLP = EXAMPLES / "mlp.axon"
@@ -164,6 +166,56 @@ def test_calls_recorded_for_autograd_are_refused(graphs):
             model.run({"x": _x(4, 0)}, poison=True)
 
 
+# --- training ------------------------------------------------------------------------------------------
+def _train(cuda: bool, steps: int, tmp_path, restore_from=None):
+    from axon import data as datasets
+    from axon.trainer import Trainer
+
+    trainer = Trainer(MLP, hparams={"hidden": 24}, batch=16, out_dir=tmp_path / f"run{int(cuda)}",
+                      cuda_graphs=cuda, log=lambda *a, **k: None)
+    if restore_from is not None:
+        trainer.restore(restore_from)
+    losses = []
+    batches = datasets.batches(trainer.data.train, trainer.batch, trainer.seed, 0, trainer.progress.step)
+    for _, batch in list(batches)[:steps]:
+        losses.append(trainer._step(batch))
+        trainer.progress.step += 1
+    return trainer, losses
+
+
+def test_training_steps_match_ungraphed_steps(graphs, tmp_path):
+    """Steps of examples/mlp.axon (Adam, dropout with a seed per step): the graph updates parameters and
+    optimizer state in place; losses and values are those of the ungraphed steps, and so after a
+    checkpoint is restored into the graphed trainer."""
+    plain, want = _train(False, 3, tmp_path)
+    graphed, got = _train(True, 3, tmp_path)
+    assert got == want
+    for table in ("params", "states"):
+        for name, t in getattr(plain, table).items():
+            assert torch.equal(getattr(graphed, table)[name], t), name
+    call = graphed.step_call
+    assert call.copies == 5  # x, label, seed, step, lr; never the parameters or the state
+    sources = call.graphs[(("batch", 16),)].sources
+    assert graphed.params["h.w"] is sources[graphed.step_exe.graph.params["h.w"]]  # updated in place
+    (backend,) = graphs.made
+    assert backend.counts == {"warm_up": 1, "capture": 1, "replay": 2}
+
+    plain.save(tmp_path / "ck.safetensors")
+    resumed, got = _train(True, 2, tmp_path, restore_from=tmp_path / "ck.safetensors")
+    _, want = _train(False, 2, tmp_path, restore_from=tmp_path / "ck.safetensors")
+    assert got == want and resumed.progress.step == 5  # the restored values were copied in
+
+
+def test_train_command_with_cuda_graphs(graphs, tmp_path, capsys):
+    args = ["train", str(EXAMPLES / "perceptron.axon"), "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--out", str(tmp_path / "graphed"), "--cuda-graphs"]) == 0
+    assert "(replayed as a CUDA graph)" in capsys.readouterr().out
+    a, b = (load(tmp_path / run / "checkpoint.safetensors") for run in ("plain", "graphed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "graphed" / "metrics.json").read_text())["cuda_graphs"] is True
+
+
 # --- the machinery's own checks (any device) -----------------------------------------------------------
 def _difference():
     b = GraphBuilder()
@@ -208,7 +260,7 @@ def test_without_a_gpu_cuda_graphs_are_a_clear_error(capsys):
         axon.compile(MLP, cuda_graphs=True)
     with pytest.raises(DeviceError, match=message):
         GraphedExecutable(Executable(_difference()))
-    for argv in (["run", MLP, "--cuda-graphs"],):
+    for argv in (["run", MLP, "--cuda-graphs"], ["train", MLP, "--cuda-graphs", "--epochs", "1"]):
         assert main([str(a) for a in argv]) == 1, argv
         err = capsys.readouterr().err
         assert message in err and "--cuda-graphs" in err and "Traceback" not in err, (argv, err)
