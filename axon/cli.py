@@ -22,6 +22,7 @@
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
     axon passes                              the passes there are, with what each is for
     axon bench FILE [--mode forward|train|kernels] [--json OUT.json] [--plot OUT.png] [--no-compile]
+                    [--cuda-graphs]
                                              time Axon against PyTorch eager and torch.compile
 
 FILE is an `.axon` model or `.axir` IR text. User errors (bad syntax, bad shapes, unknown names or
@@ -120,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", default=None, metavar="OUT.json", help="write the record as JSON")
     bn.add_argument("--plot", default=None, metavar="OUT.png", help="write a comparison bar chart")
     bn.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    bn.add_argument("--cuda-graphs", action="store_true",
+                    help="forward/train: replay Axon's launch list as a CUDA graph, against torch.compile "
+                         "in mode 'reduce-overhead' (its CUDA graphs)")
     return p
 
 
@@ -387,7 +391,7 @@ def _bench(args) -> int:
     settings = bench.Settings(file=args.file, model=args.model, hparams=dict(_override(s) for s in args.set),
                               mode=args.mode, batch=args.batch, dims=dict(_dim(s) for s in args.dim),
                               repeats=args.repeats, warmup=args.warmup, device=args.device,
-                              compile=not args.no_compile, seed=args.seed)
+                              compile=not args.no_compile, seed=args.seed, cuda_graphs=args.cuda_graphs)
     record = bench.run(settings, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_table(record))
     if args.json:

@@ -216,6 +216,21 @@ def test_train_command_with_cuda_graphs(graphs, tmp_path, capsys):
     assert json.loads((tmp_path / "graphed" / "metrics.json").read_text())["cuda_graphs"] is True
 
 
+def test_bench_train_step_with_cuda_graphs(graphs, monkeypatch, tmp_path, capsys):
+    from axon import bench
+
+    monkeypatch.setattr(cuda_graphs, "require_cuda", lambda device: None)  # the fake runs anywhere
+    settings = bench.Settings(file=str(MLP), mode="train", batch=3, repeats=2, warmup=1, compile=False,
+                              cuda_graphs=True)
+    record = bench.run(settings)
+    (run,) = record["runs"]
+    assert run["check"]["ok"], run["check"]  # the first graphed step against a torch step
+    assert record["settings"]["cuda_graphs"] and record["settings"]["torch_compile_mode"] == "reduce-overhead"
+    assert "CUDA graphs" in bench.format_table(record)
+    (backend,) = graphs.made
+    assert backend.counts["capture"] == 1 and backend.counts["replay"] == 3  # 1 warm-up + 2 timed
+
+
 # --- the machinery's own checks (any device) -----------------------------------------------------------
 def _difference():
     b = GraphBuilder()
@@ -260,10 +275,16 @@ def test_without_a_gpu_cuda_graphs_are_a_clear_error(capsys):
         axon.compile(MLP, cuda_graphs=True)
     with pytest.raises(DeviceError, match=message):
         GraphedExecutable(Executable(_difference()))
-    for argv in (["run", MLP, "--cuda-graphs"], ["train", MLP, "--cuda-graphs", "--epochs", "1"]):
+    for argv in (["run", MLP, "--cuda-graphs"], ["train", MLP, "--cuda-graphs", "--epochs", "1"],
+                 ["bench", MLP, "--cuda-graphs", "--repeats", "1"]):
         assert main([str(a) for a in argv]) == 1, argv
         err = capsys.readouterr().err
         assert message in err and "--cuda-graphs" in err and "Traceback" not in err, (argv, err)
+
+
+def test_kernel_sweep_refuses_cuda_graphs(capsys):
+    assert main(["bench", "--mode", "kernels", "--cuda-graphs"]) == 1
+    assert "--cuda-graphs applies to --mode forward and train" in capsys.readouterr().err
 
 
 # --- on a GPU only -------------------------------------------------------------------------------------
@@ -293,3 +314,12 @@ def test_run_command_with_cuda_graphs_checks_against_the_evaluator(capsys):
     out = capsys.readouterr().out
     assert "(replayed as one CUDA graph)" in out and "check logits" in out and "ok" in out
 
+
+@pytest.mark.gpu
+def test_bench_forward_with_cuda_graphs_agrees_with_torch(capsys, tmp_path):
+    from axon import bench
+
+    record = bench.run(bench.Settings(file=str(MLP), repeats=3, warmup=1, compile=False, cuda_graphs=True))
+    (run,) = record["runs"]
+    assert run["check"]["ok"], run["check"]
+    assert "median_ms" in run["impls"]["axon"]
