@@ -137,7 +137,7 @@ class GraphedExecutable:
             values, plan = self.executable.bind(inputs, params, check_indices=check_indices)
             key = tuple(sorted(plan.env.items()))
             captured = self.graphs.get(key)
-            sources = captured.sources if captured else self._sources(values, plan.env)
+            sources = captured.sources if captured else self._sources(values)
             self.copies = _copy_in(sources, values)
             if captured is None:
                 captured = self.graphs[key] = self._capture(plan, sources)  # runs this call too
@@ -170,7 +170,7 @@ class GraphedExecutable:
         assert exe.plan(plan.env) is plan, "the plan captured is not the one kept alive"
         return Captured(graph, plan, sources, outputs)
 
-    def _sources(self, values: Mapping[Node, torch.Tensor], env) -> dict[Node, torch.Tensor]:
+    def _sources(self, values: Mapping[Node, torch.Tensor]) -> dict[Node, torch.Tensor]:
         """The static buffer of every input and parameter at these sizes (made on first need)."""
         out = {}
         for node, given in values.items():
