@@ -29,11 +29,12 @@ class CompiledModel:
     """
 
     def __init__(self, graph: Graph, executable: Executable, params: dict[str, torch.Tensor],
-                 fusion: bool = True):
+                 fusion: bool = True, graphs=None):
         self.graph = graph
         self.executable = executable
         self.params = params
         self.fusion = fusion  # the autograd path compiles its forward/backward the same way
+        self.graphs = graphs  # a runtime.cuda_graphs.GraphedExecutable (cuda_graphs=True), else None
 
     @property
     def device(self) -> torch.device:
@@ -65,9 +66,15 @@ class CompiledModel:
         from axon import autograd
 
         if autograd.needs_grad(self, inputs):
+            if self.graphs is not None:
+                names = ", ".join(_requiring_grad({**inputs, **self.params})[:4])
+                raise RunError(f"{self.graph.name} was compiled with cuda_graphs=True, which replays calls "
+                               f"without gradients only, but this call records for torch.autograd (grad mode "
+                               f"on, and {names} require grad): call it under torch.no_grad(), or compile "
+                               f"without cuda_graphs")
             out = autograd.run(self, inputs, **options)
         else:
-            out = self.executable(inputs, self.params, **options)
+            out = (self.graphs or self.executable)(inputs, self.params, **options)
         # running statistics (a model compiled with training=True): the call moves them, as a torch
         # module's buffers; a new tensor each time, so one saved for a backward is never changed
         for name in [n for n in out if n.startswith(UPDATE_PREFIX)]:
@@ -116,6 +123,11 @@ class CompiledModel:
         if problems:
             raise AxonError(f"{path}: weights do not fit {self.graph.name}: " + "; ".join(problems[:8])
                             + ("; ..." if len(problems) > 8 else ""))
+        if self.graphs is not None:  # the parameters are the graphs' static buffers: filled in place
+            with torch.no_grad():
+                for name, t in self.params.items():
+                    t.copy_(weights[name])
+            return
         self.params = {name: weights[name].to(self.device) for name in self.graph.params}
 
     def save_weights(self, path: str | Path) -> None:
@@ -124,9 +136,14 @@ class CompiledModel:
         save(self.params, path)
 
 
+def _requiring_grad(tensors: Mapping[str, object]) -> list[str]:
+    return [name for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
 def compile(source_or_path, model: str | None = None, *, hparams: dict | None = None,  # noqa: A001
             training: bool = False, loss: bool = False, pipeline: str = DEFAULT_PIPELINE,
-            device: str | torch.device | None = None, seed: int = 0, fusion: bool = True) -> CompiledModel:
+            device: str | torch.device | None = None, seed: int = 0, fusion: bool = True,
+            cuda_graphs: bool = False) -> CompiledModel:
     """Compile a model — an `.axon` file, `.axon` source text, an `.axir` file or a Graph — through
     the named stages (parse -> ir -> passes -> codegen -> runtime) to a callable `CompiledModel`.
 
@@ -135,9 +152,26 @@ def compile(source_or_path, model: str | None = None, *, hparams: dict | None = 
     `pipeline` is the pass pipeline; `device` is 'cuda', 'cpu' (Triton's interpreter) or None (CUDA
     when present); `seed` seeds the parameter initializers; `fusion=False` compiles one kernel per node
     (the unfused baseline).
+
+    `cuda_graphs=True` replays each call's whole launch list as one CUDA graph, captured at the first
+    call at each set of sizes (`runtime.cuda_graphs`): a DeviceError without a CUDA GPU. Outputs are
+    fresh tensors as without it; `params` become the graphs' static buffers (changed in place, they are
+    read as they are; a tensor assigned instead is copied into them at the next call); calls that record
+    for torch.autograd are refused.
     """
+    backend = None
+    if cuda_graphs:  # checked first: no compiling for a device that cannot run it
+        from axon.runtime import choose
+        from axon.runtime.cuda_graphs import CudaGraphs
+
+        backend = CudaGraphs(choose(device))
     graph = graph_of(source_or_path, model, hparams=hparams, training=training, loss=loss)
     graph, _report = optimize(graph, pipeline, verify=True, out=lambda *a, **k: None)
     exe = executable(graph, device, fusion=fusion)
     params = {k: v.to(exe.device) for k, v in init_params(graph, seed).items()}
-    return CompiledModel(graph, exe, params, fusion)
+    graphs = None
+    if backend is not None:
+        from axon.runtime.cuda_graphs import GraphedExecutable
+
+        graphs = GraphedExecutable(exe, adopt=params, backend=backend)
+    return CompiledModel(graph, exe, params, fusion, graphs)

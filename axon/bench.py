@@ -67,6 +67,7 @@ class Settings:
     device: str | None = None
     compile: bool = True
     seed: int = 0
+    cuda_graphs: bool = False    # Axon's launch list as a CUDA graph; torch.compile's 'reduce-overhead'
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +78,9 @@ class Settings:
         if self.mode == "kernels" and (self.file or self.model or self.hparams or self.batch or self.dims):
             raise BenchError("--mode kernels times its own sweep of kernels and sizes: it takes no FILE, "
                              "--model, --set, --batch or --dim")
+        if self.mode == "kernels" and self.cuda_graphs:
+            raise BenchError("--cuda-graphs applies to --mode forward and train (the kernel sweep times "
+                             "single large kernels, where launch overhead is not what is measured)")
         for name in ("repeats", "batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -366,7 +370,7 @@ def forward_case(s: Settings, device: torch.device) -> Case:
     missing = sorted(set(t.params) - set(params))
     if missing:
         raise BenchError(f"the compiled model has no parameter '{missing[0]}' of the model as written")
-    exe = model.executable
+    exe = _graphed(model.executable, s, adopt=params)
     got = exe(inputs, params)                        # checks the inputs (index ranges) once
     with torch.no_grad():
         want = t(inputs, params)
@@ -377,7 +381,7 @@ def forward_case(s: Settings, device: torch.device) -> Case:
             return t.fn(*args)
 
     def make_compiled():
-        fn = torch.compile(t.fn)
+        fn = torch.compile(t.fn, mode=compile_mode(s))
 
         def call():
             with torch.no_grad():
@@ -386,8 +390,37 @@ def forward_case(s: Settings, device: torch.device) -> Case:
 
     return Case(model.graph.name, {"inputs": _shapes(inputs), "dims": env},
                 lambda: exe(inputs, params, check_indices=False), eager, make_compiled,
-                len(exe.plan(env).launches), len(exe.kernels), agreement(got, want),
+                len(model.executable.plan(env).launches), len(exe.kernels), agreement(got, want),
                 flops=graph_flops(model.graph, env))
+
+
+def compile_mode(s: Settings) -> str:
+    """torch.compile's mode: with --cuda-graphs its own CUDA graphs ('reduce-overhead'), like for like."""
+    return "reduce-overhead" if s.cuda_graphs else "default"
+
+
+def _graphed(exe, s: Settings, **options):
+    """The executable, or with --cuda-graphs its launch list replayed as CUDA graphs."""
+    if not s.cuda_graphs:
+        return exe
+    from axon.runtime.cuda_graphs import GraphedExecutable
+
+    return GraphedExecutable(exe, **options)
+
+
+def _training_steps(call, feeds: dict, params: dict) -> Callable[[], dict]:
+    """Steps as `axon train --cuda-graphs` runs them: the new parameters and optimizer state, which the
+    graph writes into its static buffers, passed back in (no copies), the data copied in each step."""
+    from axon.trainer import NEW
+
+    feeds, params = dict(feeds), dict(params)
+
+    def step():
+        out = call(feeds, params, check_indices=False)
+        for table in (feeds, params):
+            table.update({k: out[NEW + k] for k in table if NEW + k in out})
+        return out
+    return step
 
 
 def _train_batch(s: Settings) -> int | None:
@@ -442,7 +475,7 @@ def train_case(s: Settings, device: torch.device) -> Case:
     from axon.optim import LR_INPUT, STEP_INPUT, Schedule
     from axon.run import random_inputs
     from axon.driver import executable
-    from axon.trainer import NEW, step_graph
+    from axon.trainer import NEW, feedback, step_graph
 
     module = train_block(s)
     loss_graph, spec = training_graph(module, s.model, hparams=s.hparams or None)
@@ -450,6 +483,7 @@ def train_case(s: Settings, device: torch.device) -> Case:
     step = step_graph(loss_graph, opt)
     exe = executable(step, device)
     params = {k: v.to(device) for k, v in init_params(step, s.seed).items()}
+    call = _graphed(exe, s, feedback=feedback(step))
     env = _dims(loss_graph, s, device, (spec.batch or 32) if device.type == "cuda" else None)
     data = {k: v.to(device) for k, v in random_inputs(loss_graph, env, s.seed).items()}
     lr = Schedule.of(opt, 10**9)(1)
@@ -458,7 +492,8 @@ def train_case(s: Settings, device: torch.device) -> Case:
     feeds[LR_INPUT] = torch.tensor(lr, dtype=torch.float64, device=device)
     feeds.update({name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=device)
                   for name, n in step.inputs.items() if name.startswith("state.")})
-    got = exe(feeds, params)                         # checks the inputs (index ranges) once
+    # checks the inputs (index ranges) once; copied: a graph's fed-back outputs change with the next step
+    got = {k: v.clone() for k, v in call(feeds, params).items()}
 
     graph = twin_graph(loss_graph)
     clip = opt.get("clip")
@@ -469,8 +504,8 @@ def train_case(s: Settings, device: torch.device) -> Case:
         optim = torch_optimizer(opt, leaves, lr)
         args = [data[n] for n in graph.inputs] + [trained[n] for n in graph.params]
         loss_at = list(graph.outputs).index("loss")
-        forward = torch.compile(fn) if compiled else fn
-        update = torch.compile(optim.step) if compiled else optim.step
+        forward = torch.compile(fn, mode=compile_mode(s)) if compiled else fn
+        update = torch.compile(optim.step, mode=compile_mode(s)) if compiled else optim.step
 
         def call():
             optim.zero_grad(set_to_none=True)
@@ -491,7 +526,8 @@ def train_case(s: Settings, device: torch.device) -> Case:
     eager, _ = torch_step(fast.fn, False)
     return Case(f"{loss_graph.name} train step ({spec.optimizer.name})",
                 {"inputs": _shapes(data), "dims": env, "params": sum(v.numel() for v in params.values())},
-                lambda: exe(feeds, params, check_indices=False), eager,
+                _training_steps(call, feeds, params) if s.cuda_graphs
+                else lambda: exe(feeds, params, check_indices=False), eager,
                 lambda: torch_step(fast.fn, True)[0], len(exe.plan(env).launches), len(exe.kernels),
                 agreement(got, want), flops=graph_flops(step, env),
                 extra={"optimizer": {k: list(v) if isinstance(v, tuple) else v for k, v in opt.items()},
@@ -629,6 +665,10 @@ def run(settings: Settings, log: Callable[[str], None] = lambda line: None) -> d
     if settings.mode == "train":
         train_block(settings)  # before any measuring: a model without one fails at once
     device = choose(settings.device)
+    if settings.cuda_graphs:
+        from axon.runtime.cuda_graphs import require_cuda
+
+        require_cuda(device)
     s = _defaults(settings, device)
     torch.manual_seed(s.seed)
     with ieee_f32():
@@ -702,7 +742,7 @@ def header(s: Settings, device: torch.device) -> dict:
     else:
         name = f"{platform.processor() or platform.machine()} CPU (Triton interpreter)"
     settings = asdict(s)
-    settings.update({"torch_compile_mode": "default", "axon_call": "check_indices=False (checked once)",
+    settings.update({"torch_compile_mode": compile_mode(s), "axon_call": "check_indices=False (checked once)",
                      "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                      "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32})
     return {"tool": "axon bench", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -740,8 +780,9 @@ def _num(v, fmt: str) -> str:
 def format_table(record: dict) -> str:
     """The record as a text table: one row per case and implementation, then each case's check."""
     c, s = record["ceilings"], record["settings"]
-    lines = [f"axon bench --mode {record['mode']} on {record['device']['name']}: median of {s['repeats']} "
-             f"after {s['warmup']} warm-up; commit {record['axon']['commit'][:12]}",
+    graphs = " (CUDA graphs: Axon's, torch.compile's 'reduce-overhead')" if s.get("cuda_graphs") else ""
+    lines = [f"axon bench --mode {record['mode']} on {record['device']['name']}{graphs}: median of "
+             f"{s['repeats']} after {s['warmup']} warm-up; commit {record['axon']['commit'][:12]}",
              f"ceilings: copy {c['copy_gbps']:.1f} GB/s, f32 matmul {c['matmul_tflops']:.3g} TFLOP/s",
              ""]
     w = max([len(r["case"]) for r in record["runs"]] + [10])

@@ -12,7 +12,7 @@
                                              --step: of the whole training step
     axon show FILE --saved                   what a compiled model used from torch.autograd saves for
                                              its backward, and what the backward recomputes
-    axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check]
+    axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check] [--cuda-graphs]
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
     axon compile FILE --target sm_90 [--step] [--dtype bf16] [--tf32] [--json OUT] [--cold]
@@ -22,12 +22,13 @@
                                              occupancy and compile time per kernel and config; exit 1 if
                                              a kernel has no config that compiles, launches, no spills
     axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
-    axon train FILE [--epochs N] [--out DIR] [--resume]
+    axon train FILE [--epochs N] [--out DIR] [--resume] [--cuda-graphs]
                                              run the file's train block: one compiled step, validation
                                              each epoch, checkpoints, metrics.json and curve.png
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
     axon passes                              the passes there are, with what each is for
     axon bench FILE [--mode forward|train|kernels] [--json OUT.json] [--plot OUT.png] [--no-compile]
+                    [--cuda-graphs]
                                              time Axon against PyTorch eager and torch.compile
 
 FILE is an `.axon` model or `.axir` IR text. User errors (bad syntax, bad shapes, unknown names or
@@ -41,6 +42,9 @@ import sys
 import time
 
 from axon.ir import AxonError
+
+CUDA_GRAPHS_HELP = ("replay the whole launch list as one CUDA graph, captured at the first call at each set "
+                    "of sizes (needs a CUDA GPU)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="parameters by name (default: the model's initializers)")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
+    r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
 
     e = sub.add_parser("compile", help="compile a model's kernels ahead of time for a GPU target, or write "
                                        "them as standalone files")
@@ -111,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (default: each epoch only)")
+    t.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
 
     v = sub.add_parser("eval", help="validation metrics of a checkpoint")
     _train_args(v)
@@ -135,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", default=None, metavar="OUT.json", help="write the record as JSON")
     bn.add_argument("--plot", default=None, metavar="OUT.png", help="write a comparison bar chart")
     bn.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    bn.add_argument("--cuda-graphs", action="store_true",
+                    help="forward/train: replay Axon's launch list as a CUDA graph, against torch.compile "
+                         "in mode 'reduce-overhead' (its CUDA graphs)")
     return p
 
 
@@ -305,7 +314,8 @@ def _compiled(args):
 
     hparams = dict(_override(s) for s in args.set)
     model = axon.compile(args.file, args.model, hparams=hparams or None, training=args.training,
-                         loss=args.loss, device=args.device, seed=args.seed)
+                         loss=args.loss, device=args.device, seed=args.seed,
+                         cuda_graphs=getattr(args, "cuda_graphs", False))
     dims = dict(_dim(s) for s in args.dim)
     if args.batch is not None:
         dims["batch"] = args.batch
@@ -322,7 +332,8 @@ def _run(args) -> int:
         model.load_weights(args.weights)
     inputs = read_npz(args.inputs) if args.inputs else random_inputs(model.graph, env, args.seed)
     outputs = model.run(inputs)
-    print(f"{model.graph.name}: {len(model.kernels)} kernels; inputs "
+    graphed = " (replayed as one CUDA graph)" if model.graphs is not None else ""
+    print(f"{model.graph.name}: {len(model.kernels)} kernels{graphed}; inputs "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items()))
     for name, t in outputs.items():
         print(summary(name, t))
@@ -396,13 +407,15 @@ def _trainer(args, **extra):
                       epochs=args.epochs, batch=args.batch, seed=args.seed, **extra)
     print(describe(trainer.step_exe.device), file=sys.stderr)
     print(trainer.data.summary())
-    print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels, "
+    graphed = " (replayed as a CUDA graph)" if trainer.step_call is not trainer.step_exe else ""
+    print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels"
+          f"{graphed}, "
           f"evaluation {len(trainer.eval_exe.kernels)} kernels")
     return trainer
 
 
 def _train(args) -> int:
-    trainer = _trainer(args, checkpoint_every=args.checkpoint_every)
+    trainer = _trainer(args, checkpoint_every=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
     t0 = time.perf_counter()
     p = trainer.fit(resume=args.resume)
     last = p.history[-1] if p.history else {}
@@ -435,7 +448,7 @@ def _bench(args) -> int:
     settings = bench.Settings(file=args.file, model=args.model, hparams=dict(_override(s) for s in args.set),
                               mode=args.mode, batch=args.batch, dims=dict(_dim(s) for s in args.dim),
                               repeats=args.repeats, warmup=args.warmup, device=args.device,
-                              compile=not args.no_compile, seed=args.seed)
+                              compile=not args.no_compile, seed=args.seed, cuda_graphs=args.cuda_graphs)
     record = bench.run(settings, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_table(record))
     if args.json:

@@ -63,6 +63,12 @@ def step_graph(loss_graph: Graph, optimizer: dict) -> Graph:
     return step
 
 
+def feedback(step: Graph) -> dict[str, str]:
+    """Each `new.<name>` output of a step graph -> the parameter or state input `<name>` it replaces
+    (how CUDA graphs update them in place)."""
+    return {out: out[len(NEW):] for out in step.outputs if out.startswith(NEW)}
+
+
 @dataclass
 class Binding:
     """Which graph input each data set tensor feeds."""
@@ -110,8 +116,15 @@ class Trainer:
     def __init__(self, path: str | Path, model: str | None = None, *, hparams: dict | None = None,
                  device=None, out_dir: str | Path | None = None, epochs: int | None = None,
                  batch: int | None = None, seed: int | None = None, checkpoint_every: int = 0,
-                 log=print):
+                 log=print, cuda_graphs: bool = False):
         from axon.frontend import training_graph
+
+        backend = None
+        if cuda_graphs:  # checked first: no compiling for a device that cannot run it
+            from axon.runtime import choose
+            from axon.runtime.cuda_graphs import CudaGraphs
+
+            backend = CudaGraphs(choose(device))
 
         module = load_ast(path)
         loss_graph, spec = training_graph(module, model, hparams=hparams)
@@ -139,6 +152,14 @@ class Trainer:
         self.states = {name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=self.step_exe.device)
                        for name, n in step.inputs.items() if name.startswith("state.")}
         self.progress = Progress()
+        # the step as it runs: the executable, or its CUDA graphs, whose static buffers are the parameters
+        # and optimizer state, updated in place by each replay
+        self.step_call = self.step_exe
+        if backend is not None:
+            from axon.runtime.cuda_graphs import GraphedExecutable
+
+            self.step_call = GraphedExecutable(self.step_exe, feedback=feedback(step),
+                                               adopt={**self.params, **self.states}, backend=backend)
 
     # --- running ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> Progress:
@@ -195,7 +216,7 @@ class Trainer:
         if SEED_INPUT in self.step_exe.graph.inputs:
             feeds[SEED_INPUT] = torch.tensor(self.seed * 1_000_003 + t, dtype=torch.int64, device=dev)
         feeds.update(self.states)
-        out = self.step_exe(feeds, self.params)
+        out = self.step_call(feeds, self.params)
         self.params = {name: out[NEW + name] for name in self.params}
         self.states = {name: out[NEW + name] for name in self.states}
         return float(out["loss"])
@@ -281,7 +302,8 @@ class Trainer:
         record = {"model": self.spec.model, "data": self.data.name, "seed": self.seed, "epochs": self.epochs,
                   "batch": self.batch, "optimizer": self.optimizer, "steps": p.step, "stopped": p.stopped,
                   "best": p.best, "compile_seconds": round(self.compile_s, 3),
-                  "device": str(self.step_exe.device), "history": p.history}
+                  "device": str(self.step_exe.device), "cuda_graphs": self.step_call is not self.step_exe,
+                  "history": p.history}
         if "unigram_entropy" in self.data.info:
             record["unigram_baseline_loss"] = self.data.info["unigram_entropy"]
         _atomic_write(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")

@@ -1,6 +1,6 @@
 """The runtime: a compiled graph as a launch list run on torch tensors (`Executable`), its intermediates
-sharing one arena by liveness (`memory`), the device choice, and safetensors files for weights and
-checkpoints.
+sharing one arena by liveness (`memory`), its replay as CUDA graphs (`cuda_graphs`), the device choice, and
+safetensors files for weights and checkpoints.
 
 >>> from axon.ir import GraphBuilder, DType
 >>> import torch
@@ -12,8 +12,9 @@ True
 """
 from .device import DeviceError, choose, describe
 from .executable import Executable, Plan, RunError
+from .cuda_graphs import GraphedExecutable
 from .memory import MemoryPlan, format_plan, plan_memory
 from .safetensors import SafetensorsError, load_metadata
 
-__all__ = ["DeviceError", "Executable", "MemoryPlan", "Plan", "RunError", "SafetensorsError", "choose",
-           "describe", "format_plan", "load_metadata", "plan_memory"]
+__all__ = ["DeviceError", "Executable", "GraphedExecutable", "MemoryPlan", "Plan", "RunError",
+           "SafetensorsError", "choose", "describe", "format_plan", "load_metadata", "plan_memory"]

@@ -73,11 +73,8 @@ class Executable:
         `check_indices` checks on the host that index inputs (token ids, labels) are in range; kernels
         never read out of bounds, but an out-of-range index would give NaN or 0 silently.
         """
-        values = self._bind(inputs, params or {})
-        env = bind_symbols(self.graph, {n: values[self.graph.inputs[n]] for n in self.graph.inputs})
-        plan = self.plan(env)
-        if check_indices:
-            self._check_indices(plan, inputs)
+        values, plan = self.bind(inputs, params, check_indices=check_indices)
+        env = plan.env
         values.update(plan.constants)
         values.update(plan.buffers)
         for node in plan.fresh:
@@ -91,6 +88,17 @@ class Executable:
         # a literal is shared by every call: the caller gets a copy of it
         return {name: values[node].clone() if node.op == K.TENSOR else values[node]
                 for name, node in self.graph.outputs.items()}
+
+    def bind(self, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
+             *, check_indices: bool = True) -> tuple[dict[Node, torch.Tensor], Plan]:
+        """A call's checks without its launches: the inputs and parameters by graph node (on the device,
+        contiguous) and the plan at their sizes, made if new (`cuda_graphs` replays that plan)."""
+        values = self._bind(inputs, params or {})
+        env = bind_symbols(self.graph, {n: values[self.graph.inputs[n]] for n in self.graph.inputs})
+        plan = self.plan(env)
+        if check_indices:
+            self._check_indices(plan, inputs)
+        return values, plan
 
     def plan(self, env: dict[str, int]) -> Plan:
         key = tuple(sorted(env.items()))
