@@ -75,6 +75,8 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
                 if m not in first and i not in inside and a not in reads:
                     reads.append(a)
         reads = operands + reads
+        # a kernel never loads what it computes: it would read the buffer before writing it
+        assert not any(a.buffer in inside for a in reads), f"a {fg.kind} group reads its own value"
         if fg.kind == "copy" and members[0].op != K.RESHAPE:
             # a permute/expand/slice copy reads its operand through itself: the load is the movement
             (a,) = reads

@@ -583,13 +583,17 @@ class _Fuser:
                 self.refusals.append(Refusal(p, n, "fusing here would create a cycle between kernels"))
             return []
         count: dict[FusedGroup, int] = {}
-        for _, g, _ in prods:
-            count[g] = count.get(g, 0) + 1
+        chains: dict[FusedGroup, list[Node]] = {}
         best: dict[FusedGroup, tuple] = {}
         for p, g, chain in prods:
+            count[g] = count.get(g, 0) + 1
+            # every view n reads of this group's values joins with n: read from memory, a view of a
+            # value the kernel computes would be read before the kernel writes it
+            chains.setdefault(g, []).extend(m for m in chain if m not in chains[g])
             if g not in best or len(chain) < len(best[g][2]):
                 best[g] = (p, g, chain)
-        return sorted(best.values(), key=lambda t: (-count[t[1]], -self.index[t[0]]))
+        ranked = sorted(best.values(), key=lambda t: (-count[t[1]], -self.index[t[0]]))
+        return [(p, g, tuple(chains[g])) for p, g, _ in ranked]
 
     def _join(self, g: FusedGroup, n: Node, chain=()) -> None:
         self._add(g, n, chain)
