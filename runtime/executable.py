@@ -1,27 +1,28 @@
 """An executable: a graph's kernels as a launch list, run on tensors.
 
 Compiling makes one kernel per group (`codegen`). The first call at a set of concrete sizes makes a
-*plan*: every launch prepared (grid, strides, block sizes — no Python work left for the call but the
-call itself) and every intermediate buffer placed in one arena, where buffers never live at the same
-time share bytes (`memory`); later calls at the same sizes reuse it. A call checks the inputs (names,
-dtypes, shapes, index ranges), allocates the outputs and runs the list.
+*plan* (`plan.py`): every launch prepared and bound (grid, strides, block sizes, which tensor goes where —
+no Python work left for a call but the calls themselves) and every intermediate buffer placed in one
+arena, where buffers never live at the same time share bytes (`memory`); later calls at the same sizes
+reuse it. On a GPU the first call also tunes each launch that has several configs (`tune.py`). A call
+checks the inputs (names, dtypes, shapes, index ranges; one comparison per tensor when they are what the
+last call's plan was made for), allocates the outputs and runs the list.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
 from axon.codegen import CompiledKernel, compile_group, groups
-from axon.codegen.cache import allocate, needs_wide
-from axon.codegen.launch import Launch
+from axon.codegen.cache import allocate
 from axon.ir import AxonError, EvalError, Graph, Node, OpKind
-from axon.ir.evaluate import EvalContext, _check_bound, bind_symbols, check_names
-from axon.ir.shapes import concrete
+from axon.ir.evaluate import _check_bound, bind_symbols, check_names
+from . import plan as plans
 from .device import choose
-from .memory import MemoryPlan, allocate_arena, plan_graph
+from .memory import MemoryPlan, plan_graph
+from .plan import Plan
 
 K = OpKind
 NO_REUSE = "AXON_NO_REUSE"  # set to 1: every intermediate gets bytes of its own (to rule reuse out)
@@ -30,20 +31,6 @@ NO_REUSE = "AXON_NO_REUSE"  # set to 1: every intermediate gets bytes of its own
 class RunError(AxonError):
     """Inputs a compiled model cannot run on: missing, unknown, of the wrong dtype or shape, or indices
     out of range."""
-
-
-@dataclass
-class Plan:
-    """The launch list at one set of concrete sizes, with the buffers it reuses across calls."""
-
-    env: dict[str, int]
-    launches: list[tuple[CompiledKernel, Launch]]  # each kernel with its prepared launch
-    buffers: dict[Node, torch.Tensor]      # intermediates: typed views into `arena`, made once
-    constants: dict[Node, torch.Tensor]    # literal tensors, made once
-    fresh: list[Node]                      # graph outputs made by kernels: a new tensor each call
-    index_checks: list[tuple[str, int, str]]  # (input name, axis size, what) for index inputs
-    memory: MemoryPlan | None = None       # where each buffer lives in the arena
-    arena: torch.Tensor | None = None      # the bytes every buffer is a view of
 
 
 class Executable:
@@ -62,6 +49,8 @@ class Executable:
         chosen = groups(graph) if kernel_groups is None else kernel_groups
         self.kernels: list[CompiledKernel] = [compile_group(g) for g in chosen]
         self._plans: dict[tuple, Plan] = {}
+        self._last: Plan | None = None
+        self._tune_store = None
 
     def __call__(self, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
                  *, poison: bool = False, check_indices: bool = True) -> dict[str, torch.Tensor]:
@@ -74,73 +63,60 @@ class Executable:
         never read out of bounds, but an out-of-range index would give NaN or 0 silently.
         """
         values, plan = self.bind(inputs, params, check_indices=check_indices)
-        env = plan.env
-        values.update(plan.constants)
-        values.update(plan.buffers)
-        for node in plan.fresh:
-            values[node] = allocate(node, env, self.device, poison)
-        for kernel, launch in plan.launches:
+        device = self.device
+        dynamic = [values[n] for n in plan.bound]
+        dynamic += [allocate(n, plan.env, device, True) if poison else torch.empty(shape, dtype=dt, device=device)
+                    for n, (shape, dt) in zip(plan.fresh, plan.fresh_specs)]
+        if not plan.tuned:
+            self._tune(plan, dynamic)
+        for step in plan.steps:
             if poison:
-                for node in launch.outputs:
+                for node in step.launch.outputs:
                     if node in plan.buffers:
                         _poison(plan.buffers[node])
-            launch.run(kernel.fn, values)
+            step.run(dynamic)
         # a literal is shared by every call: the caller gets a copy of it
-        return {name: values[node].clone() if node.op == K.TENSOR else values[node]
-                for name, node in self.graph.outputs.items()}
+        return {name: dynamic[i] if i is not None else literal.clone() for name, i, literal in plan.outputs}
 
     def bind(self, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
              *, check_indices: bool = True) -> tuple[dict[Node, torch.Tensor], Plan]:
         """A call's checks without its launches: the inputs and parameters by graph node (on the device,
         contiguous) and the plan at their sizes, made if new (`cuda_graphs` replays that plan)."""
-        values = self._bind(inputs, params or {})
-        env = bind_symbols(self.graph, {n: values[self.graph.inputs[n]] for n in self.graph.inputs})
-        plan = self.plan(env)
-        if check_indices:
+        params = params or {}
+        plan = self._last
+        values = plan.match(inputs, params, self.device) if plan is not None else None
+        if values is None:  # not the last call's kind of tensors: every check, one by one
+            values = self._bind(inputs, params)
+            env = bind_symbols(self.graph, {n: values[self.graph.inputs[n]] for n in self.graph.inputs})
+            plan = self._last = self.plan(env)
+        if check_indices and plan.index_checks:
             self._check_indices(plan, inputs)
         return values, plan
 
     def plan(self, env: dict[str, int]) -> Plan:
         key = tuple(sorted(env.items()))
         if key not in self._plans:
-            self._plans[key] = self._make_plan(dict(env))
+            self._plans[key] = plans.make(self.graph, self.kernels, dict(env), self.device, self.reuse)
+            self._plans[key].tuned = self.device.type != "cuda"  # nothing to choose in the interpreter
         return self._plans[key]
 
     def memory_plan(self, env: dict[str, int]) -> MemoryPlan:
         """Where each intermediate lives at the sizes `env` (`memory.format_plan` prints it)."""
         return plan_graph([k.group for k in self.kernels], self.graph, env, self.reuse)
 
-    # --- making a plan -------------------------------------------------------------------------------
-    def _make_plan(self, env: dict[str, int]) -> Plan:
-        outputs = set(self.graph.outputs.values())
-        memory = self.memory_plan(env)
-        arena, buffers = allocate_arena(memory, env, self.device)
-        constants: dict[Node, torch.Tensor] = {}
-        for node in self.graph.nodes:
-            if node.op == K.TENSOR:
-                value = EvalContext().literal(node.attrs.data, node.dtype).reshape(node.shape)
-                constants[node] = value.to(node.dtype.torch).to(self.device)
-        launches, fresh = [], []
-        for kernel in self.kernels:
-            if needs_wide(kernel.group, env):
-                kernel = compile_group(kernel.group, wide=True)
-            launch = kernel.prepare(env)
-            fresh += [node for node in launch.outputs if node in outputs]
-            assert all(n in buffers for n in launch.outputs if n not in outputs), "an output not planned"
-            launches.append((kernel, launch))
-        return Plan(env, launches, buffers, constants, fresh, self._index_inputs(env), memory, arena)
+    def _tune(self, plan: Plan, dynamic: list[torch.Tensor]) -> None:
+        """On a GPU, at a plan's first call: each launch with several configs takes the fastest that
+        neither spills nor fails to launch, timed on this call's tensors (`tune.py`)."""
+        from . import tune
 
-    def _index_inputs(self, env) -> list[tuple[str, int, str]]:
-        """Graph inputs used (directly or through views) as the index of a gather or take."""
-        checks = []
-        for k in self.kernels:
-            reads = {a.node: a.buffer for a in k.group.inputs}
-            for node in k.group.nodes:  # a fused gather sits anywhere in its group
-                index = reads.get(node.inputs[1]) if node.op in (K.GATHER, K.TAKE) else None
-                if index is not None and index.op == K.INPUT:
-                    size = concrete(node.inputs[0].shape, env)[node.attrs.axis]
-                    checks.append((index.name, size, f"{node.op} (axis {node.attrs.axis})"))
-        return checks
+        if self._tune_store is None:
+            self._tune_store = tune.Store.for_device(torch.cuda.get_device_name(self.device))
+        for i, step in enumerate(plan.steps):
+            if len(step.launch.configs) > 1:
+                args = [*step.arguments(dynamic), *step.scalars]
+                step.launch = tune.on_gpu(step.kernel, step.launch, args, self._tune_store)
+                plan.launches[i] = (step.kernel, step.launch)
+        plan.tuned = True
 
     # --- checking a call -----------------------------------------------------------------------------
     def _bind(self, inputs, params) -> dict[Node, torch.Tensor]:

@@ -4,7 +4,6 @@ results with and without reuse (poisoned), poison never masked by a reused buffe
 peak of a training step far under the sum, and `axon show --memory`."""
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
@@ -166,8 +165,7 @@ def test_poison_is_not_masked_by_a_reused_buffer(gen):
     spans = {b.node: b for b in plan.memory.buffers}
     target = next(i for i, (_, launch) in enumerate(plan.launches) for o in launch.outputs
                   if o in spans and any(b.last < i and b.offset == spans[o].offset for b in spans.values()))
-    kernel, launch = plan.launches[target]
-    plan.launches[target] = (kernel, dataclasses.replace(launch, grid=(0,) * len(launch.grid)))
+    plan.steps[target].call = None  # as a launch over an empty grid
     assert torch.isfinite(exe({"x": x}, params)["y"]).all()  # stale values flow through unnoticed
     assert torch.isnan(exe({"x": x}, params, poison=True)["y"]).all()
 
