@@ -102,8 +102,9 @@ def launches_for(groups, env: dict[str, int], target: Target) -> list[tuple[Comp
     return out
 
 
-def jobs_for(launches, target: Target) -> list[Job]:
-    """One job per kernel and config: the arguments as Triton's binder will see them."""
+def jobs_for(launches, target: Target, all_configs: bool = True) -> list[Job]:
+    """One job per kernel and config (or only each launch's default config): the arguments as Triton's
+    binder will see them."""
     jobs = []
     for i, (kernel, launch) in enumerate(launches):
         args = [{"ptr": _dtype(v.node), "offset": v.offset * v.node.dtype.torch.itemsize}
@@ -111,7 +112,8 @@ def jobs_for(launches, target: Target) -> list[Job]:
         args += [{"ptr": _dtype(o), "offset": 0} for o in launch.outputs]
         args += [{"int": int(s)} for s in launch.scalars]
         what = _headline(kernel.group)
-        for c, meta in enumerate(launch.configs or (launch.meta,)):
+        configs = launch.configs if all_configs and launch.configs else (launch.meta,)
+        for c, meta in enumerate(configs):
             row = Row(i, kernel.group.kind, what, dict(meta), c == 0, file=kernel.path.name)
             jobs.append(Job(row, kernel.path, kernel.spec.name, args, tuple(launch.grid), dict(meta)))
     return jobs
@@ -123,20 +125,23 @@ def compile_jobs(jobs: list[Job], target: Target, workers: int | None = None, us
     if target.interpreted:
         raise ValueError("ahead-of-time compiles need a CUDA target, not the interpreter")
     store = cache_dir() / "aot"
-    todo = []
+    todo: dict[str, list[Job]] = {}  # one compile per distinct job (an unrolled loop repeats kernels)
     for job in jobs:
-        saved = _load(store / f"{job.key(target)}.json") if use_cache else None
+        key = job.key(target)
+        saved = _load(store / f"{key}.json") if use_cache and key not in todo else None
         if saved is not None:
             _fill(job.row, saved, target)
             job.row.cached = True
         else:
-            todo.append(job)
+            todo.setdefault(key, []).append(job)
     if todo:
-        results = _run_pool(todo, target, workers, env)
-        for job, result in zip(todo, results):
-            _fill(job.row, result, target)
+        results = _run_pool([same[0] for same in todo.values()], target, workers, env)
+        for (key, same), result in zip(todo.items(), results):
+            for i, job in enumerate(same):
+                _fill(job.row, result, target)
+                job.row.cached = i > 0
             if result.get("ok") and use_cache:
-                _save(store / f"{job.key(target)}.json", result)
+                _save(store / f"{key}.json", result)
     return [j.row for j in jobs]
 
 
