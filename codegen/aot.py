@@ -17,6 +17,7 @@ compile, is a failure.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -150,51 +151,83 @@ def compile_launches(launches, target: Target, **options) -> list[Row]:
 
 
 # --- the worker pool ---------------------------------------------------------------------------------
+class Worker:
+    """One compile process (Triton imported as a compiler), kept for later sweeps of this process."""
+
+    def __init__(self, env: dict[str, str]):
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env=env)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, payload: dict) -> dict:
+        self.proc.stdin.write(json.dumps(payload) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if line:
+            return json.loads(line)
+        self.log.seek(0)
+        tail = self.log.read()[-2000:].strip()
+        return {"ok": False, "error": f"the compile worker died: {tail or 'no output'}"}
+
+    def close(self) -> None:
+        if self.alive:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+_IDLE: dict[tuple, list[Worker]] = {}  # started workers by their environment, between sweeps
+_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_workers() -> None:
+    for workers in _IDLE.values():
+        for w in workers:
+            w.close()
+    _IDLE.clear()
+
+
 def _run_pool(jobs: list[Job], target: Target, workers: int | None, env: dict[str, str] | None) -> list[dict]:
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    count = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    worker_env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "0"}
+    key = tuple(sorted((env or {}).items()))
     pending: queue.Queue = queue.Queue()
     for i, job in enumerate(jobs):
         pending.put((i, job.payload(target)))
     results: list[dict] = [{} for _ in jobs]
-    threads = [threading.Thread(target=_serve, args=(pending, results, env), daemon=True)
-               for _ in range(workers)]
+
+    def serve() -> None:
+        with _LOCK:
+            idle = [w for w in _IDLE.get(key, []) if w.alive]
+            worker = idle.pop() if idle else None
+            _IDLE[key] = idle
+        worker = worker or Worker(worker_env)
+        while True:
+            try:
+                i, payload = pending.get_nowait()
+            except queue.Empty:
+                break
+            if not worker.alive:
+                worker.close()
+                worker = Worker(worker_env)
+            results[i] = worker.run({**payload, "id": i})
+        with _LOCK:
+            _IDLE.setdefault(key, []).append(worker)
+
+    threads = [threading.Thread(target=serve, daemon=True) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return results
-
-
-def _serve(pending: queue.Queue, results: list[dict], env: dict[str, str] | None) -> None:
-    """One worker process, fed jobs until the queue is empty (a crashed worker is restarted)."""
-    worker_env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "0"}
-    worker_env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = None
-    try:
-        while True:
-            try:
-                i, payload = pending.get_nowait()
-            except queue.Empty:
-                return
-            if proc is None or proc.poll() is not None:
-                proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=log, text=True, env=worker_env)
-            proc.stdin.write(json.dumps({**payload, "id": i}) + "\n")
-            proc.stdin.flush()
-            line = proc.stdout.readline()
-            if not line:
-                log.seek(0)
-                tail = log.read()[-2000:]
-                results[i] = {"ok": False, "error": f"the compile worker died: {tail.strip() or 'no output'}"}
-                proc = None
-                continue
-            results[i] = json.loads(line)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.stdin.close()
-            proc.wait(timeout=60)
-        log.close()
 
 
 # --- results ---------------------------------------------------------------------------------------------

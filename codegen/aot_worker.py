@@ -149,7 +149,8 @@ _MODULES: dict[str, object] = {}
 
 def kernel(path: str, name: str):
     if path not in _MODULES:
-        spec = importlib.util.spec_from_file_location(f"axon_aot_{os.path.basename(path)[:-3]}", path)
+        # the name Axon's runtime gives it, so both compiles are one in Triton's cache
+        spec = importlib.util.spec_from_file_location(f"axon_kernel_{os.path.basename(path)[:-3]}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _MODULES[path] = module

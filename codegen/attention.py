@@ -23,6 +23,7 @@ import triton
 
 from axon.ir import OpKind
 from axon.ir.shapes import concrete
+from . import configs as gpu
 from .expr import Emitter
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, contiguous_strides, layout_strides, meta_view
@@ -33,7 +34,7 @@ from .target import Target
 K = OpKind
 INTERPRETER_TILE = 64  # largest BLOCK_M / BLOCK_N in the interpreter
 GPU_TILE = 64          # on a GPU: q, acc and a k/v block of head size <= 128 stay in registers/SMEM
-GPU_CONFIGS = ((4, 2), (8, 2))  # (num_warps, num_stages) tried on a GPU, the first the default
+FMA_HELD = 20480       # tile elements a full-precision f32 program may hold at 8 warps (~80 per thread)
 
 
 @dataclass
@@ -181,11 +182,9 @@ class AttentionKernel:
         for o in self.group.outputs:
             strides += layout_strides(o, env) if o in self.layouts else contiguous_strides(
                 concrete(o.shape, env))
-        cap = INTERPRETER_TILE if self.target.interpreted else GPU_TILE
-        meta = {"BLOCK_M": _tile(m, cap), "BLOCK_N": _tile(n, cap), "BLOCK_D": _tile(d, 1 << 30),
-                "BLOCK_E": _tile(e, 1 << 30)}
+        meta = _blocks(m, n, d, e, self.s.dtype, self.target, backward=False)
         grid = (triton.cdiv(m, meta["BLOCK_M"]), n_batch)
-        configs = _configs(meta, self.target)
+        configs = _configs(meta, self.s.dtype, self.target, backward=False)
         return Launch(grid, tuple(arg for _, arg in views), tuple(self.group.outputs),
                       (*strides, *batch, m, n, d, e), configs[0] if configs else meta, configs)
 
@@ -194,11 +193,39 @@ def _tile(size: int, cap: int) -> int:
     return min(max(MIN_TILE, triton.next_power_of_2(size)), cap)
 
 
-def _configs(blocks: dict[str, int], target: Target) -> tuple[dict, ...]:
-    """On a GPU: `blocks` with each (warps, stages) of GPU_CONFIGS; none in the interpreter."""
+def _held(bm: int, bn: int, d: int, e: int, backward: bool) -> int:
+    """About how many tile elements a program holds in registers: q and acc (or q, dout, dq) over its
+    rows, k and v over its keys, and the score tiles (s, x, p; the backward also dp, ds)."""
+    rows_and_keys = (bm + bn) * (d + e)
+    return 2 * rows_and_keys + 4 * bm * bn if backward else rows_and_keys + 3 * bm * bn
+
+
+def _blocks(m: int, n: int, d: int, e: int, dtype, target: Target, backward: bool) -> dict[str, int]:
+    """Block sizes: the interpreter takes up to INTERPRETER_TILE rows and keys; a GPU GPU_TILE when its
+    dots run on tensor cores, while a full-precision f32 dot (FMAs, operand fragments in registers)
+    halves the tile until what a program holds fits 8 warps (`FMA_HELD`; measured for sm_90 with head
+    size 64: 64 x 64 spills, 64 x 32 forward and 32 x 16 backward do not)."""
+    bd, be = _tile(d, 1 << 30), _tile(e, 1 << 30)
+    cap = INTERPRETER_TILE if target.interpreted else GPU_TILE
+    bm, bn = _tile(m, cap), _tile(n, cap)
+    if not target.interpreted and gpu.dot_kind(dtype, target) == "fma":
+        while _held(bm, bn, bd, be, backward) > FMA_HELD and max(bm, bn) > MIN_TILE:
+            if bn >= bm:
+                bn //= 2
+            else:
+                bm //= 2
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "BLOCK_E": be}
+
+
+def _configs(blocks: dict[str, int], dtype, target: Target, backward: bool) -> tuple[dict, ...]:
+    """On a GPU: `blocks` at 4 and at 8 warps, the first the default (8 for an FMA tile or the
+    backward's 64 x 64 on tensor cores, which hold twice the forward's values); none in the
+    interpreter."""
     if target.interpreted:
         return ()
-    return tuple({**blocks, "num_warps": w, "num_stages": s, "enable_fp_fusion": True} for w, s in GPU_CONFIGS)
+    wide = gpu.dot_kind(dtype, target) == "fma" or (backward and blocks["BLOCK_M"] * blocks["BLOCK_N"] >= 4096)
+    return tuple({**blocks, "num_warps": w, "num_stages": 2, "enable_fp_fusion": True}
+                 for w in ((8, 4) if wide else (4, 8)))
 
 
 @dataclass
@@ -404,12 +431,9 @@ class AttentionBackwardKernel:
         for o in self.group.outputs:
             own = o is self.roots[o]
             strides += contiguous_strides(concrete(o.shape, env)) if own else layout_strides(o, env)
-        # on a GPU: k, v^T and two accumulators stay resident per program; halve the tiles for big heads
-        cap = INTERPRETER_TILE if self.target.interpreted else GPU_TILE if max(d, e) <= 64 else 32
-        meta = {"BLOCK_M": _tile(m, cap), "BLOCK_N": _tile(n, cap), "BLOCK_D": _tile(d, 1 << 30),
-                "BLOCK_E": _tile(e, 1 << 30)}
+        meta = _blocks(m, n, d, e, self.s.dtype, self.target, backward=True)
         grid = (triton.cdiv(n, meta["BLOCK_N"]) + triton.cdiv(m, meta["BLOCK_M"]), n_batch)
-        configs = _configs(meta, self.target)
+        configs = _configs(meta, self.s.dtype, self.target, backward=True)
         return Launch(grid, tuple(arg for _, arg in views), tuple(self.group.outputs),
                       (*strides, *batch, m, n, d, e), configs[0] if configs else meta, configs)
 

@@ -8,7 +8,9 @@ The numbers come from ahead-of-time compiles for sm_90 (`axon compile --target s
 - the f64/integer loop holds a BLOCK_M x BLOCK_K x BLOCK_N product: 32 x 32 tiles;
 - an epilogue holds more tile-sized values (its operands, results and temporaries) at once, so the tile
   shrinks until `values x BLOCK_M x BLOCK_N` fits TILE_BUDGET, and takes 8 warps once a thread would
-  hold more than WARPS_4_ELEMENTS tile elements at 4.
+  hold more than WARPS_4_ELEMENTS tile elements at 4 (a conv's gathered input block counts too: its
+  row/column/mask/address tiles took a 64 x 32 x 32 f32 conv to 255 registers and spills at 4 warps,
+  144 registers at 8).
 Configs whose operand buffers exceed the target's shared memory are left out; the AOT sweep and the
 runtime tuner drop any that spill.
 """
@@ -22,7 +24,8 @@ from .target import Target
 MIN_TILE = 16                 # tl.dot's smallest block in every dimension
 TILE_CAP = {"tensor": 128, "fma": 64, "loop": 32}
 TILE_BUDGET = 40960           # tile elements x values held at once, per program
-WARPS_4_ELEMENTS = 16384      # beyond this many (tile elements x values), 8 warps
+WARPS_4_ELEMENTS = 8192       # beyond this many (tile elements x values), 8 warps
+GATHER_VALUES = 4             # index tiles (rows, columns, mask, address) of a gathered operand block
 # (BLOCK_K, num_stages) by kind of dot, the first the default; each at the preferred and the other
 # number of warps.
 K_STAGES = {
@@ -58,12 +61,14 @@ def tile(m: int, n: int, values: int, kind: str) -> tuple[int, int]:
 
 
 def configs(blocks: dict, k: int, values: int, dtype: DType, target: Target,
-            block_k: int | None = None) -> tuple[dict, ...]:
+            block_k: int | None = None, gathered: int = 0) -> tuple[dict, ...]:
     """`blocks` (BLOCK_M, BLOCK_N, ...) with each BLOCK_K (unless fixed by `block_k`), warps and stages
-    to try, the preferred first, within the target's shared memory per block."""
+    to try, the preferred first, within the target's shared memory per block. `gathered`: elements of an
+    operand block whose addresses the kernel computes per element (conv's implicit im2col), which
+    holds GATHER_VALUES index tiles in registers besides the tile."""
     kind = dot_kind(dtype, target)
     bm, bn = blocks["BLOCK_M"], blocks["BLOCK_N"]
-    preferred = 8 if values * bm * bn > WARPS_4_ELEMENTS else 4
+    preferred = 8 if values * bm * bn + GATHER_VALUES * gathered > WARPS_4_ELEMENTS else 4
     low = MIN_TILE if kind != "loop" else 1
     size = dtype.torch.itemsize
     out: list[dict] = []

@@ -226,7 +226,8 @@ class Conv2dKernel:
         interpreter). BLOCK_K stays as `blocks` has it: it was chosen to pad K little."""
         if self.interpreted:
             return ()
-        return gpu.configs(blocks, 0, self._values(), self.dtype, self.target, block_k=blocks["BLOCK_K"])
+        return gpu.configs(blocks, 0, self._values(), self.dtype, self.target, block_k=blocks["BLOCK_K"],
+                           gathered=blocks["BLOCK_M"] * blocks["BLOCK_K"])
 
     def _values(self) -> int:
         return 2 if self.epilogue.trivial else self.epilogue.values

@@ -7,8 +7,10 @@ import torch
 # Kernels run through Triton's interpreter unless a GPU is present.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# Generated kernels go to a fresh cache per run, never the user's ~/.cache/axon.
+# Generated kernels go to a fresh cache per run, never the user's ~/.cache/axon; so do Triton's compiles
+# (the sm_90 sweep of test_aot.py), never the user's ~/.triton/cache: each run compiles from cold, as CI.
 os.environ.setdefault("AXON_CACHE_DIR", tempfile.mkdtemp(prefix="axon-test-kernels-"))
+os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="axon-test-triton-"))
 
 
 def pytest_collection_modifyitems(config, items):
