@@ -198,7 +198,7 @@ def _close_workers() -> None:
 def _run_pool(jobs: list[Job], target: Target, workers: int | None, env: dict[str, str] | None) -> list[dict]:
     count = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     worker_env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "0"}
-    key = tuple(sorted((env or {}).items()))
+    key = tuple(sorted(worker_env.items()))  # a worker started under other settings is not reused
     pending: queue.Queue = queue.Queue()
     for i, job in enumerate(jobs):
         pending.put((i, job.payload(target)))

@@ -96,9 +96,24 @@ class Executable:
     def plan(self, env: dict[str, int]) -> Plan:
         key = tuple(sorted(env.items()))
         if key not in self._plans:
-            self._plans[key] = plans.make(self.graph, self.kernels, dict(env), self.device, self.reuse)
-            self._plans[key].tuned = self.device.type != "cuda"  # nothing to choose in the interpreter
+            plan = plans.make(self.graph, self.kernels, dict(env), self.device, self.reuse)
+            plan.tuned = self.device.type != "cuda"  # nothing to choose in the interpreter
+            if self.device.type == "cuda":  # compile its kernels in parallel before the first call
+                from axon.codegen.target import native
+                from . import tune, warm
+
+                store = self._store()
+                warm.compile_ahead(plan, native(), lambda launch, kernel: store.get(
+                    tune.key_of(kernel.path.name, launch)))
+            self._plans[key] = plan
         return self._plans[key]
+
+    def _store(self):
+        from . import tune
+
+        if self._tune_store is None:
+            self._tune_store = tune.Store.for_device(torch.cuda.get_device_name(self.device))
+        return self._tune_store
 
     def memory_plan(self, env: dict[str, int]) -> MemoryPlan:
         """Where each intermediate lives at the sizes `env` (`memory.format_plan` prints it)."""
@@ -109,12 +124,10 @@ class Executable:
         neither spills nor fails to launch, timed on this call's tensors (`tune.py`)."""
         from . import tune
 
-        if self._tune_store is None:
-            self._tune_store = tune.Store.for_device(torch.cuda.get_device_name(self.device))
         for i, step in enumerate(plan.steps):
             if len(step.launch.configs) > 1:
                 args = [*step.arguments(dynamic), *step.scalars]
-                step.launch = tune.on_gpu(step.kernel, step.launch, args, self._tune_store)
+                step.launch = tune.on_gpu(step.kernel, step.launch, args, self._store())
                 plan.launches[i] = (step.kernel, step.launch)
         plan.tuned = True
 

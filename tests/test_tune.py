@@ -125,3 +125,50 @@ def test_executable_tunes_its_matmuls_on_the_gpu(gen):
     assert plan.tuned and all(launch.meta in launch.configs for _, launch in plan.launches if launch.configs)
     store = tune.Store.for_device(torch.cuda.get_device_name())
     assert store.choices  # remembered for the next process
+
+
+def test_a_plan_compiles_ahead_what_its_first_call_will_launch(monkeypatch):
+    """The cold-start jobs of a plan: every config of a launch the tuner will try, only the stored
+    choice where there is one; each job is what `axon compile --target` compiles (same file, same
+    arguments), so the worker's compile is the launch's in Triton's cache."""
+    from axon.driver import executable
+    from axon.runtime import warm
+    from axon.runtime.plan import make
+
+    b = GraphBuilder()
+    x, w = b.input("x", DType.BF16, (300, 256)), b.param("w", DType.BF16, (256, 384))
+    b.output("y", b.relu(b.matmul(x, w)))
+    exe = executable(b.build())
+    sm90 = parse("sm_90")
+    from axon.codegen import compile_group
+
+    kernels = [compile_group(k.group, target=sm90) for k in exe.kernels]
+    plan = make(exe.graph, kernels, {}, torch.device("cpu"), True)
+    (step,) = plan.steps
+    every = warm.jobs(plan, sm90)
+    assert len(every) == len(step.launch.configs) >= 2
+    assert {j.path for j in every} == {kernels[0].path}
+    chosen = step.launch.configs[1]
+    narrowed = warm.jobs(plan, sm90, lambda launch, kernel: chosen)
+    assert [j.meta for j in narrowed] == [chosen]
+    monkeypatch.setenv(warm.SWITCH, "0")
+    assert warm.compile_ahead(plan, sm90) == 0
+
+
+@pytest.mark.gpu
+def test_after_the_parallel_compile_the_first_call_compiles_nothing(tmp_path, monkeypatch, gen):
+    """On a GPU: the workers fill Triton's cache; the first call then adds no entry of its own."""
+    from axon.driver import executable
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    b = GraphBuilder()
+    x = b.input("x", DType.F32, (64, 96))
+    h = b.relu(b.matmul(x, b.param("w1", DType.F32, (96, 80))))
+    b.output("y", b.exp(b.sub(h, b.max(h, 1, keepdim=True))))
+    exe = executable(b.build(), "cuda")
+    exe.plan({})  # compiles ahead
+    before = {p.name for p in (tmp_path / "triton").iterdir()}
+    params = {"w1": torch.randn(96, 80, generator=gen).cuda()}
+    exe({"x": torch.randn(64, 96, generator=gen).cuda()}, params)
+    after = {p.name for p in (tmp_path / "triton").iterdir()}
+    assert before and after == before
