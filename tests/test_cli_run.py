@@ -88,6 +88,35 @@ def test_compile_emit_writes_standalone_kernels(capsys, tmp_path):
     assert "sum" in done.stdout
 
 
+def test_compile_for_a_gpu_target_prints_the_resource_table(capsys, tmp_path):
+    """`axon compile --target sm_90 --step`: every kernel of the training step compiled for sm_90 here,
+    one row per kernel and config with its registers, spills, shared memory and tensor cores."""
+    out_json = tmp_path / "mlp.json"
+    code, out, err = run(capsys, "compile", EXAMPLES / "mlp.axon", "--target", "sm_90", "--step", "--json",
+                         out_json)
+    assert code == 0, err
+    assert "MLP training step" in out and "for sm_90" in out and "no failures" in out
+    for column in ("regs", "spill", "smem", "tensor cores", "occupancy", "compile"):
+        assert column in out.splitlines()[1]
+    record = json.loads(out_json.read_text())
+    assert record["target"] == "sm_90" and record["sizes"] == {"batch": 64}
+    assert record["summary"]["failed"] == 0 and record["summary"]["kernels"] >= 8
+    assert all(r["ok"] and not r["stack"] for r in record["rows"] if r["default"])
+    again_code, again, _ = run(capsys, "compile", EXAMPLES / "mlp.axon", "--target", "sm_90", "--step")
+    assert again_code == 0 and "0 compiled" in again  # the second sweep comes from the result cache
+
+
+@pytest.mark.parametrize("argv,message", [
+    ((), "name a target"),
+    (("--target", "sm_7"), "unknown target 'sm_7'"),
+])
+def test_compile_without_a_usable_target_says_what_to_do(capsys, argv, message):
+    if _cuda():
+        pytest.skip("native is a GPU here")
+    code, _, err = run(capsys, "compile", EXAMPLES / "mlp.axon", *argv)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
 def _cuda() -> bool:
     import torch
 
