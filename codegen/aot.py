@@ -59,6 +59,7 @@ class Row:
     occupancy: float = 0.0     # resident warps / the SM's maximum
     blocks_per_sm: int = 0
     compile_s: float = 0.0
+    launch_us: float | None = None  # host time per launch through Triton's launch path (jobs with `repeat`)
     cached: bool = False       # the figures came from the result cache
     file: str = ""             # the kernel's cache file
 
@@ -84,10 +85,11 @@ class Job:
     args: list = field(default_factory=list)
     grid: tuple = ()
     meta: dict = field(default_factory=dict)
+    repeat: int = 0            # also time this many launches (the host's cost of one)
 
     def payload(self, target: Target) -> dict:
         return {"path": str(self.path), "name": self.name, "args": self.args, "grid": list(self.grid),
-                "meta": self.meta, "arch": target.arch, "limits": asdict(target.limits)}
+                "meta": self.meta, "arch": target.arch, "limits": asdict(target.limits), "repeat": self.repeat}
 
     def key(self, target: Target) -> str:
         body = {**self.payload(target), "path": self.path.name}
@@ -237,8 +239,8 @@ def _fill(row: Row, result: dict, target: Target) -> None:
         row.error = result.get("error", "unknown error")
         return
     for name in ("regs", "stack", "spill_stores", "spill_loads", "shared", "num_warps", "tensor_cores",
-                 "tc_instructions", "compile_s"):
-        setattr(row, name, result[name])
+                 "tc_instructions", "compile_s", "launch_us"):
+        setattr(row, name, result.get(name))
     row.blocks_per_sm, row.occupancy = occupancy(row.regs, row.shared, row.num_warps, target)
 
 

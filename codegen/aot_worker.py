@@ -184,11 +184,26 @@ def run(job: dict, drv: StandInDriver) -> dict:
         raise RuntimeError("the kernel compiled but was not launched")
     figures = drv.figures or resources(compiled.asm["cubin"])
     kind, count = tensor_cores(compiled.asm["ptx"])
-    return {"ok": True, "regs": figures.get("reg", 0), "stack": figures.get("stack", 0),
+    launch_us = launch_cost(fn, args, job) if job.get("repeat") else None
+    return {"ok": True, "launch_us": launch_us, "regs": figures.get("reg", 0), "stack": figures.get("stack", 0),
             "local": figures.get("local", 0), "spill_stores": figures.get("spill_stores", 0),
             "spill_loads": figures.get("spill_loads", 0), "shared": compiled.metadata.shared,
             "num_warps": compiled.metadata.num_warps, "num_stages": compiled.metadata.num_stages,
             "tensor_cores": kind, "tc_instructions": count, "compile_s": round(seconds, 4)}
+
+
+def launch_cost(fn, args, job: dict) -> float:
+    """Microseconds of host time per launch through `JITFunction.run` once compiled (binding and
+    specializing the arguments, the cache lookup, the globals check, the launcher's call): the median
+    of `repeat` launches, the launcher itself a stand-in that does nothing."""
+    grid, meta = tuple(job["grid"]), job["meta"]
+    samples = []
+    for _ in range(job["repeat"]):
+        t0 = time.perf_counter_ns()
+        fn.run(*args, grid=grid, warmup=False, **meta)
+        samples.append(time.perf_counter_ns() - t0)
+    samples.sort()
+    return samples[len(samples) // 2] / 1e3
 
 
 def main() -> None:

@@ -26,8 +26,9 @@ TILE_CAP = {"tensor": 128, "fma": 64, "loop": 32}
 TILE_BUDGET = 40960           # tile elements x values held at once, per program
 WARPS_4_ELEMENTS = 8192       # beyond this many (tile elements x values), 8 warps
 GATHER_VALUES = 4             # index tiles (rows, columns, mask, address) of a gathered operand block
-# (BLOCK_K, num_stages) by kind of dot, the first the default; each at the preferred and the other
-# number of warps.
+MAX_CONFIGS = 3               # tried by the tuner: each is one more compile on a cold start
+# (BLOCK_K, num_stages) by kind of dot, the first the default; both at the preferred number of warps,
+# then the first at the other (MAX_CONFIGS in all).
 K_STAGES = {
     "tensor": ((64, 3), (32, 4)),
     "tf32": ((32, 3), (64, 3)),
@@ -80,4 +81,4 @@ def configs(blocks: dict, k: int, values: int, dtype: DType, target: Target,
                       "enable_fp_fusion": True}
             if smem <= target.limits.smem_per_block and config not in out:
                 out.append(config)
-    return tuple(out)
+    return tuple(out[:MAX_CONFIGS])
