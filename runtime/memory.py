@@ -10,6 +10,9 @@ the lowest-waste gap (best fit) between the byte ranges of the already placed bu
 meet its own, or after the last of them. It is sound by construction (a buffer only ever avoids the
 byte ranges of buffers it meets in time) and near the lower bound in practice: the arena is never
 smaller than the largest set of buffers live at one launch, which the plan reports next to it.
+Best fit must look at every placed buffer that meets the one it places, and in a training step the
+activations kept for the backward pass meet almost everything: that scan is one vectorized pass over
+the placed buffers (`_Arena`), not a Python loop over pairs.
 
 Graph inputs, parameters, literals and graph outputs are never in the arena: outputs are fresh tensors
 each call (the caller keeps them), the rest belong to the caller. Every buffer starts at a multiple of
@@ -26,6 +29,7 @@ import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from axon.ir import Graph, Node
@@ -132,29 +136,51 @@ def plan_memory(steps: Sequence[Step], sizes: Mapping[Hashable, int], outputs: I
             offset += padded(sizes[v])
         return MemoryPlan(tuple(placed), offset, len(steps), reuse=False)
     order = sorted(ranges, key=lambda v: -padded(sizes[v]))  # stable: ties in write order
-    done: list[Placed] = []
+    arena = _Arena(len(order))
+    where: dict[Hashable, Placed] = {}
     for v in order:
         first, last = ranges[v]
-        b = Placed(v, sizes[v], first, last, 0)
-        if b.nbytes:  # an empty buffer takes no bytes: offset 0 is as good as any
-            b = Placed(v, sizes[v], first, last, _best_fit(b, done))
-            done.append(b)
-    where = {b.node: b for b in done}
+        if sizes[v]:  # an empty buffer takes no bytes: offset 0 is as good as any
+            need = padded(sizes[v])
+            offset = arena.best_fit(first, last, need)
+            arena.add(first, last, offset, offset + need)
+            where[v] = Placed(v, sizes[v], first, last, offset)
     buffers = tuple(where.get(v) or Placed(v, sizes[v], *ranges[v], 0) for v in ranges)
-    return MemoryPlan(buffers, max((b.end for b in done), default=0), len(steps), reuse=True)
+    return MemoryPlan(buffers, arena.size, len(steps), reuse=True)
 
 
-def _best_fit(b: Placed, done: list[Placed]) -> int:
-    """The start of the smallest gap that holds `b` between the buffers that meet it (or after them)."""
-    need = padded(b.nbytes)
-    taken = sorted((p.offset, p.end) for p in done if p.meets(b))
-    best, best_gap, free_from = None, math.inf, 0
-    for lo, hi in taken:
-        gap = lo - free_from
-        if need <= gap < best_gap:
-            best, best_gap = free_from, gap
-        free_from = max(free_from, hi)
-    return free_from if best is None else best
+class _Arena:
+    """The placed buffers as arrays (live launches, byte range), so that finding the ones that meet a new
+    buffer and the gaps between their bytes is a few array operations instead of a loop over them."""
+
+    def __init__(self, capacity: int):
+        self.first, self.last, self.lo, self.hi = (np.empty(capacity, dtype=np.int64) for _ in range(4))
+        self.count = 0
+        self.size = 0  # the arena's end: the highest byte any placed buffer reaches
+
+    def add(self, first: int, last: int, lo: int, hi: int) -> None:
+        k = self.count
+        self.first[k], self.last[k], self.lo[k], self.hi[k] = first, last, lo, hi
+        self.count += 1
+        self.size = max(self.size, hi)
+
+    def best_fit(self, first: int, last: int, need: int) -> int:
+        """The start of the smallest gap (the lowest such gap on ties) of at least `need` bytes between
+        the byte ranges of the placed buffers live at some launch of first..last, or the end of them."""
+        k = self.count
+        meets = (self.first[:k] <= last) & (self.last[:k] >= first)
+        lo, hi = self.lo[:k][meets], self.hi[:k][meets]
+        if not len(lo):
+            return 0
+        by_offset = np.lexsort((hi, lo))
+        lo, hi = lo[by_offset], hi[by_offset]
+        taken = np.maximum.accumulate(hi)                 # bytes [0, taken[i]) hold ranges 0..i
+        free_from = np.concatenate(([0], taken[:-1]))     # where the gap before range i starts
+        gaps = lo - free_from
+        fits = np.flatnonzero(gaps >= need)
+        if not len(fits):
+            return int(taken[-1])
+        return int(free_from[fits[np.argmin(gaps[fits])]])
 
 
 def check_plan(plan: MemoryPlan) -> None:

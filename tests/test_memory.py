@@ -103,6 +103,46 @@ def test_random_launch_lists(seed):
     assert all(a[1] <= c[0] for a, c in zip(spans, spans[1:]))
 
 
+def _reference_offsets(steps, sizes, outputs) -> dict:
+    """Greedy by size with best fit, written as plainly as possible: largest first, each buffer at the
+    smallest gap (lowest on ties) between the bytes of the placed buffers it meets, or after them."""
+    ranges = liveness(steps, outputs)
+    done: list[tuple[int, int, int, int]] = []  # first, last, offset, end
+    offsets = {}
+    for v in sorted(ranges, key=lambda v: -padded(sizes[v])):
+        first, last = ranges[v]
+        if not sizes[v]:
+            offsets[v] = 0
+            continue
+        need = padded(sizes[v])
+        taken = sorted((o, e) for f, la, o, e in done if f <= last and first <= la)
+        best, best_gap, free_from = None, None, 0
+        for lo, hi in taken:
+            if lo - free_from >= need and (best_gap is None or lo - free_from < best_gap):
+                best, best_gap = free_from, lo - free_from
+            free_from = max(free_from, hi)
+        offsets[v] = free_from if best is None else best
+        done.append((first, last, offsets[v], offsets[v] + need))
+    return offsets
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_placement_is_best_fit_by_size(seed):
+    """The vectorized placement puts every buffer where the plain best-fit loop puts it."""
+    rng = random.Random(1000 + seed)
+    steps, made, sizes = [], [], {}
+    for i in range(rng.randint(1, 120)):
+        reads = rng.sample(made, min(len(made), rng.randint(0, 4)))
+        writes = [f"v{i}.{k}" for k in range(rng.choice([1, 1, 2]))]
+        for v in writes:
+            sizes[v] = rng.choice([0, 100, 256, 300, 512, 1000, 2048, 4096])
+        steps.append((reads, writes))
+        made += writes
+    outputs = set(rng.sample(made, len(made) // 10))
+    plan = plan_memory(steps, sizes, outputs)
+    assert {b.node: b.offset for b in plan.buffers} == _reference_offsets(steps, sizes, outputs)
+
+
 # --- the executable's arena ---------------------------------------------------------------------------
 def _mixed():
     """Intermediates of five dtypes (f16, f64, bool, i64, f32) and odd sizes."""
