@@ -37,11 +37,14 @@ axes) are aliases inside a kernel. Every other movement op is a view a reader fo
 arithmetic, so the value it views is stored.
 
 Legality: a node joins a group only if the group's template can compute it in its iteration space, and
-merging creates no cycle between kernels (checked with ancestor bitsets as groups grow, and the final
-kernel graph is checked with networkx; a merge found to close a cycle is undone and refused).
+merging creates no cycle between kernels (checked as groups grow by `dependence`, exact and without an
+n x n table; whole kernels merge on `kernel_dag`, kept in topological order; the final kernel graph is
+checked with networkx, and a merge found to close a cycle is undone and refused).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -49,6 +52,9 @@ import networkx as nx
 from axon.ir import DType, Graph, Node, OpKind
 from axon.ir.ops import ELEMENTWISE
 from . import attention
+from .dependence import FIRST, NONE_BEFORE, Dependence, Spine
+from .kernel_dag import OrderedDag
+from .row_passes import RowPasses
 
 K = OpKind
 ATTENTION_DTYPES = (DType.F32, DType.F16, DType.BF16)  # tl.dot operands; the softmax runs in f32
@@ -77,8 +83,27 @@ class FusedGroup:
     local: list[Node] = field(default_factory=list)
     closed: bool = False        # takes no other node (index, argmax, copies)
     layouts: list[Node] = field(default_factory=list)  # outputs written in a copy's layout
-    bits: int = 0               # owned members, as bits of their graph index
-    anc: int = 0                # every ancestor of an owned member
+    # of the owned members: the least and largest graph index and spine labels (`dependence`)
+    first: int = field(default=FIRST, repr=False)
+    last: int = field(default=-1, repr=False)
+    reach: int = field(default=FIRST, repr=False)
+    after: int = field(default=NONE_BEFORE, repr=False)
+    _locals: set[Node] = field(default_factory=set, repr=False)  # `local`, for membership tests
+    chains: dict[Node, int] | None = field(default=None, repr=False)  # `row_passes`, once asked
+    top: int = field(default=0, repr=False)
+
+    def __post_init__(self):
+        self._locals = set(self.local)
+
+    def add_local(self, nodes) -> list[Node]:
+        """Append to `local` what it does not hold yet, in order; returns what was added."""
+        added = []
+        for m in nodes:
+            if m not in self._locals:
+                self._locals.add(m)
+                self.local.append(m)
+                added.append(m)
+        return added
 
     @property
     def persistent(self) -> bool:
@@ -149,19 +174,18 @@ class _Fuser:
         self.users = graph.users()
         self.outputs = set(graph.outputs.values())
         self.owner: dict[Node, FusedGroup] = {}
-        self.groups: list[FusedGroup] = []
+        self.groups: dict[FusedGroup, None] = {}  # an ordered set: groups leave it in any order
         self.refusals: list[Refusal] = []
         self.joins: list[tuple[Node, FusedGroup]] = []
-        self.anc: dict[Node, int] = {}
+        self.spine = Spine(graph, self.index, self.users)
+        self.dependence = Dependence(self.spine, self.owner)
+        self.dag_visits = 0  # kernels the merge sweep's searches looked at (the scale test counts them)
         self.local: set[Node] = set()      # recomputed where used
         self.views: set[Node] = set()      # folded into readers
         self.contiguous: set[Node] = set()
+        self.rows = RowPasses(self.index, self.users, self.views, self.owner)
 
     def run(self) -> Fusion:
-        for n in self.graph.nodes:
-            self.anc[n] = 0
-            for i in n.inputs:
-                self.anc[n] |= self.anc[i] | (1 << self.index[i])
         claimed = self._claim_attention()
         for n in self.graph.nodes:
             if n not in claimed:
@@ -178,30 +202,49 @@ class _Fuser:
     def _merge_groups(self) -> None:
         """Second sweep over the kernel graph: recompute pure producers (no stored operand but single
         values: a dropout mask from rand) in each kernel that reads them, and merge a producer kernel
-        with a consumer kernel when one template can run both and no other path joins them (exact:
-        networkx reachability on the kernel graph)."""
+        with a consumer kernel when one template can run both and no other path joins them. Producers
+        are visited in topological order. After a merge only pairs with the merged kernel can change,
+        and a refused pair (p, a) cannot become possible unless a's kind, space or layouts changed (more
+        members only add reductions to chain and views to check, and paths only grow): then p is
+        visited again."""
         for g in list(self.groups):
             if self._pure(g):
                 self._dissolve(g)
         q = self.quotient()
-        progress = True
-        while progress:
-            progress = False
-            for a in list(nx.topological_sort(q)):
-                for b in sorted(q.successors(a), key=lambda g: min(self.index[n] for n in g.nodes)):
-                    merged = self._merged_kind(a, b)
-                    if merged is None or _other_path(q, a, b):
-                        continue
-                    aliases = self._view_links(a, b, len(merged[1]))
-                    if aliases is None:
-                        continue
-                    b.local += [m for m in aliases if m not in b.local]
-                    self._merge(a, b, *merged)
-                    q = nx.contracted_nodes(q, a, b, self_loops=False)
-                    progress = True
-                    break
-                if progress:
-                    break
+        dag = OrderedDag(nx.topological_sort(q), q.edges)
+        queue: list[tuple[float, int, FusedGroup]] = []  # (position, tie-break, group)
+        queued: dict[FusedGroup, float] = {}  # group -> its position when queued
+        ties = itertools.count()
+
+        def visit(g: FusedGroup) -> None:
+            if queued.get(g) != dag.position(g):
+                queued[g] = dag.position(g)
+                heapq.heappush(queue, (dag.position(g), next(ties), g))
+
+        for g in dag:
+            visit(g)
+        while queue:
+            at, _, a = heapq.heappop(queue)
+            if queued.get(a) != at:
+                continue  # merged away, or moved and queued again
+            del queued[a]
+            for b in sorted(dag.successors(a), key=_first):
+                merged = self._merged_kind(a, b)
+                if merged is None or dag.other_path(a, b):
+                    continue
+                aliases = self._view_links(a, b, len(merged[1]))
+                if aliases is None:
+                    continue
+                b.add_local(aliases)
+                kind, space, axes = merged
+                shape = (kind, tuple(space), tuple(axes), bool(a.layouts or b.layouts), False)
+                again = [p for g in (a, b) if _shape(g) != shape for p in dag.predecessors(g) if p is not a]
+                self._merge(a, b, *merged)
+                queued.pop(b, None)
+                for g in dag.contract(a, b) + again:
+                    visit(g)
+                break
+        self.dag_visits += dag.visits
 
     def _pure(self, g: FusedGroup) -> bool:
         """Only elementwise ops on single values and sources (no stored operand of more than one
@@ -213,7 +256,7 @@ class _Fuser:
                    for e in self._external(n, g)):
                 return False
             for u in self.users[n]:
-                if u in g.nodes:
+                if self.owner.get(u) is g:
                     continue
                 if not (u.op in ELEMENTWISE or u.op in FUSED_REDUCE) or u not in self.owner:
                     return False
@@ -224,13 +267,14 @@ class _Fuser:
 
     def _dissolve(self, g: FusedGroup) -> None:
         """Make pure group g's nodes local to every kernel that reads them."""
-        readers = {self.owner[u] for n in g.nodes for u in self.users[n] if u not in g.nodes}
+        readers = {self.owner[u] for n in g.nodes for u in self.users[n] if self.owner.get(u) is not g}
         for n in g.nodes:
             del self.owner[n]
             self.local.add(n)
         for h in readers:
-            h.local += [m for m in g.nodes + g.local if m not in h.local]
-        self.groups.remove(g)
+            h.add_local(g.nodes + g.local)
+            self.rows.forget(h)
+        del self.groups[g]
 
     def _merged_kind(self, a: FusedGroup, b: FusedGroup):
         """(kind, space, axes) of producer kernel a merged with its consumer b, or None."""
@@ -259,50 +303,71 @@ class _Fuser:
 
     def _view_links(self, a: FusedGroup, b: FusedGroup, rank: int) -> list[Node] | None:
         """The movement ops through which b reads a's values: aliases once merged, or None if one of
-        them moves elements (the value must then be stored, so the kernels stay apart)."""
-        out = []
-        for m in b.nodes + b.local:
-            for i in m.inputs:
-                chain = []
-                while i in self.views:
-                    chain.append(i)
-                    i = i.inputs[0]
-                if chain and i in a.nodes:
-                    if not all(self._alias(c, rank) for c in chain):
-                        return None
-                    out += chain
-        return out
+        them moves elements (the value must then be stored, so the kernels stay apart). Found from
+        the smaller side: down from b's members' operands, or up from a's values through their views."""
+        if len(a.nodes) <= len(b.nodes) + len(b.local):
+            links = self._views_up(a, b)
+        else:
+            links = set()
+            for m in b.nodes + b.local:
+                for i in m.inputs:
+                    chain = []
+                    while i in self.views:
+                        chain.append(i)
+                        i = i.inputs[0]
+                    if chain and self.owner.get(i) is a:
+                        links.update(chain)
+        if not all(self._alias(c, rank) for c in links):
+            return None
+        return sorted(links, key=self.index.__getitem__)
+
+    def _views_up(self, a: FusedGroup, b: FusedGroup) -> set[Node]:
+        """The views on the way from a value of a to a member of b (views have one operand, so the
+        views over a value form a tree: a view is on such a way if a member of b reads it or a view
+        above it that is)."""
+        found: set[Node] = set()
+        for x in a.nodes:
+            parent: dict[Node, Node | None] = {}
+            stack = [(v, None) for v in self.users[x] if v in self.views]
+            while stack:
+                v, up = stack.pop()
+                if v in parent:
+                    continue
+                parent[v] = up
+                readers = self.users[v]
+                if any(self.owner.get(u) is b or u in b._locals for u in readers):
+                    w = v
+                    while w is not None and w not in found:
+                        found.add(w)
+                        w = parent[w]
+                stack += [(u, v) for u in readers if u in self.views]
+        return found
 
     def _merge(self, a: FusedGroup, b: FusedGroup, kind, space, axes) -> None:
+        if a.chains is not None and b.chains is not None:
+            self.rows.merge(a, b)
+        else:
+            self.rows.forget(a)
         a.kind, a.space, a.axes = kind, tuple(space), tuple(axes)
-        a.nodes = sorted(a.nodes + b.nodes, key=self.index.__getitem__)
-        a.local += [m for m in b.local if m not in a.local]
+        a.nodes = sorted(a.nodes + b.nodes, key=self.index.__getitem__)  # two sorted runs: linear
+        if len(b.local) > len(a.local):  # add the fewer (the order of `local` means nothing)
+            a.local, b.local, a._locals, b._locals = b.local, a.local, b._locals, a._locals
+        a.add_local(b.local)
         a.layouts += b.layouts
-        a.bits |= b.bits
-        a.anc |= b.anc
-        for n in b.nodes:
-            self.owner[n] = a
-            self.joins.append((n, a))
-        self.groups.remove(b)
-        self.refusals = [r for r in self.refusals
-                         if not (self.owner.get(r.producer) is a and self.owner.get(r.consumer) is a)]
+        a.first, a.last = min(a.first, b.first), max(a.last, b.last)
+        a.reach, a.after = min(a.reach, b.reach), max(a.after, b.after)
+        self.owner.update(dict.fromkeys(b.nodes, a))
+        self.joins += zip(b.nodes, itertools.repeat(a))
+        del self.groups[b]  # refusals now inside a are dropped at the end of run()
 
     def _chain(self, g: FusedGroup, x: Node) -> int:
         """Reductions on the longest path to value x inside group g (x itself counts): x is computed
         in pass `_chain` of a looped kernel."""
-        members = set(g.nodes) | set(g.local)
-        memo: dict[Node, int] = {}
-        for n in sorted(members, key=self.index.__getitem__):
-            inner = [memo[i] for i in map(self._source, n.inputs) if i in memo]
-            memo[n] = max(inner + [0]) + (1 if n.op in FUSED_REDUCE or n.op == K.GATHER else 0)
-        return memo.get(x, 0)
+        return self.rows.chain(g, x)
 
     def _passes_ok(self, a: FusedGroup, b: FusedGroup) -> bool:
         """Would a and b merged make at most MAX_PASSES passes (or hold whole rows)?"""
-        if _fits_row(a.space, a.axes):
-            return True
-        merged = FusedGroup("reduce", a.nodes + b.nodes, a.space, a.axes, a.local + b.local)
-        return all(self._chain(merged, n) < MAX_PASSES + (n.op in FUSED_REDUCE) for n in merged.nodes)
+        return _fits_row(a.space, a.axes) or self.rows.merged_top(a, b) < MAX_PASSES
 
     def _needs_rows(self, g: FusedGroup) -> bool:
         """Does reduce group g compute a full-row value or a reduction after one of its reductions?"""
@@ -372,7 +437,7 @@ class _Fuser:
     def _claim(self, kind: str, owned: set[Node], local: set[Node], space) -> None:
         order = self.index.__getitem__
         g = FusedGroup(kind, [], tuple(space), local=sorted(local, key=order))
-        self.groups.append(g)
+        self.groups[g] = None
         for n in sorted(owned, key=order):
             self._add(g, n)
             self.joins.append((n, g))
@@ -511,25 +576,25 @@ class _Fuser:
     # --- placing computed nodes ----------------------------------------------------------------------
     def _new(self, n: Node, kind: str, space=None, axes=(), closed=False) -> FusedGroup:
         g = FusedGroup(kind, [], tuple(space if space is not None else n.shape), tuple(axes), closed=closed)
-        self.groups.append(g)
+        self.groups[g] = None
         self._add(g, n)
         return g
 
     def _add(self, g: FusedGroup, n: Node, aliases=()) -> None:
         g.nodes.append(n)
-        g.bits |= 1 << self.index[n]
-        g.anc |= self.anc[n]
+        at = self.index[n]
+        g.first, g.last = min(g.first, at), max(g.last, at)
+        g.reach, g.after = min(g.reach, self.spine.reach[n]), max(g.after, self.spine.after[n])
         self.owner[n] = g
         self.contiguous.add(n)
-        for m in self._locals_of(n) + list(aliases):
-            if m not in g.local:
-                g.local.append(m)
+        self.rows.added(g, g.add_local(self._locals_of(n) + list(aliases)) + [n])
 
     def _locals_of(self, n: Node) -> list[Node]:
-        out, stack = [], [i for i in n.inputs if i in self.local]
+        out, seen, stack = [], set(), [i for i in n.inputs if i in self.local]
         while stack:
             m = stack.pop()
-            if m not in out:
+            if m not in seen:
+                seen.add(m)
                 out.append(m)
                 stack += [i for i in m.inputs if i in self.local]
         return out
@@ -636,11 +701,12 @@ class _Fuser:
         return _aligned(m.inputs[0].shape, rank) == _aligned(m.shape, rank)
 
     def _cycle_reason(self, g: FusedGroup, n: Node) -> str | None:
+        now = self.index[n]
         for e in self._external(n, g):
-            if (self.anc[e] | (1 << self.index[e])) & g.bits:
+            if self.dependence.depends(e, g, now):
                 return f"fusing would create a cycle: %{self.index[e]} depends on this kernel"
             other = self.owner.get(e)
-            if other is not None and other is not g and other.anc & g.bits:
+            if other is not None and other is not g and self.dependence.group_depends(other, g, now):
                 return f"fusing would create a cycle through the kernel computing %{self.index[e]}"
         return None
 
@@ -649,7 +715,7 @@ class _Fuser:
         out, stack, seen = [], list(n.inputs), set()
         while stack:
             i = stack.pop()
-            if i in seen or i in g.nodes:
+            if i in seen or self.owner.get(i) is g:
                 continue
             seen.add(i)
             if i in self.local or i in self.views:
@@ -685,7 +751,7 @@ class _Fuser:
             return f"the reduction runs over {_fmt(x.shape)}, the kernel over {_fmt(g.space)}"
         if g.kind == "reduce" and tuple(g.axes) != axes:
             return f"reduces axes {list(axes)}, the kernel axes {list(g.axes)}"
-        if self._chain(g, self._source(x)) >= MAX_PASSES and not _fits_row(g.space, axes):
+        if not _fits_row(g.space, axes) and self._chain(g, self._source(x)) >= MAX_PASSES:
             return _too_many_passes(g.space, axes)
         return self._cycle_reason(g, n)
 
@@ -699,8 +765,8 @@ class _Fuser:
             return self._keepdim_reason(g, n)
         if _broadcast(g.space, n.shape) != tuple(g.space):
             return f"iteration spaces {_fmt(g.space)} and {_fmt(n.shape)} differ"
-        if max(self._chain(g, self._source(i)) for i in n.inputs) >= MAX_PASSES \
-                and not _fits_row(g.space, g.axes):
+        if not _fits_row(g.space, g.axes) and \
+                max(self._chain(g, self._source(i)) for i in n.inputs) >= MAX_PASSES:
             return _too_many_passes(g.space, g.axes)
         return self._keepdim_reason(g, n)
 
@@ -724,7 +790,7 @@ class _Fuser:
             return False
         if tuple(idx.shape) != _keep1(g.space, g.axes):
             return False
-        if self._chain(g, x) >= MAX_PASSES and not _fits_row(g.space, g.axes):
+        if not _fits_row(g.space, g.axes) and self._chain(g, x) >= MAX_PASSES:
             return False
         if tuple(x.shape) != tuple(g.space) or idx in self.local:
             return False
@@ -740,11 +806,10 @@ class _Fuser:
     # --- launch order --------------------------------------------------------------------------------
     def _ordered(self) -> list[FusedGroup]:
         q = self.quotient()
-        key = {g: min(self.index[n] for n in g.nodes) for g in self.groups}
         try:
-            return list(nx.lexicographical_topological_sort(q, key=key.__getitem__))
+            return list(nx.lexicographical_topological_sort(q, key=_first))
         except nx.NetworkXUnfeasible:
-            return sorted(self.groups, key=key.__getitem__)  # a cycle: fuse() undoes a merge and reruns
+            return sorted(self.groups, key=_first)  # a cycle: fuse() undoes a merge and reruns
 
     def quotient(self) -> nx.DiGraph:
         """The kernel graph: an edge from each group to every group that reads a value it stores."""
@@ -759,9 +824,14 @@ class _Fuser:
         return q
 
 
-def _other_path(q: nx.DiGraph, a, b) -> bool:
-    """Is there a path from a to b in the kernel graph other than the edge a -> b?"""
-    return any(s is not b and nx.has_path(q, s, b) for s in q.successors(a))
+def _shape(g: FusedGroup) -> tuple:
+    """What a producer's merge with g depends on besides g's members."""
+    return g.kind, tuple(g.space), tuple(g.axes), bool(g.layouts), g.closed
+
+
+def _first(g: FusedGroup) -> int:
+    """A group's first member in graph order: launch order among independent kernels."""
+    return g.first
 
 
 def _forward_reader(u: Node, sc: attention.Scores) -> bool:
@@ -773,10 +843,9 @@ def _forward_reader(u: Node, sc: attention.Scores) -> bool:
 def _cycle_culprit(fusion: Fusion, fuser: _Fuser) -> Node | None:
     """The latest node to join a group on a cycle of the kernel graph, or None if there is none."""
     q = fuser.quotient()
-    try:
-        cycle = nx.find_cycle(q)
-    except nx.NetworkXNoCycle:
+    if nx.is_directed_acyclic_graph(q):  # linear; find_cycle searches again from every start node
         return None
+    cycle = nx.find_cycle(q)
     on_cycle = {g for edge in cycle for g in edge[:2]}
     for n, g in reversed(fuser.joins):
         if g in on_cycle and n not in fuser.forbidden:
