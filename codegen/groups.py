@@ -68,13 +68,13 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
         # a template's operands come first, by position; then what the other members read (an
         # epilogue loads its operands over the output tile, even one the template also reads)
         operands = [_access(i, owned) for m in first for i in m.inputs]
-        reads: list[Access] = []
+        others: dict[Access, None] = {}  # an ordered set: a kernel may read hundreds of values
         for m in members:
-            for i in m.inputs:
-                a = _access(i, owned)
-                if m not in first and i not in inside and a not in reads:
-                    reads.append(a)
-        reads = operands + reads
+            if m not in first:
+                for i in m.inputs:
+                    if i not in inside:
+                        others.setdefault(_access(i, owned))
+        reads = operands + list(others)
         # a kernel never loads what it computes: it would read the buffer before writing it
         assert not any(a.buffer in inside for a in reads), f"a {fg.kind} group reads its own value"
         if fg.kind == "copy" and members[0].op != K.RESHAPE:
@@ -175,11 +175,10 @@ def _foldable(n: Node, contiguous: set[Node], inline: set[Node]) -> bool:
 
 
 def _reads(members: list[Node], access) -> tuple[Access, ...]:
-    out: list[Access] = []
+    out: dict[Access, None] = {}
     inside = set(members)
     for m in members:
         for s in m.inputs:
-            a = access(s)
-            if s not in inside and a not in out:
-                out.append(a)
+            if s not in inside:
+                out.setdefault(access(s))
     return tuple(out)
