@@ -39,20 +39,33 @@ class Spine:
     """One longest path through the graph and the two labels it gives every node (module docstring)."""
 
     def __init__(self, graph: Graph, index: Mapping[Node, int], users: Mapping[Node, list[Node]]):
+        nodes = graph.nodes
         length: dict[Node, int] = {}  # nodes on the longest path ending at each node
-        for n in graph.nodes:
-            length[n] = 1 + max((length[i] for i in n.inputs), default=0)
-        path = [max(graph.nodes, key=length.__getitem__)] if graph.nodes else []
-        while path and path[-1].inputs:
+        for n in nodes:
+            most = 0
+            for i in n.inputs:
+                if length[i] > most:
+                    most = length[i]
+            length[n] = most + 1
+        path = [max(nodes, key=length.__getitem__)] if nodes else []
+        while path[-1:] and path[-1].inputs:
             path.append(max(path[-1].inputs, key=length.__getitem__))
         at = {n: k for k, n in enumerate(reversed(path))}
-        self.after: dict[Node, int] = {}
-        for n in graph.nodes:
-            self.after[n] = max([at.get(n, NONE_BEFORE), *(self.after[i] for i in n.inputs)])
-        self.reach: dict[Node, int] = {}
-        for n in reversed(graph.nodes):
-            self.reach[n] = min([at.get(n, FIRST), *(self.reach[u] for u in users[n])])
-        self.index = index
+        after: dict[Node, int] = {}
+        for n in nodes:
+            last = at.get(n, NONE_BEFORE)
+            for i in n.inputs:
+                if after[i] > last:
+                    last = after[i]
+            after[n] = last
+        reach: dict[Node, int] = {}
+        for n in reversed(nodes):
+            first = at.get(n, FIRST)
+            for u in users[n]:
+                if reach[u] < first:
+                    first = reach[u]
+            reach[n] = first
+        self.index, self.after, self.reach = index, after, reach
 
 
 class Dependence:

@@ -587,7 +587,9 @@ class _Fuser:
         g.reach, g.after = min(g.reach, self.spine.reach[n]), max(g.after, self.spine.after[n])
         self.owner[n] = g
         self.contiguous.add(n)
-        self.rows.added(g, g.add_local(self._locals_of(n) + list(aliases)) + [n])
+        added = g.add_local(self._locals_of(n) + list(aliases))
+        if g.chains is not None:  # counted already: count the new members too
+            self.rows.added(g, [*added, n])
 
     def _locals_of(self, n: Node) -> list[Node]:
         out, seen, stack = [], set(), [i for i in n.inputs if i in self.local]

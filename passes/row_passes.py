@@ -12,7 +12,7 @@ and only where the count grows.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from axon.ir import Node, OpKind
 
@@ -38,12 +38,11 @@ class RowPasses:
     def chain(self, g, x: Node) -> int:
         return self._of(g).get(x, 0)
 
-    def added(self, g, nodes: Iterable[Node]) -> None:
-        """New members of g (none of them read by an older member): count them if g is counted."""
-        if g.chains is not None:
-            self._count(g.chains, sorted(nodes, key=self.index.__getitem__))
-            owned = [g.chains[n] - (n.op in FUSED_REDUCE) for n in nodes if self.owner.get(n) is g]
-            g.top = max([g.top, *owned])
+    def added(self, g, nodes: list[Node]) -> None:
+        """New members of counted group g (none of them read by an older member): count them."""
+        self._count(g.chains, sorted(nodes, key=self.index.__getitem__))
+        owned = [g.chains[n] - (n.op in FUSED_REDUCE) for n in nodes if self.owner.get(n) is g]
+        g.top = max([g.top, *owned])
 
     def forget(self, g) -> None:
         """g's members changed in another way (pure kernels dissolved into it): count again when asked."""
