@@ -82,7 +82,6 @@ class Dependence:
         self.owner = owner
         self._free: dict[object, set[Node]] = {}  # per group: nodes known not to depend on it
         self._h_free: dict[tuple[object, object], int] = {}  # (g, h): h's size when found free of g
-        self.visits = 0  # edges the searches followed (the scale test counts them)
 
     def depends(self, e: Node, g, now: int) -> bool:
         """Does value e depend on (or belong to) a member of group g?"""
@@ -99,7 +98,6 @@ class Dependence:
         stack, seen = [e], {e}
         while stack:
             for i in stack.pop().inputs:
-                self.visits += 1
                 if i in seen or index[i] < g.first or i in free:
                     continue
                 if self.owner.get(i) is g or g.reach <= spine.after[i]:
@@ -119,7 +117,6 @@ class Dependence:
         if self._h_free.get(key) == len(h.nodes):  # no new member since h was found free of g
             return False
         for y in h.nodes:
-            self.visits += 1
             if self.spine.index[y] >= g.first and self.depends(y, g, now):
                 return True
         if h.last < now:  # members placed later could still come to depend on g's next members

@@ -179,7 +179,6 @@ class _Fuser:
         self.joins: list[tuple[Node, FusedGroup]] = []
         self.spine = Spine(graph, self.index, self.users)
         self.dependence = Dependence(self.spine, self.owner)
-        self.dag_visits = 0  # kernels the merge sweep's searches looked at (the scale test counts them)
         self.local: set[Node] = set()      # recomputed where used
         self.views: set[Node] = set()      # folded into readers
         self.contiguous: set[Node] = set()
@@ -244,7 +243,6 @@ class _Fuser:
                 for g in dag.contract(a, b) + again:
                     visit(g)
                 break
-        self.dag_visits += dag.visits
 
     def _pure(self, g: FusedGroup) -> bool:
         """Only elementwise ops on single values and sources (no stored operand of more than one

@@ -40,7 +40,6 @@ class OrderedDag:
             ca, cb = self._cell[a], self._cell[b]
             assert self._pos[ca] < self._pos[cb], f"{a} -> {b} goes against the order"
             self._succ[ca][cb] = self._pred[cb][ca] = None
-        self.visits = 0  # kernels the searches looked at (the scale test counts them)
 
     def __contains__(self, v: Hashable) -> bool:
         return v in self._cell
@@ -92,7 +91,6 @@ class OrderedDag:
         stack = [s for s in self._succ[ca] if s != cb]
         while stack:
             v = stack.pop()
-            self.visits += 1
             if v == cb:
                 return None
             if v not in seen and self._pos[v] < bound:
