@@ -7,6 +7,7 @@ contraction, costs the whole graph per merge. Here every kernel has a position i
 
 - "is there another path from a to b" searches forward from a's other successors over kernels placed
   before b only (a path to b cannot leave that window); those it finds are the kernels a leads to;
+  kernels that do not lead to one another may share a position, so the window includes b's level;
 - contracting b into a puts the merged kernel at b's position and moves the kernels a leads to (the
   ones the search found) just after it, keeping their order; nothing else moves;
 - the merged kernel keeps the edge lists of whichever of the two had more, and only the other's
@@ -85,22 +86,22 @@ class OrderedDag:
         return [a, *(self._key[c] for c in moved)]
 
     def _after(self, ca: int, cb: int) -> set[int] | None:
-        """The kernels placed before b that a leads to other than through the edge a -> b; None if b is
-        one of them (another path)."""
+        """The kernels placed before b (or level with it) that a leads to other than through the edge
+        a -> b; None if b is one of them (another path). Unrelated kernels may share a position."""
         bound, seen = self._pos[cb], set()
         stack = [s for s in self._succ[ca] if s != cb]
         while stack:
             v = stack.pop()
             if v == cb:
                 return None
-            if v not in seen and self._pos[v] < bound:
+            if v not in seen and self._pos[v] <= bound:
                 seen.add(v)
                 stack.extend(self._succ[v])
         return seen
 
     def _place_after(self, cb: int, moved: list[int]) -> None:
-        """Give `moved` (in order; b's position is after theirs, none of them leads to b) positions just
-        after b's and before any other successor of theirs."""
+        """Give `moved` (in order; placed before or level with b, none of them leads to b) positions just
+        after b's and before any other successor of theirs (all of which are placed after b)."""
         if not moved:
             return
         inside = set(moved)
