@@ -27,7 +27,7 @@
                                              each epoch, checkpoints, metrics.json and curve.png
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
     axon passes                              the passes there are, with what each is for
-    axon bench FILE [--mode forward|train|kernels] [--json OUT.json] [--plot OUT.png] [--no-compile]
+    axon bench FILE [--mode forward|train|kernels|host] [--json OUT.json] [--plot OUT.png] [--no-compile]
                     [--cuda-graphs]
                                              time Axon against PyTorch eager and torch.compile
 
@@ -125,11 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("passes", help="list the passes")
 
     bn = sub.add_parser("bench", help="time a model or kernels against PyTorch eager and torch.compile")
-    bn.add_argument("file", nargs="?", default=None, help="an .axon model (not needed for --mode kernels)")
+    bn.add_argument("file", nargs="?", default=None,
+                    help="an .axon model (not needed for --mode kernels; --mode host: default the examples)")
     bn.add_argument("--model", default=None, help="the model to time (default: the file's only one)")
     bn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a hyper-parameter (an int, a float, true or false)")
-    bn.add_argument("--mode", default="forward", help="'forward', 'train' (one training step) or 'kernels'")
+    bn.add_argument("--mode", default="forward",
+                    help="'forward', 'train' (one training step), 'kernels', or 'host' (host time per launch: "
+                         "Axon's own, a bare Triton launch, PyTorch eager's dispatch)")
     bn.add_argument("--batch", type=int, default=None, help="the 'batch' dimension (default on a GPU: the "
                                                              "train block's, else 64; 4 on the CPU)")
     bn.add_argument("--dim", action="append", default=[], metavar="NAME=N",
@@ -449,6 +452,9 @@ def _bench(args) -> int:
                               mode=args.mode, batch=args.batch, dims=dict(_dim(s) for s in args.dim),
                               repeats=args.repeats, warmup=args.warmup, device=args.device,
                               compile=not args.no_compile, seed=args.seed, cuda_graphs=args.cuda_graphs)
+    if args.plot and args.mode == "host":  # before any measuring
+        raise bench.BenchError("--plot draws the timed modes (forward, train, kernels); --mode host prints "
+                               "its table")
     record = bench.run(settings, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_table(record))
     if args.json:

@@ -46,6 +46,7 @@ MAX_GROUPS = 65535      # CUDA's limit on grid axis 1, which carries the group
 # The interpreter pays per program and per op far more than per element, so it takes the largest
 # BLOCK_M its element budget allows (few programs).
 GPU_BLOCK_K = {"tensor": 64, "tf32": 32, "fma": 32, "loop": 8}
+GATHER_BLOCK = 4096  # BLOCK_M x BLOCK_K of the gathered input: 128 x 64 spilled at 8 warps (bf16, sm_90)
 INTERPRETER_DOT = {"BLOCK_N": 64, "BLOCK_K": 128}
 INTERPRETER_LOOP = {"BLOCK_N": 64, "BLOCK_K": 64}
 INTERPRETER_A_BLOCK = 1 << 16   # elements of the gathered input block (BLOCK_M x BLOCK_K) per K step
@@ -253,7 +254,14 @@ class Conv2dKernel:
         if not self.interpreted:
             kind = gpu.dot_kind(self.dtype, self.target)
             block_m, block_n = gpu.tile(m, n, self._values(), kind)
-            return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": fit_k(GPU_BLOCK_K[kind])}
+            block_k = fit_k(GPU_BLOCK_K[kind])
+            # the gathered input block's index tiles live in registers: keep it to GATHER_BLOCK elements
+            while block_m * block_k > GATHER_BLOCK and max(block_m, block_k) > low:
+                if block_k > 32 or block_m <= low:
+                    block_k //= 2
+                else:
+                    block_m //= 2
+            return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
         caps = INTERPRETER_DOT if self.uses_dot else INTERPRETER_LOOP
         block_n, block_k = fit(n, caps["BLOCK_N"]), fit_k(caps["BLOCK_K"])
         if self.uses_dot:

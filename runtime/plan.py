@@ -47,6 +47,9 @@ class Step:
     def run(self, dynamic: list[torch.Tensor]) -> None:
         if self.call is None:  # an empty grid: nothing to compute
             return
+        if not self.slots:  # every tensor fixed for the plan
+            self.call(*self.args, *self.scalars, **self.launch.meta)
+            return
         args = list(self.args)
         for pos, i, view in self.slots:
             args[pos] = dynamic[i] if view is None else view.of(dynamic[i])
@@ -77,11 +80,12 @@ class Plan:
         shapes, device, contiguous), else None (the caller then checks them one by one)."""
         if len(inputs) + len(params) != len(self.signature):
             return None
+        where = -1 if device.type == "cpu" else device.index  # Tensor.get_device(): -1 on the CPU
         values = {}
         for name, is_input, node, dtype, shape in self.signature:
             t = (inputs if is_input else params).get(name)
             if not isinstance(t, torch.Tensor) or t.dtype is not dtype or t.shape != shape \
-                    or t.device != device or not t.is_contiguous():
+                    or t.get_device() != where or not t.is_contiguous():
                 return None
             values[node] = t
         return values

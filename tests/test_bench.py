@@ -163,3 +163,18 @@ def test_bad_arguments_are_clear_errors(capsys, tmp_path):
         assert message in err and "Traceback" not in err, (argv, err)
     code, _, err = bench_cli(capsys, EXAMPLES / "mlp.axon", "--mode", "fast")
     assert "forward" in err  # the hint names the modes there are
+
+
+def test_host_mode_splits_axons_own_time_from_tritons_and_eagers(capsys, tmp_path):
+    """--mode host: Axon's own time per launch (launches stubbed), Triton's launch path (a stand-in driver
+    here), eager's dispatch, for a training step; the real launches are back in place afterwards."""
+    rec, out = record_of(capsys, tmp_path, EXAMPLES / "mlp.axon", "--mode", "host")
+    (run,) = rec["runs"]
+    assert run["case"] == "MLP train step" and run["launches"] >= 5
+    a, t, e = run["impls"]["axon"], run["impls"]["triton"], run["impls"]["eager"]
+    assert 0 < a["us_per_launch"] and a["us_per_step"] == pytest.approx(a["us_per_launch"] * run["launches"])
+    assert t["us_per_launch"] > 0 and t["kernels_timed"] >= 1
+    assert e["ops"] > run["launches"] and e["us_per_op"] > 0 and e["floor_us_per_op"] > 0
+    assert "axon/launch" in out and "triton/launch" in out
+    code, _, err = bench_cli(capsys, EXAMPLES / "mlp.axon", "--mode", "host", "--plot", tmp_path / "x.png", *QUICK)
+    assert code == 1 and "prints its table" in err

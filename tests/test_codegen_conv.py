@@ -217,7 +217,7 @@ def test_block_sizes():
     assert gpu.blocks(5, 1, 9) == {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
     assert gpu.blocks(10**6, 1000, 4608) == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": cv.GPU_BLOCK_K["fma"]}
     half = Conv2dKernel(groups(conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.F16))[0], target=SM90)
-    assert half.blocks(10**6, 1000, 4608) == {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}
+    assert half.blocks(10**6, 1000, 4608) == {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}  # gathered 4096
     f64 = Conv2dKernel(groups(conv_graph((2, 8, 5, 5), (8, 8, 3, 3), DType.F64))[0], target=SM90)
     assert f64.blocks(10**6, 1, 9) == {"BLOCK_M": 32, "BLOCK_N": 4, "BLOCK_K": 4}  # 3 x 4, not 2 x 8
     configs = gpu.configs(gpu.blocks(2048, 16, 144))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from axon.ir.errors import did_you_mean
 from .forward import forward_cases
+from .host import host_cases, time_host
 from .kernels import kernel_cases
 from .settings import BenchError, Settings
 from .timing import time_case
@@ -28,12 +29,15 @@ class Mode:
     needs_file: bool = True            # a model file; else its own sweep: no FILE, --model, --set, ...
     cuda_graphs: bool = True           # can run as CUDA graphs (--cuda-graphs)
     prepare: Callable[[Settings], object] | None = None  # checks made before any measuring
+    file_optional: bool = False        # a model file may be given (else the mode's own set)
 
 
 MODES: dict[str, Mode] = {
     "forward": Mode(forward_cases),
     "train": Mode(train_cases, prepare=train_block),  # a model without a train block fails at once
     "kernels": Mode(kernel_cases, needs_file=False, cuda_graphs=False),
+    # the examples' training steps, or FILE's: host time per launch (Axon's own, Triton's, eager's)
+    "host": Mode(host_cases, time=time_host, needs_file=False, cuda_graphs=False, file_optional=True),
 }
 
 
@@ -45,7 +49,7 @@ def select(s: Settings) -> Mode:
                          hint=did_you_mean(s.mode, MODES) or f"modes: {', '.join(MODES)}")
     if mode.needs_file and not s.file:
         raise BenchError(f"--mode {s.mode} needs a model file (only --mode kernels runs without one)")
-    if not mode.needs_file and (s.file or s.model or s.hparams or s.batch or s.dims):
+    if not mode.needs_file and not mode.file_optional and (s.file or s.model or s.hparams or s.batch or s.dims):
         raise BenchError(f"--mode {s.mode} times its own sweep of kernels and sizes: it takes no FILE, "
                          "--model, --set, --batch or --dim")
     if s.cuda_graphs and not mode.cuda_graphs:

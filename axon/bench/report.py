@@ -13,6 +13,10 @@ def _num(v, fmt: str) -> str:
 
 def format_table(record: dict) -> str:
     """The record as a text table: one row per case and implementation, then each case's check."""
+    if record["mode"] == "host":
+        from .host import format_table as host_table
+
+        return host_table(record)
     c, s = record["ceilings"], record["settings"]
     graphs = " (CUDA graphs: Axon's, torch.compile's 'reduce-overhead')" if s.get("cuda_graphs") else ""
     lines = [f"axon bench --mode {record['mode']} on {record['device']['name']}{graphs}: median of "
@@ -56,6 +60,10 @@ def write_json(record: dict, path: str | Path) -> None:
 
 def plot(record: dict, path: str | Path) -> None:
     """A bar chart of each case's median time per implementation (log scale), as a PNG."""
+    from .settings import BenchError
+
+    if record["mode"] == "host":
+        raise BenchError("--plot draws the timed modes (forward, train, kernels); --mode host prints its table")
     import matplotlib
 
     matplotlib.use("Agg")
