@@ -111,6 +111,11 @@ def literal(value, dtype: DType) -> str:
         return NAN
     if math.isinf(value):
         return INF if value > 0 else f"-{INF}"
+    if dtype in LOW_FLOATS:  # the value the dtype holds, rounded as the evaluator rounds a literal
+        import torch  # (the interpreter's tl.full truncates to bf16)
+        value = float(torch.tensor(value, dtype=torch.float64).to(dtype.torch))
+        if math.isinf(value):
+            return INF if value > 0 else f"-{INF}"
     return repr(value)
 
 
@@ -126,7 +131,18 @@ def cast(expr: str, src: DType, dst: DType) -> str:
         top = float(info.max) if info.bits < 64 else float(2**63 - 1024)  # the last f64 below 2**63
         wide = f"{expr}.to(tl.float32)" if src in LOW_FLOATS else expr
         return f"_saturate({wide}, {float(info.min)!r}, {top!r}).to({tl_dtype(dst)})"
-    if dst == DType.BF16 and src not in (DType.F32, DType.F16):
-        # through f32: Triton's interpreter converts integers and f64 to bf16 by reinterpreting bits
-        return f"{expr}.to(tl.float32).to({tl_dtype(dst)})"
+    if dst == DType.BF16:
+        # through f32 (Triton's interpreter converts integers and f64 to bf16 by reinterpreting bits),
+        # then rounded by hand: the interpreter truncates f32 -> bf16, torch and the GPU round to nearest
+        return round_bf16(expr if src == DType.F32 else f"{expr}.to(tl.float32)")
     return f"{expr}.to({tl_dtype(dst)})"
+
+
+def round_bf16(f32: str) -> str:
+    """An f32 value rounded to bf16, to nearest with ties to even (as torch and the GPU's cvt.rn; the
+    interpreter's own conversion truncates): the 16 dropped bits are rounded into the kept ones, after
+    which the conversion is exact. NaN stays NaN. Pass a variable: the expression is repeated."""
+    v = f32 if f32.isidentifier() else f"({f32})"
+    bits = f"{v}.to(tl.uint32, bitcast=True)"
+    rounded = f"((({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)"
+    return f"tl.where({v} != {v}, {v}, {rounded}).to(tl.bfloat16)"

@@ -93,6 +93,27 @@ def test_low_precision(dtype, gen):
     check(lambda b, x, y: b.sigmoid(b.add(b.mul(x, y), b.exp(y))), a, c)
 
 
+def test_bf16_results_round_to_nearest_even(gen):
+    # bit for bit against the evaluator (torch rounds to nearest); the interpreter's own f32 -> bf16
+    # truncates, and sign's integer result once was reinterpreted as bf16 bits (9.2e-41 for +1)
+    x = values(gen, 37, 53, dtype=torch.bfloat16, high=8.0)
+    x[0, :4] = torch.tensor([5.78, -5.78, 0.0, -0.0])
+    y = values(gen, 37, 53, high=3e38, low=-3e38)
+    y[0, :5] = torch.tensor([0.99998, 1.0048828125, 1.00390625, float("nan"), float("inf")])
+    for build, arg in [(lambda b, x: b.sign(x), x), (lambda b, x: b.add(x, 0.1), x),
+                       (lambda b, y: b.cast(y, DType.BF16), y)]:  # exact in f32: one rounding, bit for bit
+        check(build, arg, tol=0.0)
+    out = run_graph(_graph(lambda b, x: b.tanh(x), x), {"x0": x})["out"]
+    assert out[0, :4].tolist() == [1.0, -1.0, 0.0, -0.0]  # tanh(5.78) = 0.99998 is 1.0 in bf16
+
+
+def _graph(build, *args):
+    b = GraphBuilder("case")
+    xs = [b.input(f"x{i}", DType.from_torch(a.dtype), tuple(a.shape)) for i, a in enumerate(args)]
+    b.output("out", build(b, *xs))
+    return b.build()
+
+
 def test_where_and_symbolic_batch(gen):
     a, c = values(gen, 37, 53), values(gen, 37, 53)
     batch = Sym.of("batch")
