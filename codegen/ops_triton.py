@@ -36,10 +36,10 @@ HELPERS = {
     "_tanh": '''
 @triton.jit
 def _tanh(x):
-    # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|), which never overflows
+    # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|), which never overflows; tanh(-0) = -0
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
+    return tl.where(x < 0, -t, tl.where(x == 0, x, t))
 ''',
     "_saturate": '''
 @triton.jit
@@ -51,13 +51,16 @@ def _saturate(x, lo, hi):
     "_pow": '''
 @triton.jit
 def _pow(a, b):
-    # a ** b = exp(b * log|a|), negative for a negative base and an odd integer exponent
+    # a ** b = exp(b * log|a|) with C's pow rules for what that misses: the sign of a base whose sign
+    # bit is set (-0.0 and -inf too) under an odd integer exponent, NaN for a finite negative base
+    # and a non-integer exponent, and 1 for b == 0, a == 1 and (-1) ** +-inf
     mag = tl.exp(b * tl.log(tl.abs(a)))
     b_int = tl.floor(b) == b
     b_odd = b_int & (b - 2.0 * tl.floor(b * 0.5) == 1.0)
-    out = tl.where((a < 0) & b_odd, -mag, mag)
-    out = tl.where((a < 0) & ~b_int, float("nan"), out)
-    return tl.where((b == 0) | (a == 1), 1.0, out)
+    negative = (a < 0) | ((a == 0) & (1.0 / a < 0))
+    out = tl.where(negative & b_odd, -mag, mag)
+    out = tl.where((a < 0) & (a > -float("inf")) & ~b_int, float("nan"), out)
+    return tl.where((b == 0) | (a == 1) | ((a == -1) & (tl.abs(b) == float("inf"))), 1.0, out)
 ''',
 }
 

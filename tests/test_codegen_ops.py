@@ -107,6 +107,18 @@ def test_bf16_results_round_to_nearest_even(gen):
     assert out[0, :4].tolist() == [1.0, -1.0, 0.0, -0.0]  # tanh(5.78) = 0.99998 is 1.0 in bf16
 
 
+def test_pow_follows_c_at_signed_zeros_and_infinities():
+    inf, nan = float("inf"), float("nan")
+    a = torch.tensor([-0.0, -0.0, -0.0, 0.0, -inf, -inf, -inf, -1.0, -1.0, -2.0, nan, 1.0, -3.0])
+    e = torch.tensor([-1.0, -2.0, 3.0, -1.0, 0.5, 3.0, -1.0, inf, -inf, 0.5, 0.0, nan, 2.0])
+    want = torch.pow(a, e)
+    check(lambda b, x, y: b.pow(x, y), a, e, tol=0.0)
+    got = run_graph(_graph(lambda b, x, y: b.pow(x, y), a, e), {"x0": a, "x1": e})["out"]
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(7), want.nan_to_num(7))
+    number = ~want.isnan()  # (torch's NaN has its sign bit set)
+    assert torch.equal(torch.signbit(got[number]), torch.signbit(want[number]))
+
+
 def _graph(build, *args):
     b = GraphBuilder("case")
     xs = [b.input(f"x{i}", DType.from_torch(a.dtype), tuple(a.shape)) for i, a in enumerate(args)]
