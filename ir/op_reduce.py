@@ -91,9 +91,11 @@ def _grad_mean(b, node, ins, out, g):
 
 
 def _grad_extremum(b, node, ins, out, g):
-    # Every element equal to the result shares the gradient equally with its ties (as torch.amax).
+    # Every element equal to the result shares the gradient equally with its ties (as torch.amax);
+    # a NaN result came from the NaN elements, which share it (as torch.max; x != x only where the
+    # result is NaN, since max and min propagate NaN).
     (x,) = ins
-    hits = b.cast(b.eq(x, _kept(b, node, out)), x.dtype)
+    hits = b.cast(b.logical_or(b.eq(x, _kept(b, node, out)), b.ne(x, x)), x.dtype)
     ties = b.sum(hits, node.attrs.axes, keepdim=True)
     return [b.mul(hits, b.div(_kept(b, node, g), ties))]
 

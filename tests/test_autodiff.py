@@ -276,6 +276,18 @@ def test_kinks_follow_torch(gen):
     check_grad(lambda b, x, y: b.pow(x, b.sub(y, 1.0)), lambda x, y: torch.pow(x, y - 1), x, y, fd=False)
 
 
+def test_gradients_pass_through_nan_as_torch():
+    # relu, maximum/minimum and the max/min reductions give a NaN element the gradient (torch too)
+    nan = float("nan")
+    x = torch.tensor([[1.0, nan, -2.0, 0.0], [3.0, 3.0, nan, nan]], dtype=torch.float64)
+    y = torch.tensor([[nan, 2.0, -2.0, nan], [1.0, 5.0, 0.0, nan]], dtype=torch.float64)
+    check_grad(lambda b, x: b.relu(x), torch.relu, x, fd=False)
+    for kind, fn in ((K.MAXIMUM, torch.maximum), (K.MINIMUM, torch.minimum)):
+        check_grad(lambda b, x, y: b.binary(kind, x, y), fn, x, y, fd=False)
+    for kind, fn in ((K.MAX, torch.max), (K.MIN, torch.min)):  # torch.max(x), which shares among NaNs
+        check_grad(lambda b, x: b.reduce(kind, x), fn, x, fd=False)
+
+
 def test_where_broadcasts_condition_and_branches(gen):
     check_grad(lambda b, c, x, y: b.where(b.lt(c, 0.0), x, y), lambda c, x, y: torch.where(c < 0, x, y),
                f64(gen, 4, 1, 7), f64(gen, 5, 1), f64(gen, 1), shapes=[(BATCH, 1, 7), (5, 1), (1,)],
