@@ -470,6 +470,9 @@ def _dim_div(total: Dim, part: Dim, x: Node, shape) -> Dim:
         if rest is not None and pc and total.coeff % pc == 0:
             coeff = total.coeff // pc
             return Sym(tuple(rest), coeff) if rest else coeff
+    if part == 0:  # 0 * anything is 0 (as torch: "the unspecified dimension size -1 can be any value")
+        raise IRShapeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the other "
+                           f"dimensions hold no elements, so any size fits the -1; give it explicitly")
     raise IRShapeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the -1 dimension "
                        f"is not a whole number")
 

@@ -288,6 +288,12 @@ def test_gradients_pass_through_nan_as_torch():
         check_grad(lambda b, x: b.reduce(kind, x), fn, x, fd=False)
 
 
+@pytest.mark.parametrize("shapes", [((5, 0), (0, 10)), ((5, 5, 0), (0, 5)), ((2, 0, 5), (5, 3))], ids=str)
+def test_matmul_with_an_empty_axis(shapes, gen):
+    # an empty contraction gives zeros; no -1 reshape in the rule (0 elements make it ambiguous)
+    check_grad(lambda b, x, y: b.matmul(x, y), torch.matmul, *(f64(gen, *s) for s in shapes), fd=False)
+
+
 def test_where_broadcasts_condition_and_branches(gen):
     check_grad(lambda b, c, x, y: b.where(b.lt(c, 0.0), x, y), lambda c, x, y: torch.where(c < 0, x, y),
                f64(gen, 4, 1, 7), f64(gen, 5, 1), f64(gen, 1), shapes=[(BATCH, 1, 7), (5, 1), (1,)],
