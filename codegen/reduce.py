@@ -118,7 +118,7 @@ class ReduceKernel:
         n_rows = math.prod(shape[d] for d in self.kept)
         n_cols = math.prod(shape[d] for d in self.axes)
         if n_cols <= MAX_SINGLE_PASS:
-            block_cols = triton.next_power_of_2(n_cols)
+            block_cols = triton.next_power_of_2(max(n_cols, 1))  # a symbolic axis may be 0 (a sum: 0)
         else:
             block_cols = LOOP_BLOCK_COLS
         block_rows = min(max(1, TILE_ELEMENTS // block_cols), triton.next_power_of_2(max(n_rows, 1)))

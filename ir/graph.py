@@ -293,9 +293,19 @@ class GraphBuilder:
         elif isinstance(axes, (int, float)) or hasattr(type(axes), "__index__"):
             axes = (axes,)
         axes = tuple(_int(a, f"'{op}' axis") for a in axes)
-        axes = normalize_axes(axes, len(x.shape))
         if op in FLOAT_OPERANDS and not x.dtype.is_float:
             x = self.cast(x, default_float())
+        if not x.shape:  # a scalar is its own reduction over its one "axis" (0 or -1, as in torch)
+            normalize_axes(axes, 1)
+            op_reduce.check_dtype(op, x.type)
+            return self.const(0, DType.I64) if op in (K.ARGMAX, K.ARGMIN) else x
+        axes = normalize_axes(axes, len(x.shape))
+        if op in (K.SUM, K.MEAN) and any(x.shape[a] == 0 for a in axes):
+            # a sum of no elements is 0 and their mean 0/0, as in torch (max, min and arg* of nothing
+            # stay an error): the type the op would have if those axes had one element
+            one = tuple(1 if i in axes and d == 0 else d for i, d in enumerate(x.shape))
+            out = OPS[op].infer(ReduceAttrs(axes, keepdim), [TensorType(x.dtype, one)])
+            return self.const(0 if op == K.SUM else float("nan"), out.dtype, out.shape)
         return self.node(op, (x,), ReduceAttrs(axes, keepdim))
 
     def sum(self, x, axes=None, keepdim=False): return self.reduce(K.SUM, x, axes, keepdim)

@@ -67,7 +67,7 @@ def test_reduce_keeps_symbolic_dims(gen):
           shapes=[(BATCH, 37, 53)], out_type=TensorType(D.I64, (BATCH, 37)))
 
 
-@pytest.mark.parametrize("method", ["sum", "max", "min", "mean", "argmax", "argmin"])
+@pytest.mark.parametrize("method", ["max", "min", "argmax", "argmin"])
 def test_reduce_over_size_zero_is_an_error(method):
     # known at build time: an IRTypeError
     b = GraphBuilder()
@@ -82,14 +82,40 @@ def test_reduce_over_size_zero_is_an_error(method):
         evaluate(b.build(), {"x": torch.zeros(0, 5)})
 
 
+@pytest.mark.parametrize("method, want", [("sum", 0.0), ("mean", float("nan"))])
+def test_sum_and_mean_over_size_zero_are_zero_and_nan(method, want):
+    """As torch: a sum of no elements is 0, their mean 0/0; known when built (a constant) or at run time
+    (a symbolic dim bound to 0), through the evaluator and the kernels."""
+    from axon.codegen import run_graph
+
+    b = GraphBuilder()
+    x = b.input("x", D.F32, (0, 5))
+    assert getattr(b, method)(x, 0).op.value == "const"
+    b = GraphBuilder()
+    x = b.input("x", D.F32, (Sym.of("n"), 5))
+    b.output("y", getattr(b, method)(x, 0))
+    graph, feeds = b.build(), {"x": torch.zeros(0, 5)}
+    for got in (evaluate(graph, feeds)["y"], run_graph(graph, feeds)["y"]):
+        assert torch.equal(got, torch.full((5,), want)) or (got.isnan().all() and want != want)
+
+
 @pytest.mark.parametrize("method", ["sum", "max", "mean"])
 def test_reduce_over_no_axes_is_an_error(method):
     b = GraphBuilder()
     x = b.input("x", D.F32, (3, 5))
     with pytest.raises(IRTypeError, match="no axes"):
         getattr(b, method)(x, ())
-    with pytest.raises(IRTypeError, match="no axes"):
-        getattr(b, method)(b.input("s", D.F32, ()))  # a scalar has no axes to reduce
+
+
+@pytest.mark.parametrize("method", ["sum", "max", "min", "mean", "argmax", "argmin"])
+@pytest.mark.parametrize("axes", [None, 0, -1])
+def test_reduce_of_a_scalar_is_the_scalar(method, axes, gen):
+    """As torch: a 0-d tensor reduces over its one "axis" (0 or -1) to itself; its argmax is 0."""
+    want = {"argmax": lambda x: torch.tensor(0), "argmin": lambda x: torch.tensor(0)}.get(method, lambda x: x)
+    check(lambda b, x: getattr(b, method)(x, 0 if axes is None and method.startswith("arg") else axes),
+          want, rand(gen, dtype=torch.float32))
+    with pytest.raises(IRTypeError, match="out of range"):
+        getattr(GraphBuilder(), method)(GraphBuilder().input("s", D.F32, ()), 1)
 
 
 # --- matmul ----------------------------------------------------------------------------------------
