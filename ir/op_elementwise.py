@@ -36,20 +36,23 @@ _BINARY_REF = {
 }
 
 
-def _check_operand(kind: OpKind, dtype: DType) -> None:
+def _check_operand(kind: OpKind, *ts: TensorType) -> None:
+    """The operands' dtype (one for all: binary ops take equal dtypes) suits the op; the error names
+    every operand's type."""
+    dtype, got = ts[0].dtype, " and ".join(map(str, ts))
     if kind == K.NOT or kind in LOGICAL:
         if dtype != DType.BOOL:
-            raise IRDTypeError(f"'{kind}' takes bool operands, got {dtype}")
+            raise IRDTypeError(f"'{kind}' takes bool operands, got {got}")
     elif kind in FLOAT_OPERANDS:
         if not dtype.is_float:
-            raise IRDTypeError(f"'{kind}' takes floating-point operands, got {dtype}; cast it first")
+            raise IRDTypeError(f"'{kind}' takes floating-point operands, got {got}; cast first")
     elif kind not in COMPARE and dtype == DType.BOOL:
-        raise IRDTypeError(f"'{kind}' takes numeric operands, got bool; cast it first")
+        raise IRDTypeError(f"'{kind}' takes numeric operands, got {got}; cast first")
 
 
 def _infer_unary(kind: OpKind):
     def infer(attrs, ts: list[TensorType]) -> TensorType:
-        _check_operand(kind, ts[0].dtype)
+        _check_operand(kind, ts[0])
         return ts[0]
     return infer
 
@@ -60,7 +63,7 @@ def _infer_binary(kind: OpKind):
         if a.dtype != b.dtype:
             raise IRDTypeError(f"operands of '{kind}' have different dtypes {a.dtype} and {b.dtype}; "
                                f"cast one of them")
-        _check_operand(kind, a.dtype)
+        _check_operand(kind, a, b)
         out_dtype = DType.BOOL if kind in COMPARE or kind in LOGICAL else a.dtype
         return TensorType(out_dtype, broadcast_shapes(a.shape, b.shape))
     return infer

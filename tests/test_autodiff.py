@@ -294,6 +294,13 @@ def test_matmul_with_an_empty_axis(shapes, gen):
     check_grad(lambda b, x, y: b.matmul(x, y), torch.matmul, *(f64(gen, *s) for s in shapes), fd=False)
 
 
+def test_pad_and_slice_of_an_empty_tensor(gen):
+    check_grad(lambda b, x: b.pad(x, [(1, 2), (0, 1)], value=2.0),
+               lambda x: F.pad(x, (0, 1, 1, 2), value=2.0), f64(gen, 0, 3), fd=False)
+    check_grad(lambda b, x: b.mul(b.slice(x, 1, 3, 3), 2.0), lambda x: x[:, 3:3] * 2.0, f64(gen, 4, 5),
+               fd=False)
+
+
 def test_where_broadcasts_condition_and_branches(gen):
     check_grad(lambda b, c, x, y: b.where(b.lt(c, 0.0), x, y), lambda c, x, y: torch.where(c < 0, x, y),
                f64(gen, 4, 1, 7), f64(gen, 5, 1), f64(gen, 1), shapes=[(BATCH, 1, 7), (5, 1), (1,)],

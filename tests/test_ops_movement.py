@@ -168,3 +168,12 @@ def test_take_counts_negative_indices_from_the_end(gen):
     table = rand(gen, 7, 3)
     ids = torch.tensor([[-1, 0], [-7, 6]])
     check(lambda b, w, t: b.take(w, t), lambda w, t: w[t % 7], table, ids)
+
+
+def test_gather_and_take_of_a_scalar(gen):
+    """As torch.gather / torch.index_select on a 0-d tensor: its one "axis" is 0 (or -1)."""
+    x = rand(gen, dtype=torch.float32)
+    for index in (torch.tensor(0), torch.tensor([0]), torch.tensor([0, 0])):
+        check(lambda b, x, i: b.gather(x, 0, i), lambda x, i: torch.gather(x, 0, i), x, index)
+    for index in (torch.tensor(0), torch.tensor([0])):
+        check(lambda b, x, i: b.take(x, i, -1), lambda x, i: torch.index_select(x, -1, i), x, index)
