@@ -75,7 +75,9 @@ def _infer_conv2d(attrs: Conv2dAttrs, ts: list[TensorType]) -> TensorType:
 
 
 def _ref_conv2d(attrs: Conv2dAttrs, xs, ctx):
-    x, w = xs
+    # f16/bf16 in f32, rounded once by the evaluator (as the kernels accumulate): torch's CPU half
+    # conv2d is not trustworthy (with dilation it returns garbage in some outputs, torch 2.13)
+    x, w = (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in xs)
     return F.conv2d(x, w, stride=attrs.stride, padding=attrs.padding, dilation=attrs.dilation,
                     groups=attrs.groups)
 
