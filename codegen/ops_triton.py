@@ -123,9 +123,18 @@ def literal(value, dtype: DType) -> str:
 
 
 def cast(expr: str, src: DType, dst: DType) -> str:
-    """Convert like `EvalContext.cast`: float -> int truncates, NaN -> 0, out of range saturates."""
+    """Convert like `EvalContext.cast`: float -> int truncates, NaN -> 0, out of range saturates.
+
+    bf16 goes through f32 by its bits both ways: Triton's interpreter converts bf16 by arithmetic that
+    truncates instead of rounding, mangles subnormals (-1e-39 became -4.4e-39) and reinterprets the
+    bits of integers and f64, and compares bf16 by its bits (-0.0 != 0); the bit forms are exact on
+    the GPU as well."""
     if src == dst:
         return expr
+    if src == DType.BF16:
+        expr, src = widen_bf16(expr), DType.F32
+        if dst == DType.F32:
+            return expr
     if dst == DType.BOOL:
         return f"({expr} != 0)"
     if src.is_float and dst.is_int:
@@ -135,17 +144,21 @@ def cast(expr: str, src: DType, dst: DType) -> str:
         wide = f"{expr}.to(tl.float32)" if src in LOW_FLOATS else expr
         return f"_saturate({wide}, {float(info.min)!r}, {top!r}).to({tl_dtype(dst)})"
     if dst == DType.BF16:
-        # through f32 (Triton's interpreter converts integers and f64 to bf16 by reinterpreting bits),
-        # then rounded by hand: the interpreter truncates f32 -> bf16, torch and the GPU round to nearest
         return round_bf16(expr if src == DType.F32 else f"{expr}.to(tl.float32)")
     return f"{expr}.to({tl_dtype(dst)})"
 
 
+def widen_bf16(bf16: str) -> str:
+    """A bf16 value as f32, exactly: its 16 bits are the top half of the f32's."""
+    v = bf16 if bf16.isidentifier() else f"({bf16})"
+    return f"({v}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)"
+
+
 def round_bf16(f32: str) -> str:
-    """An f32 value rounded to bf16, to nearest with ties to even (as torch and the GPU's cvt.rn; the
-    interpreter's own conversion truncates): the 16 dropped bits are rounded into the kept ones, after
-    which the conversion is exact. NaN stays NaN. Pass a variable: the expression is repeated."""
+    """An f32 value rounded to bf16, to nearest with ties to even (as torch and the GPU's cvt.rn): the
+    16 dropped bits are rounded into the kept ones, which are the bf16's bits; NaN stays NaN. Pass a
+    variable: the expression is repeated."""
     v = f32 if f32.isidentifier() else f"({f32})"
     bits = f"{v}.to(tl.uint32, bitcast=True)"
-    rounded = f"((({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)"
-    return f"tl.where({v} != {v}, {v}, {rounded}).to(tl.bfloat16)"
+    top = f"({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16"
+    return f"tl.where({v} != {v}, 0x7FC0, {top}).to(tl.uint16).to(tl.bfloat16, bitcast=True)"

@@ -107,6 +107,19 @@ def test_bf16_results_round_to_nearest_even(gen):
     assert out[0, :4].tolist() == [1.0, -1.0, 0.0, -0.0]  # tanh(5.78) = 0.99998 is 1.0 in bf16
 
 
+def test_bf16_operands_convert_exactly(gen):
+    # the interpreter's own bf16 -> f32 mangles subnormals (-1e-39 became -4.4e-39) and its bf16
+    # comparisons see bits (-0.0 != 0 was true): every conversion goes by the bits, exactly
+    x = values(gen, 37, 53, dtype=torch.bfloat16)
+    x[0, :6] = torch.tensor([-0.0, 1e-40, -1e-39, 3e38, float("nan"), 0.0])
+    x[1, :3] = torch.tensor([-1e-39, -2e-39, 1e-40])
+    for build in [lambda b, x: b.cast(x, DType.BOOL), lambda b, x: b.cast(x, DType.F32),
+                  lambda b, x: b.cast(x, DType.F64), lambda b, x: b.cast(x, DType.F16),
+                  lambda b, x: b.cast(x, DType.I32), lambda b, x: b.lt(x, 0.5), lambda b, x: b.mul(x, 2.0),
+                  lambda b, x: b.max(x, 1), lambda b, x: b.argmax(x, 1), lambda b, x: b.min(x, 0)]:
+        check(build, x, tol=0.0)
+
+
 def test_pow_follows_c_at_signed_zeros_and_infinities():
     inf, nan = float("inf"), float("nan")
     a = torch.tensor([-0.0, -0.0, -0.0, 0.0, -inf, -inf, -inf, -1.0, -1.0, -2.0, nan, 1.0, -3.0])
