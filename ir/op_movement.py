@@ -107,7 +107,10 @@ def _infer_pad(attrs: PadAttrs, ts):
         value = bool(value)
     elif x.dtype.is_int and float(value).is_integer():
         value = int(value)
-    check_scalar(value, x.dtype)
+    try:
+        check_scalar(value, x.dtype)
+    except IRDTypeError as e:
+        raise IRDTypeError(f"'pad' of {x} with value {attrs.value!r}: {e.message}") from None
     shape = []
     for d, (lo, hi) in zip(x.shape, attrs.pads):
         if lo < 0 or hi < 0:
