@@ -229,7 +229,8 @@ class RowKernel:
     def _masked(self, n: Node) -> list[str]:
         """The operand as a full tile in the accumulation dtype, the fill outside the rows' columns."""
         x = self.names[n.inputs[0]]
-        full = cast(f"{x} + tl.zeros([BLOCK_ROWS, BLOCK_COLS], {x}.dtype)", n.inputs[0].dtype, self._acc_dtype(n))
+        tile = f"{x} + tl.zeros([BLOCK_ROWS, BLOCK_COLS], {x}.dtype)"
+        full = cast(tile, n.inputs[0].dtype, self._acc_dtype(n))
         return [f"v = tl.where(mask, {full}, {self._fill(n)})"]
 
     def _combine(self, n: Node, acc: str) -> str:

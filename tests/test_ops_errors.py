@@ -70,7 +70,8 @@ BAD = [  # (id, build(b, x, i, m, s, h), message fragment)
     ("expand-bad", lambda b, x, i, m, s, h: b.expand(x, (3, 37, 54)), "dimension 53 is neither 1 nor 54"),
     ("expand-rank", lambda b, x, i, m, s, h: b.expand(x, (37, 53)), "lower rank"),
     ("slice-step", lambda b, x, i, m, s, h: b.slice(x, 1, 0, 5, 0), "step must be >= 1, got 0"),
-    ("slice-empty-raw", lambda b, x, i, m, s, h: b.node(OpKind.SLICE, (x,), SliceAttrs((1,), (10,), (5,), (1,))),
+    ("slice-empty-raw", lambda b, x, i, m, s, h: b.node(OpKind.SLICE, (x,),
+                                                         SliceAttrs((1,), (10,), (5,), (1,))),
      "empty or out of range"),
     ("slice-symbolic", lambda b, x, i, m, s, h: b.slice(s, 0, 1),
      "cannot slice the symbolic dimension batch"),
@@ -113,7 +114,8 @@ def test_bad_build_is_a_type_error(build, fragment):
 
 SHAPE, DTYPE, OTHER = IRShapeError, IRDTypeError, IRTypeError
 KIND = {  # the exact class of each bad build above: a shape, a dtype, or neither
-    "add-shapes": SHAPE, "add-symbolic": SHAPE, "not-float-raw": DTYPE, "and-int-raw": DTYPE, "neg-bool": DTYPE,
+    "add-shapes": SHAPE, "add-symbolic": SHAPE, "not-float-raw": DTYPE, "and-int-raw": DTYPE,
+    "neg-bool": DTYPE,
     "add-bool": DTYPE, "mixed-raw": DTYPE, "exp-int-raw": DTYPE, "where-cond": DTYPE, "fp8-mix": DTYPE,
     "const-overflow": DTYPE, "const-not-int": DTYPE, "const-f8e4m3-overflow": DTYPE,
     "sum-axis": SHAPE, "sum-neg-axis": SHAPE, "sum-repeated": SHAPE, "sum-bool": DTYPE,
