@@ -16,7 +16,7 @@ from axon.codegen import run_graph
 from axon.ir import AxonError, DType, GraphBuilder, Node, OpKind, evaluate
 from axon.ir.shapes import format_shape
 from axon.passes.autodiff import vjp
-from numerics import assert_close
+from numerics import TOLERANCE, assert_close
 from opinfo_map import MAP
 
 SKIP, REFUSE, XFAIL, NO_GRAD, REF64, UNDEFINED = "skip", "refuse", "xfail", "no_grad", "ref64", "undefined"
@@ -133,14 +133,22 @@ def _outputs(value) -> list[torch.Tensor]:
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
-def _compare(got: dict, want: list[torch.Tensor], prefix: str, what: str, skip=None) -> None:
-    """Outputs `prefix`0, 1, ... against torch's; `skip` masks elements torch leaves undefined."""
+def _compare(got: dict, want: list[torch.Tensor], prefix: str, what: str, skip=None, scale=None) -> None:
+    """Outputs `prefix`0, 1, ... against torch's, within the dtype's tolerance (numerics.py); `skip`
+    masks elements torch leaves undefined. With `scale` (the operands' largest magnitude) every
+    element is checked too, not only the norm: |out - ref| <= tol * (|ref| + scale)."""
     for i, w in enumerate(want):
         g = got[f"{prefix}{i}"].cpu()
         assert g.dtype == w.dtype, f"{what} {prefix}{i}: dtype {g.dtype}, torch gives {w.dtype}"
         if skip is not None and skip.shape == w.shape:
             g, w = torch.where(skip, 0, g).to(w.dtype), torch.where(skip, 0, w).to(w.dtype)
         assert_close(g, w, w.dtype if w.is_floating_point() else None, what=f"{what} {prefix}{i}")
+        if scale is not None and w.is_floating_point():
+            tol = TOLERANCE[w.dtype]
+            g, w = g.double(), w.double()
+            bad = w.isfinite() & ((g - w).abs() > tol * (w.abs() + scale))
+            assert not bad.any(), (f"{what} {prefix}{i}: {int(bad.sum())} element(s) off, e.g. "
+                                   f"{g[bad][0].item()!r} for {w[bad][0].item()!r}")
 
 
 def _wide(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -157,8 +165,10 @@ def expected(case: Case, ref64: bool) -> list[torch.Tensor]:
 
 def check_forward(case: Case, graph, want: list[torch.Tensor], skip=None) -> None:
     feeds = case.feeds()
-    _compare(evaluate(graph, feeds), want, "out", "evaluator", skip)
-    _compare(run_graph(graph, feeds), want, "out", "kernels", skip)
+    floats = [t.double().abs() for t in case.tensors if t.is_floating_point() and t.numel()]
+    scale = max((float(t[t.isfinite()].max()) for t in floats if t.isfinite().any()), default=1.0)
+    _compare(evaluate(graph, feeds), want, "out", "evaluator", skip, scale)
+    _compare(run_graph(graph, feeds), want, "out", "kernels", skip, scale)
 
 
 def _torch_grads(case: Case, wrt: list[int], douts: dict[int, torch.Tensor], wide: bool):
