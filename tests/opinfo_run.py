@@ -157,7 +157,10 @@ def _wide(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def expected(case: Case, ref64: bool) -> list[torch.Tensor]:
     """torch's result on the sample, or with `ref64` its float64 result rounded to torch's dtype."""
-    want = _outputs(case.call_torch(case.tensors))
+    got = case.call_torch(case.tensors)
+    if got is NotImplemented:  # a dunder method handing the operation back to Python: no result
+        raise TypeError(f"torch's {case.op} returned NotImplemented")
+    want = _outputs(got)
     if not ref64:
         return want
     return [w64.to(w.dtype) for w, w64 in zip(want, _outputs(case.call_torch(_wide(case.tensors))))]

@@ -91,6 +91,8 @@ RULES = [
          "indexes one axis)", when=_getitem_advanced),
     Rule(("cat",), SKIP, "torch's legacy rule that skips 1-D empty tensors of another rank",
          when=lambda s: any(t.shape == (0,) for t in s.input) and any(t.dim() != 1 for t in s.input)),
+    Rule(("__rsub__",), SKIP, "a Python number as self: Tensor.__rsub__ gives NotImplemented, no value",
+         when=lambda s: not isinstance(s.input, torch.Tensor)),
     Rule(("nn.functional.embedding",), SKIP, "max_norm= (renormalizes the weight in place)",
          when=lambda s: s.kwargs.get("max_norm") is not None),
     # --- refused on purpose ------------------------------------------------------------------------
