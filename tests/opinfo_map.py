@@ -19,7 +19,7 @@ from axon.ir import DType, Node, OpKind
 K = OpKind
 
 
-def _dims(d, rank: int) -> tuple[int, ...] | None:
+def _dims(d) -> tuple[int, ...] | None:
     """torch's `dim` argument as a tuple, or None for every axis (None, and an empty list, mean all)."""
     if d is None or (isinstance(d, (tuple, list)) and len(d) == 0):
         return None
@@ -67,17 +67,17 @@ def _accumulated(b, x, dtype):
 
 
 def _sum(b, x, dim=None, keepdim=False, *, dtype=None):
-    return b.sum(_accumulated(b, x, dtype), _dims(dim, len(x.shape)), keepdim)
+    return b.sum(_accumulated(b, x, dtype), _dims(dim), keepdim)
 
 
 def _mean(b, x, dim=None, keepdim=False, *, dtype=None):
     x = b.cast(x, DType.from_torch(dtype)) if dtype is not None else x
-    return b.mean(x, _dims(dim, len(x.shape)), keepdim)
+    return b.mean(x, _dims(dim), keepdim)
 
 
 def _extremum(kind):
     def build(b, x, dim=None, keepdim=False):
-        return b.reduce(kind, x, _dims(dim, len(x.shape)), keepdim)
+        return b.reduce(kind, x, _dims(dim), keepdim)
     return build
 
 
@@ -139,7 +139,7 @@ def _expand(b, x, *sizes):
 
 
 def _squeeze(b, x, dim=None):
-    dims = range(len(x.shape)) if dim is None else [d % max(len(x.shape), 1) for d in _dims(dim, 0)]
+    dims = range(len(x.shape)) if dim is None else [d % max(len(x.shape), 1) for d in _dims(dim)]
     drop = {d for d in dims if len(x.shape) and x.shape[d] == 1}
     return b.reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in drop))
 

@@ -2,16 +2,20 @@
 (the translations are in `opinfo_map.py`), at f64/f32/f16/bf16 and the integer and bool dtypes the op
 takes, through the reference evaluator and the generated kernels, forward and gradients (`opinfo_run.py`).
 
-Every sample either passes or matches one line of RULES below, which says why: a sample Axon cannot
-express (skip), a refusal on purpose (the error must name the op and the shapes), a known difference at
-a point where the function is undefined (xfail: the sample must fail, so the table cannot go stale), or
-a gradient convention torch has and Axon does not (the forward is still checked).
+Every sample either passes or matches one line of RULES below, which says why:
+- skip: Axon cannot express the sample (a kwarg it has no equivalent of, a complex scalar, ...);
+- refuse: Axon refuses it on purpose, and the error must name the op and an operand's shape;
+- xfail: a known difference (of dtype); the sample must fail, so the table cannot go stale;
+- undefined: torch's result is undefined at some elements (float -> int out of range); the rest are
+  compared;
+- ref64: torch's own result at that dtype is wrong; compared with torch in float64 instead;
+- no_grad: a gradient convention torch has and Axon does not (a tie, a NaN); the forward is checked.
 
 The suite runs the smallest samples of each op and dtype (CAP); `-m slow` runs every sample. The
-per-op counts (pass, skip/refuse/xfail by reason) are printed by
+per-op counts (pass, then each rule's reason with its count) are printed by
 
-    python tests/test_opinfo.py            # the samples the suite runs
-    python tests/test_opinfo.py --all      # every sample (tens of minutes through the interpreter)
+    python tests/test_opinfo.py            # the samples the suite runs (about a minute)
+    python tests/test_opinfo.py --all      # every sample (about 40 minutes through the interpreter)
 """
 from __future__ import annotations
 
@@ -32,10 +36,8 @@ FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 INTS = (torch.int64, torch.int32, torch.int8, torch.uint8, torch.bool)
 CAP = 2  # samples per op and dtype in the suite: the smallest of the sample and of the reference inputs
 INT_POW = frozenset({torch.int64, torch.int32, torch.int8, torch.uint8})
-
-
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-BIG = 100_000  # elements in a sample's tensors
+BIG = 100_000  # elements in a sample's tensors beyond which the interpreter is too slow
 
 
 def _numel(s) -> int:
