@@ -50,7 +50,7 @@ class Rule:
 class Outcome:
     status: str  # pass, skip, refuse, xfail, fail
     reason: str = ""
-    notes: tuple[str, ...] = ()  # the NO_GRAD / UNDEFINED rules a passing sample matched
+    notes: tuple[str, ...] = ()  # the NO_GRAD / UNDEFINED / REF64 rules a passing sample matched
 
 
 def op_name(info) -> str:
@@ -225,10 +225,10 @@ def run_sample(op: str, info, dtype, sample, rules, gen) -> Outcome:
     rule = first(SKIP, REFUSE, XFAIL)
     if rule is not None and rule.kind == SKIP:
         return Outcome(SKIP, rule.reason)
-    no_grad, undefined = first(NO_GRAD), first(UNDEFINED)
+    no_grad, undefined, ref64 = first(NO_GRAD), first(UNDEFINED), first(REF64)
     case = Case.of(op, info, sample)
     try:
-        want = expected(case, first(REF64) is not None)
+        want = expected(case, ref64 is not None)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:  # torch refuses the sample
         if rule is not None and rule.kind == XFAIL:
             return Outcome(XFAIL, rule.reason)
@@ -252,7 +252,7 @@ def run_sample(op: str, info, dtype, sample, rules, gen) -> Outcome:
         return Outcome("fail", str(e).splitlines()[0])
     if rule is not None:
         return Outcome("fail", f"expected to {rule.kind} ({rule.reason}) but passed")
-    return Outcome("pass", notes=tuple(f"{r.kind}: {r.reason}" for r in (no_grad, undefined) if r))
+    return Outcome("pass", notes=tuple(f"{r.kind}: {r.reason}" for r in (no_grad, undefined, ref64) if r))
 
 
 # --- choosing samples and counting ---------------------------------------------------------------
@@ -308,7 +308,8 @@ class Counts:
             lines.append(f"{op:28s} pass {c['pass']:5d}{fail}" + (f" | {rest}" if rest else ""))
         count = lambda prefix: sum(n for k, n in total.items() if k.startswith(prefix))  # noqa: E731
         kinds = {kind: count(f"{kind}:") for kind in (SKIP, REFUSE, XFAIL)}
-        kinds.update({f"passed with {kind}": count(f"passed with {kind}:") for kind in (NO_GRAD, UNDEFINED)})
+        kinds.update({f"passed with {kind}": count(f"passed with {kind}:")
+                      for kind in (NO_GRAD, UNDEFINED, REF64)})
         samples = sum(n for k, n in total.items() if not k.startswith("passed with"))
         lines.append(f"total: {samples} samples, pass {total['pass']}, fail {total['fail']}, "
                      + ", ".join(f"{k} {n}" for k, n in kinds.items()))
