@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from axon.ir import DType, Node, OpKind
 from axon.ir.ops import MOVEMENT
-from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, compute_dtype, literal, tl_dtype
+from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, literal, tl_dtype
 
 K = OpKind
 
@@ -76,14 +76,21 @@ class Emitter:
             return [f"{var} = {names[n.inputs[0]]}"]
         src = n.inputs[0].dtype
         if n.op == K.CAST:
-            return [f"{var} = {cast(names[n.inputs[0]], src, dt)}"]  # (bf16: to f32 here)
+            return [f"{var} = {cast(*self._wide(names[n.inputs[0]], src), dt)}"]  # (bf16: to f32 here)
         template = EXPR.get(n.op) or (FLOAT_EXPR[n.op] if src.is_float else "{a}")
-        operands = [cast(names[i], i.dtype, compute_dtype(i.dtype)) if i.dtype in LOW_FLOATS else names[i]
-                    for i in n.inputs]
+        operands = [self._wide(names[i], i.dtype)[0] for i in n.inputs]
         expr = template.format(**dict(zip("abc", operands)))
         if dt in LOW_FLOATS:  # computed in f32 (made so: sign's literals are i32), rounded to dt
             return [f"{var} = {cast(f'({typed(expr, DType.F32)})', DType.F32, dt)}"]
         return [f"{var} = {typed(expr, dt)}"]  # (bf16: typed as f32, see _emit)
+
+    @staticmethod
+    def _wide(name: str, dtype: DType) -> tuple[str, DType]:
+        """An operand in its compute dtype: f16 and bf16 as f32 (bf16 through the `_to_f32` helper,
+        which also passes on a template's f32 tile given under a bf16 node, as attention's scores)."""
+        if dtype == DType.BF16:
+            return f"_to_f32({name})", DType.F32
+        return (cast(name, dtype, DType.F32), DType.F32) if dtype in LOW_FLOATS else (name, dtype)
 
     def helper_source(self) -> list[str]:
         return [HELPERS[h] for h in sorted(self.helpers)]

@@ -41,6 +41,15 @@ def _tanh(x):
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, tl.where(x == 0, x, t))
 ''',
+    "_to_f32": '''
+@triton.jit
+def _to_f32(x):
+    # bf16 -> f32 by its bits, exact (the interpreter's own conversion mangles subnormals); a value
+    # that is f32 already (a template's f32 tile given under a bf16 node) passes as it is
+    if x.dtype == tl.bfloat16:
+        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
+''',
     "_saturate": '''
 @triton.jit
 def _saturate(x, lo, hi):
@@ -159,6 +168,6 @@ def round_bf16(f32: str) -> str:
     16 dropped bits are rounded into the kept ones, which are the bf16's bits; NaN stays NaN. Pass a
     variable: the expression is repeated."""
     v = f32 if f32.isidentifier() else f"({f32})"
-    bits = f"{v}.to(tl.uint32, bitcast=True)"
+    bits = f"{v}.to(tl.float32).to(tl.uint32, bitcast=True)"  # (.to: a no-op on the f32 it should be)
     top = f"({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16"
     return f"tl.where({v} != {v}, 0x7FC0, {top}).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
