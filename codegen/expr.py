@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from axon.ir import DType, Node, OpKind
 from axon.ir.ops import MOVEMENT
-from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, compute_dtype, literal, tl_dtype
+from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, literal, tl_dtype
 
 K = OpKind
 
@@ -44,7 +44,19 @@ class Emitter:
         return lines
 
     def _emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
+        lines = self._value(n, var, names)
+        if n.dtype == DType.BF16 and n.op not in MOVEMENT and n.op != K.CONST:
+            # computed in f32 as `var_f32`, then rounded (round_bf16 repeats the value it rounds)
+            assert lines[-1].startswith(f"{var} = "), lines[-1]
+            lines[-1] = f"{var}_f32" + lines[-1][len(var):]
+            lines.append(f"{var} = {cast(f'{var}_f32', DType.F32, DType.BF16)}")
+        return lines
+
+    def _value(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
+        """The lines computing `n` as `var`; a bf16 value's last line computes it in f32."""
         dt = n.dtype
+        if dt == DType.BF16 and n.op not in MOVEMENT and n.op != K.CONST:
+            dt = DType.F32
         if n.op == K.CONST:
             return [f"{var} = tl.full({self.tile}, {literal(n.attrs.value, dt)}, {tl_dtype(dt)})"]
         if n.op == K.IOTA:
@@ -64,14 +76,21 @@ class Emitter:
             return [f"{var} = {names[n.inputs[0]]}"]
         src = n.inputs[0].dtype
         if n.op == K.CAST:
-            return [f"{var} = {cast(names[n.inputs[0]], src, dt)}"]
+            return [f"{var} = {cast(*self._wide(names[n.inputs[0]], src), dt)}"]  # (bf16: to f32 here)
         template = EXPR.get(n.op) or (FLOAT_EXPR[n.op] if src.is_float else "{a}")
-        operands = [cast(names[i], i.dtype, compute_dtype(i.dtype)) if i.dtype in LOW_FLOATS else names[i]
-                    for i in n.inputs]
+        operands = [self._wide(names[i], i.dtype)[0] for i in n.inputs]
         expr = template.format(**dict(zip("abc", operands)))
-        if dt in LOW_FLOATS:  # computed in f32, rounded to the node's dtype
-            return [f"{var} = {cast(f'({expr})', DType.F32, dt)}"]
-        return [f"{var} = {typed(expr, dt)}"]
+        if dt in LOW_FLOATS:  # computed in f32 (made so: sign's literals are i32), rounded to dt
+            return [f"{var} = {cast(f'({typed(expr, DType.F32)})', DType.F32, dt)}"]
+        return [f"{var} = {typed(expr, dt)}"]  # (bf16: typed as f32, see _emit)
+
+    @staticmethod
+    def _wide(name: str, dtype: DType) -> tuple[str, DType]:
+        """An operand in its compute dtype: f16 and bf16 as f32 (bf16 through the `_to_f32` helper,
+        which also passes on a template's f32 tile given under a bf16 node, as attention's scores)."""
+        if dtype == DType.BF16:
+            return f"_to_f32({name})", DType.F32
+        return (cast(name, dtype, DType.F32), DType.F32) if dtype in LOW_FLOATS else (name, dtype)
 
     def helper_source(self) -> list[str]:
         return [HELPERS[h] for h in sorted(self.helpers)]

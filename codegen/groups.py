@@ -86,6 +86,8 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
     result = []
     for fg, members, reads in plans:
         outs = tuple(n for n in sorted(fg.nodes, key=index.__getitem__) if n in stored)
+        if not outs:  # dead code (nothing reads it, no output names it): no kernel
+            continue
         labels = tuple(_label(n, index) for n in members)
         kind = "pointwise" if fg.kind == "copy" else fg.kind
         result.append(KernelGroup(kind, tuple(members), tuple(reads), outs, labels, tuple(fg.space),

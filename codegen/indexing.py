@@ -12,8 +12,9 @@ operand (or index) costs index arithmetic, never a copy.
 - concat: input k holds the range [start_k, start_k+1) along `axis`; one masked load per input, each masked
   to its own range. The starts are launch scalars, so sizes along the axis may be symbolic.
 
-Out-of-range indices: the reference evaluator raises an error for an index < 0 or >= the axis size, and
-the runtime checks index inputs on the host before a launch. A kernel never reads out of bounds for one:
+Out-of-range indices: the reference evaluator raises an error for an index >= the axis size or < 0
+(take: < -size; a negative index counts from the end, as in torch.take), and the runtime checks index
+inputs on the host before a launch. A kernel never reads out of bounds for one:
 the load is masked off and the element is NaN for float outputs, 0 (False) for integer and bool outputs.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import triton
 
-from axon.ir import OpKind
+from axon.ir import DType, OpKind
 from axon.ir.shapes import concrete
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, meta_view, warps
@@ -81,10 +82,13 @@ class IndexKernel:
         return NAN if self.node.dtype.is_float else "0"
 
     def _load_index(self, coords: list[str], axis: int) -> list[str]:
-        """Lines loading the index (input 1) at `coords`, with a mask of the indices inside x's axis."""
+        """Lines loading the index (input 1) at `coords`, with a mask of the indices inside x's axis
+        (take counts a negative index from the end, as torch.take; gather does not)."""
         offset = _offset("in1", coords)
+        wrap = [f"index += tl.where(index < 0, in0_size{axis}, 0)  # a negative index counts from the end"]
         return [
             f"index = tl.load(in1_ptr + {offset}, mask=mask)",
+            *(wrap if self.node.op == K.TAKE and self.group.inputs[1].node.dtype != DType.U8 else []),
             f"in_range = (index >= 0) & (index < in0_size{axis})  # outside: masked off, never read",
             f"index = tl.where(in_range, index, 0).to({self.index_t})",
         ]

@@ -36,10 +36,19 @@ HELPERS = {
     "_tanh": '''
 @triton.jit
 def _tanh(x):
-    # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|), which never overflows
+    # tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|), which never overflows; tanh(-0) = -0
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
+    return tl.where(x < 0, -t, tl.where(x == 0, x, t))
+''',
+    "_to_f32": '''
+@triton.jit
+def _to_f32(x):
+    # bf16 -> f32 by its bits, exact (the interpreter's own conversion mangles subnormals); a value
+    # that is f32 already (a template's f32 tile given under a bf16 node) passes as it is
+    if x.dtype == tl.bfloat16:
+        x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
 ''',
     "_saturate": '''
 @triton.jit
@@ -51,13 +60,16 @@ def _saturate(x, lo, hi):
     "_pow": '''
 @triton.jit
 def _pow(a, b):
-    # a ** b = exp(b * log|a|), negative for a negative base and an odd integer exponent
+    # a ** b = exp(b * log|a|) with C's pow rules for what that misses: the sign of a base whose sign
+    # bit is set (-0.0 and -inf too) under an odd integer exponent, NaN for a finite negative base
+    # and a non-integer exponent, and 1 for b == 0, a == 1 and (-1) ** +-inf
     mag = tl.exp(b * tl.log(tl.abs(a)))
     b_int = tl.floor(b) == b
     b_odd = b_int & (b - 2.0 * tl.floor(b * 0.5) == 1.0)
-    out = tl.where((a < 0) & b_odd, -mag, mag)
-    out = tl.where((a < 0) & ~b_int, float("nan"), out)
-    return tl.where((b == 0) | (a == 1), 1.0, out)
+    negative = (a < 0) | ((a == 0) & (1.0 / a < 0))
+    out = tl.where(negative & b_odd, -mag, mag)
+    out = tl.where((a < 0) & (a > -float("inf")) & ~b_int, float("nan"), out)
+    return tl.where((b == 0) | (a == 1) | ((a == -1) & (tl.abs(b) == float("inf"))), 1.0, out)
 ''',
 }
 
@@ -111,13 +123,27 @@ def literal(value, dtype: DType) -> str:
         return NAN
     if math.isinf(value):
         return INF if value > 0 else f"-{INF}"
+    if dtype in LOW_FLOATS:  # the value the dtype holds, rounded as the evaluator rounds a literal
+        import torch  # (the interpreter's tl.full truncates to bf16)
+        value = float(torch.tensor(value, dtype=torch.float64).to(dtype.torch))
+        if math.isinf(value):
+            return INF if value > 0 else f"-{INF}"
     return repr(value)
 
 
 def cast(expr: str, src: DType, dst: DType) -> str:
-    """Convert like `EvalContext.cast`: float -> int truncates, NaN -> 0, out of range saturates."""
+    """Convert like `EvalContext.cast`: float -> int truncates, NaN -> 0, out of range saturates.
+
+    bf16 goes through f32 by its bits both ways: Triton's interpreter converts bf16 by arithmetic that
+    truncates instead of rounding, mangles subnormals (-1e-39 became -4.4e-39) and reinterprets the
+    bits of integers and f64, and compares bf16 by its bits (-0.0 != 0); the bit forms are exact on
+    the GPU as well."""
     if src == dst:
         return expr
+    if src == DType.BF16:
+        expr, src = widen_bf16(expr), DType.F32
+        if dst == DType.F32:
+            return expr
     if dst == DType.BOOL:
         return f"({expr} != 0)"
     if src.is_float and dst.is_int:
@@ -126,7 +152,22 @@ def cast(expr: str, src: DType, dst: DType) -> str:
         top = float(info.max) if info.bits < 64 else float(2**63 - 1024)  # the last f64 below 2**63
         wide = f"{expr}.to(tl.float32)" if src in LOW_FLOATS else expr
         return f"_saturate({wide}, {float(info.min)!r}, {top!r}).to({tl_dtype(dst)})"
-    if dst == DType.BF16 and src not in (DType.F32, DType.F16):
-        # through f32: Triton's interpreter converts integers and f64 to bf16 by reinterpreting bits
-        return f"{expr}.to(tl.float32).to({tl_dtype(dst)})"
+    if dst == DType.BF16:
+        return round_bf16(expr if src == DType.F32 else f"{expr}.to(tl.float32)")
     return f"{expr}.to({tl_dtype(dst)})"
+
+
+def widen_bf16(bf16: str) -> str:
+    """A bf16 value as f32, exactly: its 16 bits are the top half of the f32's."""
+    v = bf16 if bf16.isidentifier() else f"({bf16})"
+    return f"({v}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)"
+
+
+def round_bf16(f32: str) -> str:
+    """An f32 value rounded to bf16, to nearest with ties to even (as torch and the GPU's cvt.rn): the
+    16 dropped bits are rounded into the kept ones, which are the bf16's bits; NaN stays NaN. Pass a
+    variable: the expression is repeated."""
+    v = f32 if f32.isidentifier() else f"({f32})"
+    bits = f"{v}.to(tl.float32).to(tl.uint32, bitcast=True)"  # (.to: a no-op on the f32 it should be)
+    top = f"({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16"
+    return f"tl.where({v} != {v}, 0x7FC0, {top}).to(tl.uint16).to(tl.bfloat16, bitcast=True)"

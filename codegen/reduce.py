@@ -16,7 +16,7 @@ import triton
 
 from axon.ir import DType, OpKind
 from .groups import KernelGroup
-from .ops_triton import INF, NAN, program_id, tl_dtype
+from .ops_triton import INF, NAN, cast, program_id, tl_dtype
 from .launch import Launch, meta_view, warps
 from .target import Target
 
@@ -68,8 +68,8 @@ class ReduceKernel:
             "    col_mask = cols < n_cols",
             *["    " + line for line in _decompose("cols", list(self.axes), "col_offset")],
             "    mask = row_mask[:, None] & col_mask[None, :]",
-            "    x = tl.load(in0_ptr + row_offset[:, None] + col_offset[None, :], mask=mask, "
-            f"other={fill}).to({acc_t})",
+            "    x = " + cast(f"tl.load(in0_ptr + row_offset[:, None] + col_offset[None, :], mask=mask, "
+                           f"other={fill})", self.src, self.acc),
         ]
         better = "x > acc" if op in (K.MAX, K.ARGMAX) else "x < acc"
         if op in (K.SUM, K.MEAN):
@@ -118,7 +118,7 @@ class ReduceKernel:
         n_rows = math.prod(shape[d] for d in self.kept)
         n_cols = math.prod(shape[d] for d in self.axes)
         if n_cols <= MAX_SINGLE_PASS:
-            block_cols = triton.next_power_of_2(n_cols)
+            block_cols = triton.next_power_of_2(max(n_cols, 1))  # a symbolic axis may be 0 (a sum: 0)
         else:
             block_cols = LOOP_BLOCK_COLS
         block_rows = min(max(1, TILE_ELEMENTS // block_cols), triton.next_power_of_2(max(n_rows, 1)))

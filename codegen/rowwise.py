@@ -228,10 +228,10 @@ class RowKernel:
 
     def _masked(self, n: Node) -> list[str]:
         """The operand as a full tile in the accumulation dtype, the fill outside the rows' columns."""
-        acc_t = tl_dtype(self._acc_dtype(n))
         x = self.names[n.inputs[0]]
-        return [f"v = tl.where(mask, ({x} + tl.zeros([BLOCK_ROWS, BLOCK_COLS], {x}.dtype)).to({acc_t}), "
-                f"{self._fill(n)})"]
+        tile = f"{x} + tl.zeros([BLOCK_ROWS, BLOCK_COLS], {x}.dtype)"
+        full = cast(tile, n.inputs[0].dtype, self._acc_dtype(n))
+        return [f"v = tl.where(mask, {full}, {self._fill(n)})"]
 
     def _combine(self, n: Node, acc: str) -> str:
         if n.op in (K.SUM, K.MEAN):

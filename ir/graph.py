@@ -15,6 +15,7 @@ f32[batch, 3]
 """
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -230,15 +231,21 @@ class GraphBuilder:
     def unary(self, op: OpKind, x: Node) -> Node:
         if op in FLOAT_OPERANDS and not x.dtype.is_float:
             x = self.cast(x, default_float())
+        if op == K.NOT:  # a number is true where it is nonzero (NaN too), as torch.logical_not
+            x = self.cast(x, DType.BOOL)
         return self.node(op, (x,))
 
     def binary(self, op: OpKind, a, b) -> Node:
+        if op in (K.AND, K.OR):  # each operand as a truth value first: nonzero is true
+            return self.node(op, (self.cast(self.lift(a), DType.BOOL), self.cast(self.lift(b), DType.BOOL)))
         a, b = self._promoted(a, b, float_only=op in FLOAT_OPERANDS)
         return self.node(op, (a, b))
 
     def _promoted(self, a, b, float_only: bool = False) -> tuple[Node, Node]:
+        """Both operands as nodes of one dtype. Python numbers take the tensor's type; two numbers
+        make a 0-d tensor of their own Python types promoted (2 + 0.5 is f32, as torch.add(2, 0.5))."""
         if not isinstance(a, Node) and not isinstance(b, Node):
-            raise IRTypeError("an operation needs at least one tensor operand")
+            a = self.lift(a)
         a = self.lift(a, b if isinstance(b, Node) else None)
         b = self.lift(b, a)
         t = promote(a.dtype, b.dtype)
@@ -293,9 +300,19 @@ class GraphBuilder:
         elif isinstance(axes, (int, float)) or hasattr(type(axes), "__index__"):
             axes = (axes,)
         axes = tuple(_int(a, f"'{op}' axis") for a in axes)
-        axes = normalize_axes(axes, len(x.shape))
         if op in FLOAT_OPERANDS and not x.dtype.is_float:
             x = self.cast(x, default_float())
+        if not x.shape:  # a scalar is its own reduction over its one "axis" (0 or -1, as in torch)
+            normalize_axes(axes, 1)
+            op_reduce.check_dtype(op, x.type)
+            return self.const(0, DType.I64) if op in (K.ARGMAX, K.ARGMIN) else x
+        axes = normalize_axes(axes, len(x.shape))
+        if op in (K.SUM, K.MEAN) and any(x.shape[a] == 0 for a in axes):
+            # a sum of no elements is 0 and their mean 0/0, as in torch (max, min and arg* of nothing
+            # stay an error): the type the op would have if those axes had one element
+            one = tuple(1 if i in axes and d == 0 else d for i, d in enumerate(x.shape))
+            out = OPS[op].infer(ReduceAttrs(axes, keepdim), [TensorType(x.dtype, one)])
+            return self.const(0 if op == K.SUM else float("nan"), out.dtype, out.shape)
         return self.node(op, (x,), ReduceAttrs(axes, keepdim))
 
     def sum(self, x, axes=None, keepdim=False): return self.reduce(K.SUM, x, axes, keepdim)
@@ -363,7 +380,9 @@ class GraphBuilder:
         lo, hi, _ = slice(start, stop, step).indices(size)
         if (lo, hi, step) == (0, size, 1):
             return x
-        return self.node(K.SLICE, (x,), SliceAttrs((axis,), (lo,), (max(hi, lo),), (step,)))
+        if hi <= lo:  # nothing selected: an empty tensor, which reads no element of x
+            return self.const(0, x.dtype, x.shape[:axis] + (0,) + x.shape[axis + 1:])
+        return self.node(K.SLICE, (x,), SliceAttrs((axis,), (lo,), (hi,), (step,)))
 
     def pad(self, x: Node, pads: Sequence[tuple[int, int]], value: float = 0.0) -> Node:
         pads = list(pads)
@@ -377,16 +396,30 @@ class GraphBuilder:
         return self.node(K.PAD, (x,), PadAttrs(pads, float(value)))
 
     def concat(self, xs: Sequence[Node], axis: int) -> Node:
+        """The tensors joined along `axis`, cast to the dtype they promote to (as torch.cat)."""
         xs = list(xs)
         if not xs or not all(isinstance(x, Node) for x in xs):
             raise IRTypeError(f"'concat' needs one or more tensors, got {xs!r}")
+        dtype = functools.reduce(promote, (x.dtype for x in xs))
+        xs = [self.cast(x, dtype) for x in xs]
         attrs = AxisAttrs(_axis(axis, len(xs[0].shape), "concat"))
         return xs[0] if len(xs) == 1 else self.node(K.CONCAT, tuple(xs), attrs)
 
     def gather(self, x: Node, axis: int, index: Node) -> Node:
+        """`out[..., j, ...] = x[..., index[..., j, ...], ...]` along `axis`. A scalar `x` is a tensor of
+        one element along its one axis (0 or -1), as in torch.gather: the result has the index's shape."""
+        if not x.shape and isinstance(index, Node) and len(index.shape) <= 1:
+            _axis(axis, 1, "gather")
+            out = self.node(K.GATHER, (self.reshape(x, (1,)), self.reshape(index, (-1,))), AxisAttrs(0))
+            return self.reshape(out, index.shape)
         return self.node(K.GATHER, (x, index), AxisAttrs(_axis(axis, len(x.shape), "gather")))
 
     def take(self, x: Node, index: Node, axis: int = 0) -> Node:
+        """x[..., index, ...] on `axis` (the index's axes replace it). A scalar `x` is a tensor of one
+        element on its one axis (0 or -1), as in torch.index_select: the result is a scalar again."""
+        if not x.shape and isinstance(index, Node) and len(index.shape) <= 1:
+            _axis(axis, 1, "take")
+            return self.reshape(self.node(K.TAKE, (self.reshape(x, (1,)), index), AxisAttrs(0)), ())
         return self.node(K.TAKE, (x, index), AxisAttrs(_axis(axis, len(x.shape), "take")))
 
 
@@ -470,6 +503,9 @@ def _dim_div(total: Dim, part: Dim, x: Node, shape) -> Dim:
         if rest is not None and pc and total.coeff % pc == 0:
             coeff = total.coeff // pc
             return Sym(tuple(rest), coeff) if rest else coeff
+    if part == 0:  # 0 * anything is 0 (as torch: "the unspecified dimension size -1 can be any value")
+        raise IRShapeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the other "
+                           f"dimensions hold no elements, so any size fits the -1; give it explicitly")
     raise IRShapeError(f"cannot reshape {x.type} to {format_shape(tuple(shape))}: the -1 dimension "
                        f"is not a whole number")
 

@@ -36,20 +36,23 @@ _BINARY_REF = {
 }
 
 
-def _check_operand(kind: OpKind, dtype: DType) -> None:
+def _check_operand(kind: OpKind, *ts: TensorType) -> None:
+    """The operands' dtype (one for all: binary ops take equal dtypes) suits the op; the error names
+    every operand's type."""
+    dtype, got = ts[0].dtype, " and ".join(map(str, ts))
     if kind == K.NOT or kind in LOGICAL:
         if dtype != DType.BOOL:
-            raise IRDTypeError(f"'{kind}' takes bool operands, got {dtype}")
+            raise IRDTypeError(f"'{kind}' takes bool operands, got {got}")
     elif kind in FLOAT_OPERANDS:
         if not dtype.is_float:
-            raise IRDTypeError(f"'{kind}' takes floating-point operands, got {dtype}; cast it first")
+            raise IRDTypeError(f"'{kind}' takes floating-point operands, got {got}; cast first")
     elif kind not in COMPARE and dtype == DType.BOOL:
-        raise IRDTypeError(f"'{kind}' takes numeric operands, got bool; cast it first")
+        raise IRDTypeError(f"'{kind}' takes numeric operands, got {got}; cast first")
 
 
 def _infer_unary(kind: OpKind):
     def infer(attrs, ts: list[TensorType]) -> TensorType:
-        _check_operand(kind, ts[0].dtype)
+        _check_operand(kind, ts[0])
         return ts[0]
     return infer
 
@@ -60,7 +63,7 @@ def _infer_binary(kind: OpKind):
         if a.dtype != b.dtype:
             raise IRDTypeError(f"operands of '{kind}' have different dtypes {a.dtype} and {b.dtype}; "
                                f"cast one of them")
-        _check_operand(kind, a.dtype)
+        _check_operand(kind, a, b)
         out_dtype = DType.BOOL if kind in COMPARE or kind in LOGICAL else a.dtype
         return TensorType(out_dtype, broadcast_shapes(a.shape, b.shape))
     return infer
@@ -100,7 +103,7 @@ _UNARY_GRAD = {
     K.RSQRT: lambda b, x, y, g: b.mul(g, b.mul(b.mul(b.mul(y, y), y), -0.5)),     # -x^(-3/2) / 2
     K.TANH: lambda b, x, y, g: b.mul(g, b.sub(1.0, b.mul(y, y))),
     K.SIGMOID: lambda b, x, y, g: b.mul(g, b.mul(y, b.sub(1.0, y))),
-    K.RELU: lambda b, x, y, g: b.where(b.gt(y, 0.0), g, 0.0),                    # relu'(0) = 0
+    K.RELU: lambda b, x, y, g: b.where(b.le(y, 0.0), 0.0, g),          # relu'(0) = 0; NaN passes g
     K.ERF: lambda b, x, y, g: b.mul(g, b.mul(b.exp(b.neg(b.mul(x, x))), 2.0 / math.sqrt(math.pi))),
     K.ABS: lambda b, x, y, g: b.mul(g, b.sign(x)),                                # abs'(0) = 0
     K.SIN: lambda b, x, y, g: b.mul(g, b.cos(x)),
@@ -121,10 +124,13 @@ def _pow_grads(b: GraphBuilder, x: Node, y: Node, out: Node, g: Node):
 
 def _extremum_grads(kind: OpKind):
     def grads(b: GraphBuilder, x: Node, y: Node, out: Node, g: Node):
-        # The winner takes g; a tie splits it half and half (torch.maximum's convention).
-        tie = b.where(b.eq(x, y), b.mul(g, 0.5), 0.0)
-        x_wins, y_wins = (b.gt(x, y), b.gt(y, x)) if kind == K.MAXIMUM else (b.lt(x, y), b.lt(y, x))
-        return b.where(x_wins, g, tie), b.where(y_wins, g, tie)
+        # torch.maximum's convention: a tie splits g half and half, the loser gets 0, anything else g,
+        # so where either operand is NaN (no order) both get g.
+        half = b.mul(g, 0.5)
+        x_loses, y_loses = (b.lt(x, y), b.lt(y, x)) if kind == K.MAXIMUM else (b.gt(x, y), b.gt(y, x))
+        tie = b.eq(x, y)
+        return (b.where(tie, half, b.where(x_loses, 0.0, g)),
+                b.where(tie, half, b.where(y_loses, 0.0, g)))
     return grads
 
 

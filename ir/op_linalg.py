@@ -21,7 +21,7 @@ from .errors import IRDTypeError, IRShapeError
 from .op_elementwise import sum_to_shape
 from .op_movement import pad_or_crop, spread
 from .ops import Conv2dAttrs, NoAttrs, OpKind, register, register_grad
-from .shapes import TensorType, broadcast_shapes, dim_mul, format_dim
+from .shapes import TensorType, broadcast_shapes, dim_mul, format_dim, numel
 
 if TYPE_CHECKING:
     from .graph import GraphBuilder, Node
@@ -75,7 +75,9 @@ def _infer_conv2d(attrs: Conv2dAttrs, ts: list[TensorType]) -> TensorType:
 
 
 def _ref_conv2d(attrs: Conv2dAttrs, xs, ctx):
-    x, w = xs
+    # f16/bf16 in f32, rounded once by the evaluator (as the kernels accumulate): torch's CPU half
+    # conv2d is not trustworthy (with dilation it returns garbage in some outputs, torch 2.13)
+    x, w = (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for v in xs)
     return F.conv2d(x, w, stride=attrs.stride, padding=attrs.padding, dilation=attrs.dilation,
                     groups=attrs.groups)
 
@@ -96,7 +98,8 @@ def _grad_matmul(b, node, ins, out, g):
     if len(y.shape) == 2 and len(x.shape) > 2:
         # one matrix applied over a batch (a linear layer over [batch, seq, d]): its gradient is one
         # matmul contracting over every row, not a batched product summed over the batch afterwards
-        rows = lambda v: b.reshape(v, (-1, v.shape[-1]))  # noqa: E731
+        # (the row count written out: a -1 cannot be inferred when the last axis is empty)
+        rows = lambda v: b.reshape(v, (numel(v.shape[:-1]), v.shape[-1]))  # noqa: E731
         return [gx, b.matmul(b.transpose(rows(x)), rows(g))]
     return [gx, sum_to_shape(b, b.matmul(b.transpose(x), g), y.shape)]
 

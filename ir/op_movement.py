@@ -107,7 +107,10 @@ def _infer_pad(attrs: PadAttrs, ts):
         value = bool(value)
     elif x.dtype.is_int and float(value).is_integer():
         value = int(value)
-    check_scalar(value, x.dtype)
+    try:
+        check_scalar(value, x.dtype)
+    except IRDTypeError as e:
+        raise IRDTypeError(f"'pad' of {x} with value {attrs.value!r}: {e.message}") from None
     shape = []
     for d, (lo, hi) in zip(x.shape, attrs.pads):
         if lo < 0 or hi < 0:
@@ -161,10 +164,14 @@ def _infer_take(attrs: AxisAttrs, ts):
 
 
 def _bounds(idx: torch.Tensor, size: int, op: str) -> torch.Tensor:
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+    """The index as int64 in [0, size). Take counts a negative index from the end (as torch.take and
+    Python); gather does not (as torch.gather)."""
+    lo = -size if op == "take" else 0
+    if idx.numel() and (int(idx.min()) < lo or int(idx.max()) >= size):
         raise EvalError(f"'{op}' index out of range: values span [{int(idx.min())}, {int(idx.max())}] "
-                        f"for an axis of size {size}")
-    return idx.to(torch.int64)
+                        f"for an axis of size {size} (valid: [{lo}, {size - 1}])")
+    idx = idx.to(torch.int64)
+    return torch.where(idx < 0, idx + size, idx)
 
 
 def _ref_slice(attrs: SliceAttrs, xs, ctx):
@@ -264,6 +271,15 @@ def _grad_concat(b, node, ins, out, g):
     return grads
 
 
+def _from_end(b: GraphBuilder, index: Node, dtype: DType, size: Dim) -> Node:
+    """An int64 `index` with its negative values counted from the end of an axis of `size` (take)."""
+    if dtype == DType.U8:
+        return index
+    if not isinstance(size, int):  # a symbolic size, counted at run time
+        size = b.sum(b.const(1, DType.I64, (size,)))
+    return b.where(b.lt(index, 0), b.add(index, size), index)
+
+
 def _grad_gather(b, node, ins, out, g):
     # gx[.., k, ..] = sum over j of g[.., j, ..] * (index[.., j, ..] == k): a one-hot along a new axis.
     x, idx = ins
@@ -287,7 +303,7 @@ def _grad_take(b, node, ins, out, g):
     x, idx = ins
     axis = node.attrs.axis
     p, lead, rest = numel(idx.shape), numel(x.shape[:axis]), numel(x.shape[axis + 1:])
-    flat = b.reshape(b.cast(idx, DType.I64), (p, 1))
+    flat = _from_end(b, b.reshape(b.cast(idx, DType.I64), (p, 1)), idx.dtype, x.shape[axis])
     hits = b.cast(b.eq(flat, b.iota((1, x.shape[axis]), 1)), g.dtype)              # [P, K]
     g = b.reshape(g, (p, rest) if lead == 1 else (lead, p, rest))
     return [b.reshape(b.matmul(b.transpose(hits), g), x.shape), None]

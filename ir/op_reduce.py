@@ -1,7 +1,8 @@
 """Reductions over a set of axes (sum, max, min, mean) and over one axis (argmax, argmin): shape rules,
 reference evaluation and gradient rules.
 
-Reducing over no axes, or over an axis of size 0, is an error: there is no value to return.
+Reducing over no axes is an error, and so is a max, min, argmax or argmin over an axis of size 0: there
+is no value to return (a sum over it is 0 and a mean NaN, as in torch).
 """
 from __future__ import annotations
 
@@ -30,15 +31,12 @@ def _infer_reduce(kind: OpKind):
             raise IRShapeError(f"'{kind}' axes {list(attrs.axes)} out of range for {x}")
         if list(attrs.axes) != sorted(set(attrs.axes)):
             raise IRShapeError(f"'{kind}' axes {list(attrs.axes)} must be sorted and distinct")
-        for a in attrs.axes:
-            if x.shape[a] == 0:
+        for a in attrs.axes:  # a sum of nothing is 0 and a mean NaN (as torch); the others have none
+            if x.shape[a] == 0 and kind not in (K.SUM, K.MEAN):
                 raise IRShapeError(f"'{kind}' over axis {a} of size 0 in {x}: the result is undefined")
         if kind in (K.ARGMAX, K.ARGMIN) and len(attrs.axes) != 1:
             raise IRShapeError(f"'{kind}' takes exactly one axis, got {list(attrs.axes)}")
-        if x.dtype == DType.BOOL:
-            raise IRDTypeError(f"'{kind}' of a bool tensor; cast it to a number first")
-        if kind in FLOAT_OPERANDS and not x.dtype.is_float:
-            raise IRDTypeError(f"'{kind}' of {x.dtype}; cast it to a floating-point type first")
+        check_dtype(kind, x)
         if attrs.keepdim:
             shape = tuple(1 if i in attrs.axes else d for i, d in enumerate(x.shape))
         else:
@@ -48,11 +46,19 @@ def _infer_reduce(kind: OpKind):
     return infer
 
 
+def check_dtype(kind: OpKind, x: TensorType) -> None:
+    """The operand dtypes a reduction takes (numbers; floats for mean)."""
+    if x.dtype == DType.BOOL:
+        raise IRDTypeError(f"'{kind}' of a bool tensor; cast it to a number first (got {x})")
+    if kind in FLOAT_OPERANDS and not x.dtype.is_float:
+        raise IRDTypeError(f"'{kind}' of {x}; cast it to a floating-point type first")
+
+
 def _ref_reduce(kind: OpKind):
     def ref(attrs: ReduceAttrs, xs, ctx):
         (x,) = xs
         dims = list(attrs.axes)
-        if any(x.shape[a] == 0 for a in dims):
+        if any(x.shape[a] == 0 for a in dims) and kind not in (K.SUM, K.MEAN):
             raise EvalError(f"'{kind}' over an axis of size 0 (shape {tuple(x.shape)})")
         if kind == K.SUM:
             return torch.sum(x, dim=dims, keepdim=attrs.keepdim)
@@ -91,9 +97,11 @@ def _grad_mean(b, node, ins, out, g):
 
 
 def _grad_extremum(b, node, ins, out, g):
-    # Every element equal to the result shares the gradient equally with its ties (as torch.amax).
+    # Every element equal to the result shares the gradient equally with its ties (as torch.amax);
+    # a NaN result came from the NaN elements, which share it (as torch.max; x != x only where the
+    # result is NaN, since max and min propagate NaN).
     (x,) = ins
-    hits = b.cast(b.eq(x, _kept(b, node, out)), x.dtype)
+    hits = b.cast(b.logical_or(b.eq(x, _kept(b, node, out)), b.ne(x, x)), x.dtype)
     ties = b.sum(hits, node.attrs.axes, keepdim=True)
     return [b.mul(hits, b.div(_kept(b, node, g), ties))]
 

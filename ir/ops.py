@@ -80,7 +80,7 @@ class OpKind(enum.Enum):
     CONCAT = "concat"
     # indexing
     GATHER = "gather"      # take_along_axis: out[i, j] = x[i, index[i, j]] (axis=1)
-    TAKE = "take"          # index_select / embedding lookup: out = x[..., index, ...]
+    TAKE = "take"          # index_select / embedding: out = x[..., index, ...]; a negative index from the end
 
     def __str__(self) -> str:
         return self.value

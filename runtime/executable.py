@@ -155,14 +155,14 @@ class Executable:
 
     @staticmethod
     def _check_indices(plan: Plan, inputs) -> None:
-        for name, size, what in plan.index_checks:
+        for name, lowest, size, what in plan.index_checks:
             t = inputs[name]
             if t.numel() == 0:
                 continue
             lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= size:
+            if lo < lowest or hi >= size:
                 raise RunError(f"input '{name}' is the index of a {what} of size {size}, but its values "
-                               f"span [{lo}, {hi}]")
+                               f"span [{lo}, {hi}] (valid: [{lowest}, {size - 1}])")
 
 
 def _poison(t: torch.Tensor) -> None:

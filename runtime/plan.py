@@ -65,7 +65,7 @@ class Plan:
     buffers: dict[Node, torch.Tensor]      # intermediates: typed views into `arena`, made once
     constants: dict[Node, torch.Tensor]    # literal tensors, made once
     fresh: list[Node]                      # graph outputs made by kernels: a new tensor each call
-    index_checks: list[tuple[str, int, str]]  # (input name, axis size, what) for index inputs
+    index_checks: list[tuple[str, int, int, str]]  # (input name, lowest, axis size, what) per index input
     memory: MemoryPlan | None = None       # where each buffer lives in the arena
     arena: torch.Tensor | None = None      # the bytes every buffer is a view of
     bound: list[Node] = field(default_factory=list)    # inputs then parameters: dynamic[0:len(bound)]
@@ -136,8 +136,9 @@ def step(kernel: CompiledKernel, launch: Launch, slot: dict[Node, int], fixed: d
     return Step(kernel, launch, call, tuple(args), tuple(slots), tuple(launch.scalars))
 
 
-def index_inputs(kernels: list[CompiledKernel], env) -> list[tuple[str, int, str]]:
-    """Graph inputs used (directly or through views) as the index of a gather or take."""
+def index_inputs(kernels: list[CompiledKernel], env) -> list[tuple[str, int, int, str]]:
+    """Graph inputs used (directly or through views) as the index of a gather or take (which also
+    takes negative indices, counted from the end)."""
     checks = []
     for k in kernels:
         reads = {a.node: a.buffer for a in k.group.inputs}
@@ -145,5 +146,6 @@ def index_inputs(kernels: list[CompiledKernel], env) -> list[tuple[str, int, str
             index = reads.get(node.inputs[1]) if node.op in (K.GATHER, K.TAKE) else None
             if index is not None and index.op == K.INPUT:
                 size = concrete(node.inputs[0].shape, env)[node.attrs.axis]
-                checks.append((index.name, size, f"{node.op} (axis {node.attrs.axis})"))
+                lowest = -size if node.op == K.TAKE else 0
+                checks.append((index.name, lowest, size, f"{node.op} (axis {node.attrs.axis})"))
     return checks

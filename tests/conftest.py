@@ -14,6 +14,11 @@ os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="axon-test-tri
 
 
 def pytest_collection_modifyitems(config, items):
+    if "slow" not in (config.getoption("-m") or ""):  # slow tests run when asked for: -m slow
+        slow = pytest.mark.skip(reason="slow: run with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

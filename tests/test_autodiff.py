@@ -276,6 +276,31 @@ def test_kinks_follow_torch(gen):
     check_grad(lambda b, x, y: b.pow(x, b.sub(y, 1.0)), lambda x, y: torch.pow(x, y - 1), x, y, fd=False)
 
 
+def test_gradients_pass_through_nan_as_torch():
+    # relu, maximum/minimum and the max/min reductions give a NaN element the gradient (torch too)
+    nan = float("nan")
+    x = torch.tensor([[1.0, nan, -2.0, 0.0], [3.0, 3.0, nan, nan]], dtype=torch.float64)
+    y = torch.tensor([[nan, 2.0, -2.0, nan], [1.0, 5.0, 0.0, nan]], dtype=torch.float64)
+    check_grad(lambda b, x: b.relu(x), torch.relu, x, fd=False)
+    check_grad(lambda b, x, y: b.maximum(x, y), torch.maximum, x, y, fd=False)
+    check_grad(lambda b, x, y: b.minimum(x, y), torch.minimum, x, y, fd=False)
+    check_grad(lambda b, x: b.max(x), torch.max, x, fd=False)  # torch.max(x): shared among the NaNs
+    check_grad(lambda b, x: b.min(x), torch.min, x, fd=False)
+
+
+@pytest.mark.parametrize("shapes", [((5, 0), (0, 10)), ((5, 5, 0), (0, 5)), ((2, 0, 5), (5, 3))], ids=str)
+def test_matmul_with_an_empty_axis(shapes, gen):
+    # an empty contraction gives zeros; no -1 reshape in the rule (0 elements make it ambiguous)
+    check_grad(lambda b, x, y: b.matmul(x, y), torch.matmul, *(f64(gen, *s) for s in shapes), fd=False)
+
+
+def test_pad_and_slice_of_an_empty_tensor(gen):
+    check_grad(lambda b, x: b.pad(x, [(1, 2), (0, 1)], value=2.0),
+               lambda x: F.pad(x, (0, 1, 1, 2), value=2.0), f64(gen, 0, 3), fd=False)
+    check_grad(lambda b, x: b.mul(b.slice(x, 1, 3, 3), 2.0), lambda x: x[:, 3:3] * 2.0, f64(gen, 4, 5),
+               fd=False)
+
+
 def test_where_broadcasts_condition_and_branches(gen):
     check_grad(lambda b, c, x, y: b.where(b.lt(c, 0.0), x, y), lambda c, x, y: torch.where(c < 0, x, y),
                f64(gen, 4, 1, 7), f64(gen, 5, 1), f64(gen, 1), shapes=[(BATCH, 1, 7), (5, 1), (1,)],

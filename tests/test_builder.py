@@ -110,10 +110,11 @@ def test_binary_result_dtypes(op, dtype, result):
     assert b.binary(op, x, 2).dtype == result
 
 
-def test_two_scalars_are_refused():
+@pytest.mark.parametrize("a, b_, dtype", [(1, 2.0, F32), (1, 2, I64), (True, 2, I64), (1.5, True, F32)])
+def test_two_scalars_make_a_scalar_tensor_of_their_promoted_type(a, b_, dtype):
     b, _ = builder_with()
-    with pytest.raises(IRTypeError, match="at least one tensor operand"):
-        b.add(1, 2.0)
+    out = b.add(a, b_)  # as torch.add(1, 2.0): a 0-d tensor
+    assert out.shape == () and out.dtype == dtype
 
 
 @pytest.mark.parametrize("op", sorted(UNARY - {K.NOT}, key=str), ids=str)
@@ -190,10 +191,24 @@ def test_full_slice_returns_the_node(start, stop, step):
 
 
 @pytest.mark.parametrize("start, stop", [(5, 5), (8, 2), (10, None), (None, -10)])
-def test_empty_slice_is_refused(start, stop):
-    b, x = builder_with(F32, (10,))  # the slice op keeps 0 <= start < stop <= size: nothing empty
-    with pytest.raises(IRTypeError, match="is empty or out of range"):
-        b.slice(x, 0, start, stop)
+def test_empty_slice_is_an_empty_tensor(start, stop):
+    b, x = builder_with(F32, (10, 3))  # as torch's x[8:2]: no element, and no slice node (which keeps
+    y = b.slice(x, 0, start, stop)     # 0 <= start < stop <= size)
+    assert y.op == K.CONST and y.shape == (0, 3) and y.dtype == F32
+
+
+@pytest.mark.parametrize("op", [K.AND, K.OR])
+def test_logical_ops_take_nonzero_numbers_as_true(op):
+    b, x = builder_with(F32)
+    y = b.binary(op, x, b.input("i", I32, (2, 3)))  # as torch.logical_and: each operand != 0 first
+    assert y.dtype == BOOL and all(i.op == K.CAST and i.dtype == BOOL for i in y.inputs)
+    assert b.logical_not(x).inputs[0].op == K.CAST
+
+
+def test_concat_promotes_like_a_binary_op():
+    b, x = builder_with(F32)
+    y = b.concat([x, b.input("h", F16, (2, 3)), b.input("i", I64, (2, 3))], 0)  # as torch.cat
+    assert y.dtype == F32 and [i.dtype for i in y.inputs] == [F32, F32, F32]
 
 
 @pytest.mark.parametrize("step", [0, -1])

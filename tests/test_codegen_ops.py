@@ -93,6 +93,52 @@ def test_low_precision(dtype, gen):
     check(lambda b, x, y: b.sigmoid(b.add(b.mul(x, y), b.exp(y))), a, c)
 
 
+def test_bf16_results_round_to_nearest_even(gen):
+    # bit for bit against the evaluator (torch rounds to nearest); the interpreter's own f32 -> bf16
+    # truncates, and sign's integer result once was reinterpreted as bf16 bits (9.2e-41 for +1)
+    x = values(gen, 37, 53, dtype=torch.bfloat16, high=8.0)
+    x[0, :4] = torch.tensor([5.78, -5.78, 0.0, -0.0])
+    y = values(gen, 37, 53, high=3e38, low=-3e38)
+    y[0, :5] = torch.tensor([0.99998, 1.0048828125, 1.00390625, float("nan"), float("inf")])
+    for build, arg in [(lambda b, x: b.sign(x), x), (lambda b, x: b.add(x, 0.1), x),
+                       (lambda b, y: b.cast(y, DType.BF16), y)]:  # exact in f32: one rounding, bit for bit
+        check(build, arg, tol=0.0)
+    out = run_graph(_graph(lambda b, x: b.tanh(x), x), {"x0": x})["out"]
+    assert out[0, :4].tolist() == [1.0, -1.0, 0.0, -0.0]  # tanh(5.78) = 0.99998 is 1.0 in bf16
+
+
+def test_bf16_operands_convert_exactly(gen):
+    # the interpreter's own bf16 -> f32 mangles subnormals (-1e-39 became -4.4e-39) and its bf16
+    # comparisons see bits (-0.0 != 0 was true): every conversion goes by the bits, exactly
+    x = values(gen, 37, 53, dtype=torch.bfloat16)
+    x[0, :6] = torch.tensor([-0.0, 1e-40, -1e-39, 3e38, float("nan"), 0.0])
+    x[1, :3] = torch.tensor([-1e-39, -2e-39, 1e-40])
+    for build in [lambda b, x: b.cast(x, DType.BOOL), lambda b, x: b.cast(x, DType.F32),
+                  lambda b, x: b.cast(x, DType.F64), lambda b, x: b.cast(x, DType.F16),
+                  lambda b, x: b.cast(x, DType.I32), lambda b, x: b.lt(x, 0.5), lambda b, x: b.mul(x, 2.0),
+                  lambda b, x: b.max(x, 1), lambda b, x: b.argmax(x, 1), lambda b, x: b.min(x, 0)]:
+        check(build, x, tol=0.0)
+
+
+def test_pow_follows_c_at_signed_zeros_and_infinities():
+    inf, nan = float("inf"), float("nan")
+    a = torch.tensor([-0.0, -0.0, -0.0, 0.0, -inf, -inf, -inf, -1.0, -1.0, -2.0, nan, 1.0, -3.0])
+    e = torch.tensor([-1.0, -2.0, 3.0, -1.0, 0.5, 3.0, -1.0, inf, -inf, 0.5, 0.0, nan, 2.0])
+    want = torch.pow(a, e)
+    check(lambda b, x, y: b.pow(x, y), a, e, tol=0.0)
+    got = run_graph(_graph(lambda b, x, y: b.pow(x, y), a, e), {"x0": a, "x1": e})["out"]
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(7), want.nan_to_num(7))
+    number = ~want.isnan()  # (torch's NaN has its sign bit set)
+    assert torch.equal(torch.signbit(got[number]), torch.signbit(want[number]))
+
+
+def _graph(build, *args):
+    b = GraphBuilder("case")
+    xs = [b.input(f"x{i}", DType.from_torch(a.dtype), tuple(a.shape)) for i, a in enumerate(args)]
+    b.output("out", build(b, *xs))
+    return b.build()
+
+
 def test_where_and_symbolic_batch(gen):
     a, c = values(gen, 37, 53), values(gen, 37, 53)
     batch = Sym.of("batch")

@@ -101,8 +101,6 @@ BAD = [
      'type', 2, 12, "unknown dtype 'f33'"),
     ('model M {\n  input x: f32[b, 8]\n  if x { h = x }\n  output y = x\n}',
      'type', 3, 6, "an 'if' condition must be a bool known a"),
-    ('model M {\n  input x: f32[b, 8]\n  output y = x and x\n}',
-     'type', 3, 14, "'and' takes bool operands, got f32"),
     ('model M {\n  input x: f32[b, 8]\n  for i in 0..b { x = x }\n  output y = x\n}',
      'type', 3, 15, 'a loop bound must be a known int, got si'),
     ('model M {\n  input x: f32[b, 8]\n  param w: f32[b, 8] = zeros()\n  output y = x\n}',

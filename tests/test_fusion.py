@@ -74,6 +74,22 @@ def test_an_mlp_layer_is_one_kernel(gen):
     check(g, gen, {"batch": 13})
 
 
+def test_dead_code_gets_no_kernel(gen):
+    # a value nothing reads (a pad whose result the builder's empty slice never touches): no kernel,
+    # where the index kernel used to launch for an output the memory plan never placed
+    b = GraphBuilder()
+    x = b.input("x", DType.F32, (5, 3))
+    dead = b.pad(x, [(1, 1), (0, 0)], 1.0)
+    b.output("y", b.add(b.slice(dead, 1, 3, 1), 1.0))
+    b.output("z", b.exp(x))
+    g = b.build()
+    exe = executable(g)
+    assert [k.group.kind for k in exe.kernels] == ["pointwise", "pointwise"]
+    xv = torch.randn(5, 3, generator=gen)
+    got = exe({"x": xv})
+    assert got["y"].shape == (7, 0) and torch.allclose(got["z"], xv.exp())
+
+
 @pytest.mark.parametrize("cols", ["53", "long"])
 @pytest.mark.parametrize("layer", sorted(ROWS))
 def test_row_layers_are_one_kernel_with_known_or_symbolic_rows(layer, cols, gen):

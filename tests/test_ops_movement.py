@@ -151,8 +151,8 @@ def test_take_is_an_embedding_lookup(gen):
           shapes=[(97, 29), (BATCH, 11)], out_type=TensorType(D.F32, (BATCH, 11, 29)))
 
 
-@pytest.mark.parametrize("bad", [97, -1, 1000])
-@pytest.mark.parametrize("op", ["take", "gather"])
+@pytest.mark.parametrize("op, bad", [("take", 97), ("take", -98), ("take", 1000), ("gather", 97),
+                                     ("gather", -1), ("gather", 1000)])  # take's -97..-1 count from the end
 def test_index_out_of_range_is_an_eval_error(op, bad):
     b = GraphBuilder()
     w, t = b.input("w", D.F32, (97, 29)), b.input("t", D.I64, (3, 29))
@@ -161,3 +161,19 @@ def test_index_out_of_range_is_an_eval_error(op, bad):
     idx[1, 2] = bad
     with pytest.raises(EvalError, match=rf"'{op}' index out of range.*{bad}"):
         evaluate(b.build(), {"w": torch.zeros(97, 29), "t": idx})
+
+
+def test_take_counts_negative_indices_from_the_end(gen):
+    """As torch.take and Python: -1 is the last row; the gradient lands there too."""
+    table = rand(gen, 7, 3)
+    ids = torch.tensor([[-1, 0], [-7, 6]])
+    check(lambda b, w, t: b.take(w, t), lambda w, t: w[t % 7], table, ids)
+
+
+def test_gather_and_take_of_a_scalar(gen):
+    """As torch.gather / torch.index_select on a 0-d tensor: its one "axis" is 0 (or -1)."""
+    x = rand(gen, dtype=torch.float32)
+    for index in (torch.tensor(0), torch.tensor([0]), torch.tensor([0, 0])):
+        check(lambda b, x, i: b.gather(x, 0, i), lambda x, i: torch.gather(x, 0, i), x, index)
+    for index in (torch.tensor(0), torch.tensor([0])):
+        check(lambda b, x, i: b.take(x, i, -1), lambda x, i: torch.index_select(x, -1, i), x, index)

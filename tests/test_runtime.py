@@ -83,6 +83,10 @@ def test_index_inputs_are_checked_on_the_host(gen):
     assert torch.equal(exe({"ids": ids_ok}, {"table": t})["e"], t[ids_ok])
     with pytest.raises(RunError, match=r"'ids' is the index of a take \(axis 0\) of size 11.*\[0, 11\]"):
         exe({"ids": torch.tensor([0, 11])}, {"table": t})
+    ids_back = torch.tensor([-1, -11, 2])  # a take counts a negative index from the end (torch.take)
+    assert torch.equal(exe({"ids": ids_back}, {"table": t})["e"], t[ids_back])
+    with pytest.raises(RunError, match=r"valid: \[-11, 10\]"):
+        exe({"ids": torch.tensor([-12])}, {"table": t})
 
 
 def test_wide_indexing_is_chosen_by_size(monkeypatch, gen):
