@@ -28,7 +28,7 @@ from .expr import Emitter
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, contiguous_strides, layout_strides, meta_view
 from .matmul import MAX_BATCH, MIN_TILE
-from .ops_triton import INF, dot, program_id
+from .ops_triton import INF, dot, dot_helpers, program_id
 from .target import Target
 
 K = OpKind
@@ -456,6 +456,7 @@ def _file(kernel, title: str, em: Emitter, args: list[str], body: list[str]) -> 
         f"# {title}, computing:\n{head}",
         "import triton\nimport triton.language as tl\n",
         *em.helper_source(),
+        *dot_helpers(kernel.s.dtype, kernel.target),
         f"@triton.jit\ndef {kernel.name}(\n    " + ",\n    ".join(args) + ",\n):",
         *[f"    {line}" for line in body],
     ]) + "\n"

@@ -34,7 +34,7 @@ from . import configs as gpu
 from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, contiguous_strides, meta_view
-from .ops_triton import cast, dot, program_id, tl_dtype
+from .ops_triton import cast, dot, dot_helpers, program_id, tl_dtype
 from .target import Target
 
 MIN_TILE = 16           # tl.dot's smallest block in every dimension
@@ -102,6 +102,7 @@ class Conv2dKernel:
             "# reduction k = (c, kh, kw).",
             "import triton\nimport triton.language as tl\n",
             *helpers,
+            *(dot_helpers(self.dtype, self.target) if self.uses_dot else []),
             f"\n@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in self._geometry() + body],
         ]) + "\n"

@@ -29,7 +29,7 @@ from . import configs as gpu
 from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, meta_view
-from .ops_triton import cast, dot, program_id, tl_dtype
+from .ops_triton import cast, dot, dot_helpers, program_id, tl_dtype
 from .target import Target
 
 GROUP_M = 8              # tile-rows per group of the program order (L2 reuse)
@@ -81,6 +81,7 @@ class MatmulKernel:
             f"# Matmul kernel: {types}, computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
             *helpers,
+            *dot_helpers(self.dtype, self.target),
             f"@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body],
         ]) + "\n"

@@ -50,6 +50,17 @@ def _to_f32(x):
         x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     return x.to(tl.float32)
 ''',
+    "_bf16_operand": '''
+@triton.jit
+def _bf16_operand(x):
+    # a bf16 dot operand held in f32 (the interpreter's bf16 tl.dot is wrong): a bf16 tile widened by
+    # its bits, an f32 tile (a probability tile) first rounded to bf16, to nearest even as a GPU does
+    if x.dtype != tl.bfloat16:
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        x = tl.where(x != x, 0x7FC0, (b + 0x7FFF + ((b >> 16) & 1)) >> 16).to(tl.uint16)
+        x = x.to(tl.bfloat16, bitcast=True)
+    return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+''',
     "_saturate": '''
 @triton.jit
 def _saturate(x, lo, hi):
@@ -82,13 +93,18 @@ def dot(a: str, b: str, dtype: DType, target, acc: str | None = None) -> str:
     tensor cores where the target allows it. The interpreter's bf16 `tl.dot` multiplies bit patterns
     (triton#11584), so there bf16 operands go through f32."""
     if dtype == DType.BF16 and target.interpreted:
-        operands, precision = [f"{x}.to(tl.bfloat16).to(tl.float32)" for x in (a, b)], ', input_precision="ieee"'
+        operands, precision = [f"_bf16_operand({x})" for x in (a, b)], ', input_precision="ieee"'
     elif dtype in LOW_FLOATS:
         operands, precision = [f"{x}.to({tl_dtype(dtype)})" for x in (a, b)], ""
     else:
         operands, precision = [a, b], f', input_precision="{target.dot_precision}"'
     acc_arg = f", {acc}" if acc else ""
     return f"tl.dot({operands[0]}, {operands[1]}{acc_arg}{precision})"
+
+
+def dot_helpers(dtype: DType, target) -> list[str]:
+    """The helper functions `dot` calls for `dtype` on `target` (their source, for the kernel file)."""
+    return [HELPERS["_bf16_operand"]] if dtype == DType.BF16 and target.interpreted else []
 
 
 def program_id(axis: int, wide: bool) -> str:

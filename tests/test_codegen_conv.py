@@ -225,8 +225,7 @@ def test_block_sizes():
 
 
 @pytest.mark.parametrize("interpreted,line", [
-    (True, 'acc = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, '
-           'input_precision="ieee")'),
+    (True, 'acc = tl.dot(_bf16_operand(a), _bf16_operand(b), acc, input_precision="ieee")'),
     (False, "acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)"),
 ])
 def test_bf16_dot(interpreted, line):
