@@ -131,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a hyper-parameter (an int, a float, true or false)")
     bn.add_argument("--mode", default="forward",
-                    help="'forward', 'train' (one training step), 'kernels', or 'host' (host time per launch: "
-                         "Axon's own, a bare Triton launch, PyTorch eager's dispatch)")
+                    help="'forward', 'train' (one training step), 'kernels', or 'host' (host time per "
+                         "launch: Axon's own, a bare Triton launch, PyTorch eager's dispatch)")
     bn.add_argument("--batch", type=int, default=None, help="the 'batch' dimension (default on a GPU: the "
                                                              "train block's, else 64; 4 on the CPU)")
     bn.add_argument("--dim", action="append", default=[], metavar="NAME=N",

@@ -20,8 +20,9 @@ from axon.codegen.target import Target, parse
 from axon.ir import AxonError, Graph
 
 
-def sweep(graph: Graph, env: dict[str, int], target: Target, *, fusion: bool = True, workers: int | None = None,
-          use_cache: bool = True, triton_cache: str | None = None) -> tuple[list[aot.Row], float]:
+def sweep(graph: Graph, env: dict[str, int], target: Target, *, fusion: bool = True,
+          workers: int | None = None, use_cache: bool = True,
+          triton_cache: str | None = None) -> tuple[list[aot.Row], float]:
     """The rows of every kernel of `graph` at sizes `env`, compiled for `target`; and the wall time."""
     from axon.driver import kernel_groups
 

@@ -114,8 +114,9 @@ def main(argv=None) -> int:
     print(f"  axon (Triton for {target}, {ax['kernels']} kernels, {ax['configs']} configs): process "
           f"{ax['process_s']:.1f} s, of which compiling {ax['cold_compile_s']:.1f} s cold / "
           f"{ax['warm_compile_s']:.1f} s warm")
-    print(f"  torch.compile (Inductor on {tc['device']}, torch {tc['torch']}): process {tc['process_s']:.1f} s, "
-          f"first step's compile {tc['cold_compile_s']:.1f} s cold / {tc['warm_compile_s']:.1f} s warm")
+    print(f"  torch.compile (Inductor on {tc['device']}, torch {tc['torch']}): process "
+          f"{tc['process_s']:.1f} s, first step's compile {tc['cold_compile_s']:.1f} s cold / "
+          f"{tc['warm_compile_s']:.1f} s warm")
     if a.json:
         Path(a.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0

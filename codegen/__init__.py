@@ -21,7 +21,6 @@ The interface, in three steps:
 >>> (neg,) = kernel.run({graph.inputs["x"]: x_value}).values()
 >>> torch.equal(neg, -x_value)
 True
->>> y = run_graph(graph, {"x": x_value})["y"]         # the test harness: every group's kernel in order
 
 Without a GPU, kernels run through Triton's interpreter (`TRITON_INTERPRET=1`, set before importing triton).
 """
@@ -37,7 +36,6 @@ if not _torch.cuda.is_available() and "triton" not in _sys.modules:
 
 from .cache import CompiledKernel, cache_dir, compile_group, target
 from .groups import Access, CodegenError, KernelGroup, fused_groups, groups
-from .harness import run_graph
 
 __all__ = ["Access", "CodegenError", "CompiledKernel", "KernelGroup", "cache_dir", "compile_group",
-           "fused_groups", "groups", "run_graph", "target"]
+           "fused_groups", "groups", "target"]

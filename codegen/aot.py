@@ -89,7 +89,8 @@ class Job:
 
     def payload(self, target: Target) -> dict:
         return {"path": str(self.path), "name": self.name, "args": self.args, "grid": list(self.grid),
-                "meta": self.meta, "arch": target.arch, "limits": asdict(target.limits), "repeat": self.repeat}
+                "meta": self.meta, "arch": target.arch, "limits": asdict(target.limits),
+                "repeat": self.repeat}
 
     def key(self, target: Target) -> str:
         body = {**self.payload(target), "path": self.path.name}
@@ -158,8 +159,8 @@ class Worker:
 
     def __init__(self, env: dict[str, str]):
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, env=env)
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
 
     @property
     def alive(self) -> bool:
@@ -345,8 +346,8 @@ def format_table(rows: list[Row], target: Target, title: str = "") -> str:
         tc = r.tensor_cores if r.tensor_cores == "none" else f"{r.tensor_cores} x{r.tc_instructions}"
         status = ("pruned: " + r.pruned) if r.pruned else ("default" if r.default else "ok")
         compile_s = "cached" if r.cached else f"{r.compile_s:.2f}s"
-        lines.append((str(r.index) if r.default else "", r.kind if r.default else "", what if r.default else "",
-                      config_text(r.kind, r.config), str(r.regs), spill, _size(r.shared), tc,
+        first = (str(r.index), r.kind, what) if r.default else ("", "", "")
+        lines.append((*first, config_text(r.kind, r.config), str(r.regs), spill, _size(r.shared), tc,
                       f"{r.occupancy:.0%} ({r.blocks_per_sm} blk)", compile_s, status))
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = [title] if title else []

@@ -185,7 +185,8 @@ def run(job: dict, drv: StandInDriver) -> dict:
     figures = drv.figures or resources(compiled.asm["cubin"])
     kind, count = tensor_cores(compiled.asm["ptx"])
     launch_us = launch_cost(fn, args, job) if job.get("repeat") else None
-    return {"ok": True, "launch_us": launch_us, "regs": figures.get("reg", 0), "stack": figures.get("stack", 0),
+    return {"ok": True, "launch_us": launch_us, "regs": figures.get("reg", 0),
+            "stack": figures.get("stack", 0),
             "local": figures.get("local", 0), "spill_stores": figures.get("spill_stores", 0),
             "spill_loads": figures.get("spill_loads", 0), "shared": compiled.metadata.shared,
             "num_warps": compiled.metadata.num_warps, "num_stages": compiled.metadata.num_stages,

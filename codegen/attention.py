@@ -223,7 +223,8 @@ def _configs(blocks: dict[str, int], dtype, target: Target, backward: bool) -> t
     interpreter."""
     if target.interpreted:
         return ()
-    wide = gpu.dot_kind(dtype, target) == "fma" or (backward and blocks["BLOCK_M"] * blocks["BLOCK_N"] >= 4096)
+    big_backward = backward and blocks["BLOCK_M"] * blocks["BLOCK_N"] >= 4096
+    wide = gpu.dot_kind(dtype, target) == "fma" or big_backward
     return tuple({**blocks, "num_warps": w, "num_stages": 2, "enable_fp_fusion": True}
                  for w in ((8, 4) if wide else (4, 8)))
 
@@ -366,7 +367,8 @@ class AttentionBackwardKernel:
 
     def _keys(self, tile: list[str]) -> list[str]:
         loop = ["offs_m = start + tl.arange(0, BLOCK_M)", *self._query_block(), *tile,
-                "acc_dv += " + self._dot("tl.trans(p)", "dov" if self.role["dov"] != self.role["do"] else "do"),
+                "acc_dv += " + self._dot("tl.trans(p)",
+                                         "dov" if self.role["dov"] != self.role["do"] else "do"),
                 self._load("qt", "qt", "d", "m"),
                 f"acc_dk += {self._dot('qt', 'ds')}"]
         return [

@@ -3,8 +3,9 @@
 Each kernel is one `.py` file named by sha256(code + target), where the code is the source without its
 comments: kernels that differ only in the IR nodes their comments name (the same layer at another depth,
 the same update for another parameter) share one file, one loaded function and so one Triton compile,
-while a changed kernel or another target never reuses a stale file. Files are written to a temporary name in the cache directory and renamed into
-place (atomic), so two processes compiling the same kernel both see a whole file. The last line holds a
+while a changed kernel or another target never reuses a stale file. Files are written to a temporary
+name in the cache directory and renamed into place (atomic), so two processes compiling the same kernel
+both see a whole file. The last line holds a
 checksum of the rest: a truncated or damaged file is detected on load and rewritten.
 """
 from __future__ import annotations

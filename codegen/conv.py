@@ -14,8 +14,9 @@ read through their own strides, so an input stored NHWC and permuted to NCHW (or
 index arithmetic, never a copy. The output is written through its strides.
 
 f32, f16 and bf16 use `tl.dot` with an f32 accumulator (16-bit operands on tensor cores; f32 at full
-precision like torch's default, or TF32 where PyTorch's matmul precision allows it); as `tl.dot` needs every block dim >= 16, blocks are padded (masked) when K or O/G is small (a depthwise conv
-has K = KH*KW and one output channel per group). f64 has no portable `tl.dot`: it accumulates a broadcast
+precision like torch's default, or TF32 where PyTorch's matmul precision allows it); as `tl.dot` needs
+every block dim >= 16, blocks are padded (masked) when K or O/G is small (a depthwise conv has
+K = KH*KW and one output channel per group). f64 has no portable `tl.dot`: it accumulates a broadcast
 multiply summed over each K block, in f64. Block sizes come from the sizes, in `prepare`; on a GPU the
 launch carries configs (warps, pipeline stages) for the runtime's tuner.
 

@@ -209,7 +209,8 @@ class MatmulKernel:
             kind = gpu.dot_kind(self.dtype, self.target)
             bm, bn = gpu.tile(m, n, self._values(), kind)
             return {"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": GROUP_M}
-        return {"BLOCK_M": _tile(m, INTERPRETER_TILE), "BLOCK_N": _tile(n, INTERPRETER_TILE), "GROUP_M": GROUP_M,
+        return {"BLOCK_M": _tile(m, INTERPRETER_TILE), "BLOCK_N": _tile(n, INTERPRETER_TILE),
+                "GROUP_M": GROUP_M,
                 "BLOCK_K": _tile(k, INTERPRETER_TILE if self.uses_dot else INTERPRETER_LOOP_K)}
 
     def configs(self, blocks: dict[str, int], k: int) -> tuple[dict, ...]:

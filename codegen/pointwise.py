@@ -156,4 +156,5 @@ class PointwiseKernel:
         values = group_values(self.group)  # a long fused chain (optimizer updates) holds many blocks
         block = BLOCK // fitted(BLOCK, values, self.target)
         return Launch((triton.cdiv(n_el, block),), tuple(args), tuple(self.outs),
-                      (*strides, *shape, *own_sizes, n_el), {"BLOCK": block, **warps(self.target, block, values)})
+                      (*strides, *shape, *own_sizes, n_el),
+                      {"BLOCK": block, **warps(self.target, block, values)})

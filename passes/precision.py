@@ -28,7 +28,7 @@ LOW = ("bf16", "f16")
 @register_pass
 @dataclass(frozen=True)
 class ToDtype:
-    """Run the model in 16 bits (bf16 or f16): halves memory traffic, puts matmul/conv/attention on tensor cores."""
+    """Run the model in 16 bits (bf16 or f16): half the memory traffic, dots on tensor cores."""
 
     name: ClassVar[str] = "dtype"
     to: str = "bf16"

@@ -12,9 +12,11 @@ True
 """
 from .device import DeviceError, choose, describe
 from .executable import Executable, Plan, RunError
+from .harness import run_graph
 from .cuda_graphs import GraphedExecutable
 from .memory import MemoryPlan, format_plan, plan_memory
 from .safetensors import SafetensorsError, load_metadata
 
 __all__ = ["DeviceError", "Executable", "GraphedExecutable", "MemoryPlan", "Plan", "RunError",
-           "SafetensorsError", "choose", "describe", "format_plan", "load_metadata", "plan_memory"]
+           "SafetensorsError", "choose", "describe", "format_plan", "load_metadata", "plan_memory",
+           "run_graph"]

@@ -65,7 +65,8 @@ class Executable:
         values, plan = self.bind(inputs, params, check_indices=check_indices)
         device = self.device
         dynamic = [values[n] for n in plan.bound]
-        dynamic += [allocate(n, plan.env, device, True) if poison else torch.empty(shape, dtype=dt, device=device)
+        dynamic += [allocate(n, plan.env, device, True) if poison
+                    else torch.empty(shape, dtype=dt, device=device)
                     for n, (shape, dt) in zip(plan.fresh, plan.fresh_specs)]
         if not plan.tuned:
             self._tune(plan, dynamic)

@@ -120,7 +120,8 @@ def make(graph: Graph, kernels: list[CompiledKernel], env: dict[str, int], devic
     return plan
 
 
-def step(kernel: CompiledKernel, launch: Launch, slot: dict[Node, int], fixed: dict[Node, torch.Tensor]) -> Step:
+def step(kernel: CompiledKernel, launch: Launch, slot: dict[Node, int],
+         fixed: dict[Node, torch.Tensor]) -> Step:
     """`launch` made ready: fixed tensors viewed once; a dynamic tensor is passed as it is when its view
     starts where it does (the kernel gets strides and sizes as scalars, a pointer is all it reads of a
     tensor), else viewed per call."""

@@ -60,8 +60,8 @@ class Store:
         return found.get("config") if isinstance(found, dict) else None
 
     def put(self, key: str, config: dict, trials: list[Trial]) -> None:
-        self.choices[key] = {"config": config,
-                             "trials": [{"config": t.config, "ms": t.ms, "dropped": t.dropped} for t in trials]}
+        self.choices[key] = {"config": config, "trials": [
+            {"config": t.config, "ms": t.ms, "dropped": t.dropped} for t in trials]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")

@@ -40,11 +40,13 @@ def compile_ahead(plan: Plan, target: Target, chosen=lambda launch, kernel: None
     """Compile what `plan`'s first call would, in parallel; returns how many compiles were sent."""
     if os.environ.get(SWITCH, "1") == "0" or target.interpreted:
         return 0
-    todo = [j for j in jobs(plan, target, chosen) if not (cache_dir() / "aot" / f"{j.key(target)}.json").exists()]
+    done = cache_dir() / "aot"
+    todo = [j for j in jobs(plan, target, chosen) if not (done / f"{j.key(target)}.json").exists()]
     if len(todo) < MIN_JOBS:
         return 0
     rows = aot.compile_jobs(todo, target)
     failed = [r for r in rows if not r.ok]
     if failed:  # the launch will raise with the full error; say here which it is
-        log.warning("%d of %d kernels did not compile ahead (%s)", len(failed), len(rows), failed[0].error[:200])
+        log.warning("%d of %d kernels did not compile ahead (%s)", len(failed), len(rows),
+                    failed[0].error[:200])
     return len(todo)

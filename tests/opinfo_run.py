@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from axon import driver
-from axon.codegen import run_graph
+from axon.runtime import run_graph
 from axon.ir import AxonError, DType, GraphBuilder, Node, OpKind, evaluate
 from axon.ir.shapes import format_shape
 from axon.passes.autodiff import vjp

@@ -176,5 +176,6 @@ def test_host_mode_splits_axons_own_time_from_tritons_and_eagers(capsys, tmp_pat
     assert t["us_per_launch"] > 0 and t["kernels_timed"] >= 1
     assert e["ops"] > run["launches"] and e["us_per_op"] > 0 and e["floor_us_per_op"] > 0
     assert "axon/launch" in out and "triton/launch" in out
-    code, _, err = bench_cli(capsys, EXAMPLES / "mlp.axon", "--mode", "host", "--plot", tmp_path / "x.png", *QUICK)
+    code, _, err = bench_cli(capsys, EXAMPLES / "mlp.axon", "--mode", "host", "--plot", tmp_path / "x.png",
+                             *QUICK)
     assert code == 1 and "prints its table" in err

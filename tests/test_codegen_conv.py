@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axon.codegen import compile_group, groups, run_graph
+from axon.codegen import compile_group, groups
+from axon.runtime import run_graph
 from axon.codegen import conv as cv
 from axon.codegen.conv import Conv2dKernel
 from axon.codegen.target import Target, parse

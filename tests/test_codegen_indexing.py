@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axon.codegen import compile_group, groups, run_graph
+from axon.codegen import compile_group, groups
+from axon.runtime import run_graph
 from axon.ir import DType, EvalError, GraphBuilder, OpKind, Sym, evaluate
 from axon.ir.ops import AxisAttrs
 from numerics import assert_close

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from axon.codegen import CodegenError, compile_group, groups, run_graph
+from axon.codegen import CodegenError, compile_group, groups
+from axon.runtime import run_graph
 from axon.codegen import matmul as mm
 from axon.codegen.cache import load_kernel, write_cached
 from axon.codegen.matmul import MatmulKernel
@@ -256,7 +257,8 @@ SLICE_ROWS = (lambda b, v: b.slice(v, 1, 0, 19), lambda t: t[:, :19])
 ])
 def test_batch_folds_into_rows_only_when_it_may(a_shape, b_shape, view, folds, gen):
     a_view, torch_view = view or (None, lambda t: t)
-    launch = MatmulKernel(groups(matmul_graph(a_shape, b_shape, a_view=a_view))[0], target=INTERPRETER).prepare({})
+    group = groups(matmul_graph(a_shape, b_shape, a_view=a_view))[0]
+    launch = MatmulKernel(group, target=INTERPRETER).prepare({})
     assert (launch.grid[1] == 1) == folds
     a, b_ = values(gen, *a_shape), values(gen, *b_shape)
     check(a, b_, a_view=a_view, want=torch.matmul(torch_view(a), b_))

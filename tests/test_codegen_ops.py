@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from axon.codegen import run_graph
+from axon.runtime import run_graph
 from axon.ir import DType, GraphBuilder, OpKind, Sym, evaluate
 from axon.ir.ops import BINARY, UNARY
 from numerics import assert_close

@@ -86,7 +86,7 @@ def test_reduce_over_size_zero_is_an_error(method):
 def test_sum_and_mean_over_size_zero_are_zero_and_nan(method, want):
     """As torch: a sum of no elements is 0, their mean 0/0; known when built (a constant) or at run time
     (a symbolic dim bound to 0), through the evaluator and the kernels."""
-    from axon.codegen import run_graph
+    from axon.runtime import run_graph
 
     b = GraphBuilder()
     x = b.input("x", D.F32, (0, 5))

@@ -10,8 +10,8 @@ from axon.codegen.target import Target, TargetError, native, parse
 from axon.ir import DType, GraphBuilder
 
 
-@pytest.mark.parametrize("name,arch", [("sm_90", 90), ("sm90", 90), ("90", 90), ("SM_80", 80), ("sm_100", 100),
-                                       ("sm_90a", 90)])
+@pytest.mark.parametrize("name,arch", [("sm_90", 90), ("sm90", 90), ("90", 90), ("SM_80", 80),
+                                       ("sm_100", 100), ("sm_90a", 90)])
 def test_names(name, arch):
     t = parse(name)
     assert t.backend == "cuda" and t.arch == arch and t.name == f"sm_{arch}"

@@ -94,7 +94,8 @@ def test_when_every_config_spills_the_least_spilling_runs_with_a_warning():
 def test_one_config_is_not_tuned():
     fake = Fake({}, {})
     launch = _launch(1)
-    assert tune.choose(launch, "k", tune.Store.for_device("Fake GPU"), fake.compile, fake.time) == (launch, [])
+    store = tune.Store.for_device("Fake GPU")
+    assert tune.choose(launch, "k", store, fake.compile, fake.time) == (launch, [])
 
 
 def test_the_key_follows_the_kernel_its_sizes_and_its_configs():

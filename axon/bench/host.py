@@ -43,7 +43,8 @@ def host_cases(s: Settings, device: torch.device):
 
     from .train import prepare_step
 
-    files = [s.file] if s.file else [str(Path(__file__).resolve().parents[2] / "examples" / f) for f in EXAMPLES]
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    files = [s.file] if s.file else [str(examples / f) for f in EXAMPLES]
     for f in files:
         prepared = prepare_step(replace(s, file=f), device)
         prepared.exe(prepared.feeds, prepared.params)  # compiles, plans (and on a GPU tunes) once
@@ -76,7 +77,8 @@ def axon_own(case: HostCase, repeats: int) -> dict:
         for st, call in zip(plan.steps, calls):
             st.call = call
     per_step = statistics.median(samples)
-    return {"us_per_step": per_step, "us_per_launch": per_step / max(case.launches, 1), "samples": len(samples)}
+    return {"us_per_step": per_step, "us_per_launch": per_step / max(case.launches, 1),
+            "samples": len(samples)}
 
 
 def triton_launch(case: HostCase, device: torch.device) -> dict:
@@ -85,7 +87,8 @@ def triton_launch(case: HostCase, device: torch.device) -> dict:
     if device.type == "cuda":
         dynamic = [*(p.feeds.get(n.name, p.params.get(n.name)) for n in plan.bound),
                    *(torch.empty(shape, dtype=dt, device=device) for shape, dt in plan.fresh_specs)]
-        ready = [(st.call, [*st.arguments(dynamic), *st.scalars], st.launch.meta) for st in plan.steps if st.call]
+        ready = [(st.call, [*st.arguments(dynamic), *st.scalars], st.launch.meta)
+                 for st in plan.steps if st.call]
         per_launch = []
         for _ in range(20):
             torch.cuda.synchronize()
@@ -172,11 +175,13 @@ def format_table(record: dict) -> str:
     for r in record["runs"]:
         a, t, e = r["impls"]["axon"], r["impls"]["triton"], r["impls"]["eager"]
         tri = "-" if t.get("us_per_launch") is None else f"{t['us_per_launch']:.2f}"
-        lines.append(f"{r['case']:<26} {r['launches']:>8} {a['us_per_launch']:>11.2f} {a['us_per_step']:>10.1f} "
-                     f"{tri:>13} {e['ops']:>9} {e['us_per_op']:>9.2f} {e['floor_us_per_op']:>9.2f}")
-    lines += ["", "axon/launch: Axon's own host time per launch (the launches replaced by no-ops); triton/launch: "
-              "one launch through Triton's JITFunction.run once compiled; eager/op: PyTorch's eager step over the "
-              "ATen ops it dispatches (compute included); torch.add: one tiny op, dispatch alone."]
+        lines.append(f"{r['case']:<26} {r['launches']:>8} {a['us_per_launch']:>11.2f} "
+                     f"{a['us_per_step']:>10.1f} {tri:>13} {e['ops']:>9} {e['us_per_op']:>9.2f} "
+                     f"{e['floor_us_per_op']:>9.2f}")
+    lines += ["", "axon/launch: Axon's own host time per launch (the launches replaced by no-ops); "
+              "triton/launch: one launch through Triton's JITFunction.run once compiled; eager/op: PyTorch's "
+              "eager step over the ATen ops it dispatches (compute included); torch.add: one tiny op, "
+              "dispatch alone."]
     if record["runs"]:
         lines.append(f"triton/launch measured as: {record['runs'][0]['impls']['triton']['how']}")
     return "\n".join(lines)

@@ -49,7 +49,8 @@ def select(s: Settings) -> Mode:
                          hint=did_you_mean(s.mode, MODES) or f"modes: {', '.join(MODES)}")
     if mode.needs_file and not s.file:
         raise BenchError(f"--mode {s.mode} needs a model file (only --mode kernels runs without one)")
-    if not mode.needs_file and not mode.file_optional and (s.file or s.model or s.hparams or s.batch or s.dims):
+    given = s.file or s.model or s.hparams or s.batch or s.dims
+    if not mode.needs_file and not mode.file_optional and given:
         raise BenchError(f"--mode {s.mode} times its own sweep of kernels and sizes: it takes no FILE, "
                          "--model, --set, --batch or --dim")
     if s.cuda_graphs and not mode.cuda_graphs:

@@ -63,7 +63,8 @@ def plot(record: dict, path: str | Path) -> None:
     from .settings import BenchError
 
     if record["mode"] == "host":
-        raise BenchError("--plot draws the timed modes (forward, train, kernels); --mode host prints its table")
+        raise BenchError("--plot draws the timed modes (forward, train, kernels); --mode host prints its "
+                         "table")
     import matplotlib
 
     matplotlib.use("Agg")

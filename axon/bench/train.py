@@ -84,7 +84,8 @@ class Step:
     def torch_step(self, fn, compiled: bool, mode: str = "default"):
         """A PyTorch step from the same weights: `fn` (a twin's) forward, autograd, torch.optim."""
         graph, opt = self.graph, self.opt
-        trained = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in self.params.items()}
+        trained = {k: v.detach().clone().requires_grad_(v.is_floating_point())
+                   for k, v in self.params.items()}
         leaves = [trained[k] for k in graph.params if trained[k].is_floating_point()]
         optim = torch_optimizer(opt, leaves, self.lr)
         args = [self.data[n] for n in graph.inputs] + [trained[n] for n in graph.params]

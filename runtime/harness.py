@@ -7,12 +7,11 @@ from collections.abc import Mapping
 import torch
 
 from axon.ir import Graph
+from .executable import Executable
 
 
 def run_graph(graph: Graph, inputs: Mapping[str, torch.Tensor],
               params: Mapping[str, torch.Tensor] | None = None,
               poison: bool = False) -> dict[str, torch.Tensor]:
     """Run `graph` with generated kernels (one per group of the default grouping); named outputs."""
-    from axon.runtime import Executable
-
     return Executable(graph)(inputs, params or {}, poison=poison, check_indices=False)
