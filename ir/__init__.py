@@ -1,6 +1,9 @@
 """Axon's graph IR: dtypes, symbolic shapes, typed immutable nodes, graphs, the verifier, the text form
 and the reference evaluator. Imports nothing else of Axon.
 """
+# the op families register their facts (shape rule, evaluation, gradient) in `ops.OPS` on import; the
+# graph builder reads that table, and imports none of them (their gradient rules build graphs)
+from . import op_elementwise, op_linalg, op_movement, op_reduce, op_source  # noqa: F401  (registration)
 from .dtypes import DType, promote
 from .errors import (AxonError, EvalError, IRDTypeError, IRShapeError, IRSyntaxError, IRTypeError, PassError,
                      Span, VerifyError)

@@ -20,7 +20,6 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from . import op_elementwise, op_linalg, op_movement, op_reduce, op_source  # noqa: F401  (register ops)
 from .dtypes import DType, default_float, promote
 from .errors import IRDTypeError, IRShapeError, IRTypeError
 from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
