@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from .dtypes import DType, default_float, promote
 from .errors import IRDTypeError, IRShapeError, IRTypeError
 from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
-                  Init, InputAttrs, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
+                  Init, InputAttrs, check_reduce_dtype, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
                   PermuteAttrs, RandAttrs, ReduceAttrs, ReshapeAttrs, SliceAttrs, TensorAttrs)
 from .shapes import (NAME, Dim, Shape, Sym, TensorType, format_shape, normalize_axes, normalize_axis,
                      numel)
@@ -303,7 +303,7 @@ class GraphBuilder:
             x = self.cast(x, default_float())
         if not x.shape:  # a scalar is its own reduction over its one "axis" (0 or -1, as in torch)
             normalize_axes(axes, 1)
-            op_reduce.check_dtype(op, x.type)
+            check_reduce_dtype(op, x.type)
             return self.const(0, DType.I64) if op in (K.ARGMAX, K.ARGMIN) else x
         axes = normalize_axes(axes, len(x.shape))
         if op in (K.SUM, K.MEAN) and any(x.shape[a] == 0 for a in axes):

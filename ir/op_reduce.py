@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .dtypes import DType
-from .errors import EvalError, IRDTypeError, IRShapeError
-from .ops import FLOAT_OPERANDS, OpKind, ReduceAttrs, no_grad, register, register_grad
+from .errors import EvalError, IRShapeError
+from .ops import OpKind, ReduceAttrs, check_reduce_dtype, no_grad, register, register_grad
 from .shapes import TensorType, is_static
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def _infer_reduce(kind: OpKind):
                 raise IRShapeError(f"'{kind}' over axis {a} of size 0 in {x}: the result is undefined")
         if kind in (K.ARGMAX, K.ARGMIN) and len(attrs.axes) != 1:
             raise IRShapeError(f"'{kind}' takes exactly one axis, got {list(attrs.axes)}")
-        check_dtype(kind, x)
+        check_reduce_dtype(kind, x)
         if attrs.keepdim:
             shape = tuple(1 if i in attrs.axes else d for i, d in enumerate(x.shape))
         else:
@@ -44,14 +44,6 @@ def _infer_reduce(kind: OpKind):
         dtype = DType.I64 if kind in (K.ARGMAX, K.ARGMIN) else x.dtype
         return TensorType(dtype, shape)
     return infer
-
-
-def check_dtype(kind: OpKind, x: TensorType) -> None:
-    """The operand dtypes a reduction takes (numbers; floats for mean)."""
-    if x.dtype == DType.BOOL:
-        raise IRDTypeError(f"'{kind}' of a bool tensor; cast it to a number first (got {x})")
-    if kind in FLOAT_OPERANDS and not x.dtype.is_float:
-        raise IRDTypeError(f"'{kind}' of {x}; cast it to a floating-point type first")
 
 
 def _ref_reduce(kind: OpKind):

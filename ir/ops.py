@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .dtypes import DType
+from .errors import IRDTypeError
 from .shapes import Shape, TensorType
 
 
@@ -104,6 +105,14 @@ FLOAT_ONLY_UNARY = frozenset({K.EXP, K.LOG, K.SQRT, K.RSQRT, K.TANH, K.SIGMOID, 
 # Ops whose operands must be floating point: their rules refuse integers, and the builder casts
 # integer operands to the default float for them (as torch.exp or torch.mean of an int tensor do).
 FLOAT_OPERANDS = FLOAT_ONLY_UNARY | {K.DIV, K.POW, K.MEAN}
+
+
+def check_reduce_dtype(kind: OpKind, x: TensorType) -> None:
+    """The operand dtypes a reduction takes (numbers; floats for mean)."""
+    if x.dtype == DType.BOOL:
+        raise IRDTypeError(f"'{kind}' of a bool tensor; cast it to a number first (got {x})")
+    if kind in FLOAT_OPERANDS and not x.dtype.is_float:
+        raise IRDTypeError(f"'{kind}' of {x}; cast it to a floating-point type first")
 
 
 # ---------------------------------------------------------------------------------------------------
