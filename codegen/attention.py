@@ -9,7 +9,7 @@ softmax: the running row maximum m and sum l, with acc rescaled by exp(m_old - m
 maximum grows; out = acc / l at the end. Keys
 past N score -inf. A row whose scores are all -inf gives 0 / 0 = NaN, as the reference's softmax does.
 
-The fusion pass (`passes/fusion.py`, `_claim_attention`) decides when the pattern is one kernel: the
+The fusion pass (`passes/fusion/claim.py`, `_claim_attention`) decides when the pattern is one kernel: the
 scores, probabilities and row statistics must have no reader outside it but the backward below. When
 the graph holds the gradient (a training step), the forward kernel also stores each row's log-sum-exp,
 m + log(l), and `AttentionBackwardKernel` computes dq, dk and dv from it in one more launch.
