@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from axon.ir import AxonError, Graph, GraphBuilder, init_params, verify
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule, make_update
 from axon.frontend.builtins import UPDATE_PREFIX
 from axon.passes.autodiff import GRAD_PREFIX, grad
+from axon.codegen.files import atomic_write
 from axon.runtime.safetensors import load, load_metadata, save
 
 NEW = "new."                 # output new.<name>: the updated parameter or state <name>
@@ -308,7 +307,7 @@ class Trainer:
                   "history": p.history}
         if "unigram_entropy" in self.data.info:
             record["unigram_baseline_loss"] = self.data.info["unigram_entropy"]
-        _atomic_write(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
+        atomic_write(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
         if p.history:
             plot(p.history, self.out_dir / "curve.png", f"{self.spec.model} on {self.data.name}")
 
@@ -344,17 +343,6 @@ def _format(r: dict, epochs: int) -> str:
             f"{acc}  {r['seconds']:.1f}s")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot(history: list[dict], path: Path, title: str) -> None:
     """Loss curves (and validation accuracy) by epoch, as a PNG."""
     import matplotlib
@@ -376,11 +364,7 @@ def plot(history: list[dict], path: Path, title: str) -> None:
         acc.legend(loc="center right")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, writer=lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

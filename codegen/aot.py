@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .cache import CompiledKernel, cache_dir, compile_group, needs_wide
+from .files import atomic_write
 from .launch import Launch
 from .target import Target
 
@@ -268,10 +269,7 @@ def _load(path: Path) -> dict | None:
 def _save(path: Path, result: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(result))
     except OSError:
         pass  # a read-only cache only costs the next sweep a compile
 

@@ -15,7 +15,6 @@ import importlib.util
 import io
 import math
 import os
-import tempfile
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from axon.ir import Node
 from axon.ir.shapes import concrete
+from .files import atomic_write
 from .groups import KernelGroup
 from .launch import Launch
 from .pointwise import PointwiseKernel
@@ -76,14 +76,7 @@ def write_cached(source: str, tgt: str | None = None) -> Path:
             return path
     except (OSError, UnicodeDecodeError):
         pass  # missing or unreadable: (re)write it
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_with_checksum(source))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, _with_checksum(source))
     return path
 
 

@@ -19,21 +19,20 @@ Writing is atomic: the file appears whole or the old one stays.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import os
-import secrets
 import stat
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from axon.codegen.files import atomic_write
 from axon.ir.errors import AxonError
 
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's cap: a longer header is a corrupt length
@@ -102,7 +101,7 @@ def save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
     data = (_tensor_bytes(tensors[name]) for name in layout)  # one tensor in memory at a time
     chunks = itertools.chain([struct.pack("<Q", len(text)), text], data)
     try:
-        _write_atomically(path, chunks)
+        atomic_write(path, chunks)
     except OSError as e:
         raise SafetensorsError(f"{path}: cannot write: {e.strerror or e}") from e
 
@@ -138,43 +137,6 @@ def _to_or_from_little(raw: np.ndarray, itemsize: int) -> np.ndarray:
     if sys.byteorder == "little" or itemsize == 1:
         return raw
     return np.ascontiguousarray(raw.reshape(-1, itemsize)[:, ::-1]).reshape(-1)
-
-
-def _write_atomically(path: str, chunks: Iterable[bytes | memoryview]) -> None:
-    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    A failure at any point (an exception, an interrupt) removes the temporary file and leaves `path` as it
-    was; a crash leaves at worst a hidden `.<name>.<random>.tmp` beside it, never a half-written `path`.
-    """
-    if os.path.isdir(path):
-        raise SafetensorsError(f"{path}: is a directory")
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; best effort, as not every platform or filesystem allows it.
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from axon.codegen import cache_dir
+from axon.codegen.files import atomic_write
 from axon.codegen.launch import Launch
 
 
@@ -64,10 +63,7 @@ class Store:
             {"config": t.config, "ms": t.ms, "dropped": t.dropped} for t in trials]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.choices, f)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps(self.choices))
         except OSError:
             pass  # a read-only cache: the choice holds for this process only
 
