@@ -113,7 +113,14 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model by its train block")
     _train_args(t)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT (its checkpoint.safetensors) with the settings it was "
+                        "started with")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in OUT (default: a new run never writes into another run's "
+                        "folder; without --out it takes the next free name, runs/MODEL-2, ...)")
+    t.add_argument("--no-checkpoint-on-interrupt", dest="checkpoint_on_interrupt", action="store_false",
+                   help="on Ctrl-C or SIGTERM, stop without writing a checkpoint of the step reached")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (default: each epoch only)")
     t.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
@@ -187,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except AxonError as e:
         print(str(e), file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:  # outside a run's steps (parsing, compiling) or a second Ctrl-C
+        print("\ninterrupted; files already written are whole (each is replaced atomically)", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `axon show big.axon | head`
         return 0
 
@@ -407,7 +417,8 @@ def _trainer(args, **extra):
         if value is not None and value < 1:
             raise AxonError(f"--{name} must be at least 1, got {value}")
     trainer = Trainer(args.file, args.model, hparams=hparams or None, device=args.device, out_dir=args.out,
-                      epochs=args.epochs, batch=args.batch, seed=args.seed, **extra)
+                      epochs=args.epochs, batch=args.batch, seed=args.seed, log=extra.pop("log", _stdout),
+                      **extra)
     print(describe(trainer.step_exe.device), file=sys.stderr)
     print(trainer.data.summary())
     graphed = " (replayed as a CUDA graph)" if trainer.step_call is not trainer.step_exe else ""
@@ -418,9 +429,17 @@ def _trainer(args, **extra):
 
 
 def _train(args) -> int:
-    trainer = _trainer(args, checkpoint_every=args.checkpoint_every, cuda_graphs=args.cuda_graphs)
+    from axon.runtime.interrupts import Interrupted
+
+    trainer = _trainer(args, checkpoint_every=args.checkpoint_every, cuda_graphs=args.cuda_graphs,
+                       resume=args.resume, overwrite=args.overwrite,
+                       checkpoint_on_interrupt=args.checkpoint_on_interrupt)
     t0 = time.perf_counter()
-    p = trainer.fit(resume=args.resume)
+    try:
+        p = trainer.fit()
+    except Interrupted as e:
+        e.hint = e.hint and e.hint.replace("--resume", f"axon train {args.file} --resume", 1)
+        raise
     last = p.history[-1] if p.history else {}
     acc = f", val acc {last['val_acc']:.2%}" if "val_acc" in last else ""
     base = trainer.data.info.get("unigram_entropy")
@@ -430,8 +449,12 @@ def _train(args) -> int:
     return 0
 
 
+def _stdout(*a, **k) -> None:  # flushed: a run's log is read as it goes
+    print(*a, **k, flush=True)
+
+
 def _eval(args) -> int:
-    trainer = _trainer(args, log=lambda *a, **k: None)
+    trainer = _trainer(args, log=lambda *a, **k: None, claim_folder=False, settings_from=args.checkpoint)
     trainer.load_params(args.checkpoint)
     metrics = trainer.validate()
     print("  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))

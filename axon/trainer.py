@@ -13,28 +13,32 @@ a run killed mid-epoch and resumed ends with the same parameters as one never in
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from axon import data as datasets
-from axon.driver import executable, load_ast, optimize
+from axon.driver import executable, load_ast, optimize, read_source
 from axon.ir import AxonError, Graph, GraphBuilder, init_params, verify
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule, make_update
 from axon.frontend.builtins import UPDATE_PREFIX
 from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.codegen.files import atomic_write
-from axon.runtime.safetensors import load, load_metadata, save
+from axon.ir.text import print_graph
+from axon.runtime import checkpoint, runs
+from axon.runtime.checkpoint import Progress, section
+from axon.runtime.interrupts import Interrupted, deferred
+from axon.runtime.runs import BEST, CHECKPOINT, METRICS
+from axon.runtime.safetensors import load
 
 NEW = "new."                 # output new.<name>: the updated parameter or state <name>
 SEED_INPUT = "seed"          # the model's dropout seed
-CHECKPOINT = "checkpoint.safetensors"
-BEST = "best.safetensors"
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
@@ -97,28 +101,21 @@ def bind(graph: Graph, spec) -> Binding:
 
 
 # --- a run -------------------------------------------------------------------------------------------
-@dataclass
-class Progress:
-    """Where a run is: saved in every checkpoint's metadata."""
-
-    epoch: int = 0            # the epoch under way (0-based)
-    batch: int = 0            # the next batch of that epoch
-    step: int = 0             # optimizer steps taken
-    loss_sum: float = 0.0     # this epoch's training loss so far (sum over batches)
-    best: float | None = None
-    bad_epochs: int = 0       # epochs since the best (early stopping)
-    stopped: str = ""         # why the run ended ("" while it goes on)
-    history: list[dict] = field(default_factory=list)
-
-
 class Trainer:
-    """A `train` block made ready to run: graphs compiled, data loaded, parameters initialized."""
+    """A `train` block made ready to run: run folder claimed, graphs compiled, data loaded, parameters
+    initialized (or, with `resume`, the settings and state of the run in the folder's checkpoint).
+
+    Settings not given (epochs, batch, seed, hyper-parameters) come from the run record of the checkpoint
+    resumed, or of `settings_from`, else from the train block. `claim_folder=False` (evaluation) claims
+    no run folder; such a trainer cannot `fit`."""
 
     def __init__(self, path: str | Path, model: str | None = None, *, hparams: dict | None = None,
                  device=None, out_dir: str | Path | None = None, epochs: int | None = None,
                  batch: int | None = None, seed: int | None = None, checkpoint_every: int = 0,
-                 log=print, cuda_graphs: bool = False):
-        from axon.frontend import training_graph
+                 log=print, cuda_graphs: bool = False, resume: bool = False, overwrite: bool = False,
+                 checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
+                 settings_from: str | Path | None = None):
+        from axon.frontend import train_spec, training_graph
 
         backend = None
         if cuda_graphs:  # checked first: no compiling for a device that cannot run it
@@ -128,24 +125,50 @@ class Trainer:
             backend = CudaGraphs(choose(device))
 
         module = load_ast(path)
-        loss_graph, spec = training_graph(module, model, hparams=hparams)
-        eval_graph, _ = training_graph(module, model, hparams=hparams, training=False)
-        self.spec = spec
+        named = train_spec(module, model)
+        # the run folder first: refused, unwritable or locked before any compute
+        default = Path("runs") / (named.model if named else "run")
+        self.folder = runs.claim(out_dir, default, resume=resume, overwrite=overwrite) if claim_folder \
+            else None
+        self.out_dir = self.folder.path if self.folder else Path(out_dir or default)
         self.log = log
+        if self.folder and self.folder.note:
+            log(self.folder.note)
+        settings_from = self.out_dir / CHECKPOINT if resume else settings_from
+        saved = _saved_run(Path(settings_from)) if settings_from else None
+        if saved:  # a resumed run keeps the settings it was started with unless told otherwise
+            epochs = epochs or saved.get("epochs")
+            batch = batch or saved.get("batch")
+            seed = seed if seed is not None else saved.get("seed")
+            hparams = {**(saved.get("hparams") or {}), **(hparams or {})}
+        loss_graph, spec = training_graph(module, model, hparams=hparams or None)
+        eval_graph, _ = training_graph(module, model, hparams=hparams or None, training=False)
+        self.spec = spec
+        self.resume = resume
+        self.checkpoint_on_interrupt = checkpoint_on_interrupt
         self.seed = seed if seed is not None else (spec.seed if spec.seed is not None else 0)
         self.epochs = epochs or spec.epochs
         self.batch = batch or spec.batch or 32
         self.checkpoint_every = checkpoint_every
-        self.out_dir = Path(out_dir or Path("runs") / spec.model)
         options = dict(spec.data.kwargs)
         self.data = datasets.make(spec.data.name, options, self.seed)
         self.binding = bind(loss_graph, spec)
         self.optimizer = {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)}
-        self.schedule = Schedule.of(self.optimizer, self.epochs * datasets.num_batches(self.data.train,
-                                                                                      self.batch))
+        steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
+        self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
         step = step_graph(loss_graph, self.optimizer)
+        self.run = {
+            "model": spec.model, "step_graph": hashlib.sha256(print_graph(step).encode()).hexdigest(),
+            "source": hashlib.sha256(read_source(path).encode()).hexdigest(), "hparams": hparams or {},
+            "data": {"name": spec.data.name, **options}, "batch": self.batch, "seed": self.seed,
+            "epochs": self.epochs, "optimizer": self.optimizer, "early_stop": spec.early_stop,
+            "schedule_steps": steps if self.schedule.kind == "cosine" else None,  # spans the whole run
+            "checkpoint_every": checkpoint_every, "device": None}
         self.step_exe = executable(step, device)
+        self.run["device"] = str(self.step_exe.device)
+        if resume:
+            self._check_resume(saved)
         evaluate_graph, _ = optimize(eval_graph, out=QUIET)
         self.eval_exe = executable(evaluate_graph, self.step_exe.device)
         self.compile_s = time.perf_counter() - t0
@@ -162,21 +185,51 @@ class Trainer:
             self.step_call = GraphedExecutable(self.step_exe, feedback=feedback(step),
                                                adopt={**self.params, **self.states}, backend=backend)
 
+    def _check_resume(self, saved: dict | None) -> None:
+        path = self.out_dir / CHECKPOINT
+        if saved is None:
+            self.log(f"{path} was written before checkpoints recorded their run: only its model, "
+                     f"parameter shapes and seed are checked")
+            meta = checkpoint.read_meta(path)
+            if meta.get("seed", str(self.seed)) != str(self.seed):
+                raise TrainError(f"--resume: {path} was trained with seed {meta['seed']}, this run has "
+                                 f"{self.seed}", hint=f"resume with --seed {meta['seed']}")
+            return
+        breaks, allowed = runs.compare(saved, self.run)
+        if breaks:
+            lines = "\n".join("  " + line for line in breaks)
+            raise TrainError(f"--resume: these settings differ from the run saved in {path}, and the run "
+                             f"cannot continue with them:\n{lines}",
+                             hint="drop the options that change them to continue the saved run, or start a "
+                                  "new run without --resume")
+        for line in allowed:
+            self.log(f"resuming with a change: {line}")
+
     # --- running ---------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> Progress:
-        """Train until the epochs are done or early stopping says stop; returns the final progress."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.restore(self.out_dir / CHECKPOINT)
-            self.log(f"resumed from {self.out_dir / CHECKPOINT} at epoch {self.progress.epoch + 1}, "
-                     f"batch {self.progress.batch}")
-        p = self.progress
-        while not p.stopped and p.epoch < self.epochs:
-            self._epoch()
-        if not p.stopped:
-            p.stopped = "done"
-        self._write_metrics()
-        return p
+    def fit(self) -> Progress:
+        """Train until the epochs are done or early stopping says stop; returns the final progress.
+
+        SIGINT/SIGTERM stop the run at the next step boundary with a checkpoint (`Interrupted`)."""
+        if self.folder is None:
+            raise TrainError("this trainer was made without a run folder (claim_folder=False): it cannot fit")
+        try:
+            if self.resume:
+                self.restore(self.out_dir / CHECKPOINT)
+                self.log(f"resumed from {self.out_dir / CHECKPOINT} at epoch {self.progress.epoch + 1}, "
+                         f"batch {self.progress.batch}")
+            else:
+                self.folder.clear()  # --overwrite: the old run's files go once this one is ready
+            p = self.progress
+            with deferred() as stop:
+                self.stop = stop
+                while not p.stopped and p.epoch < self.epochs:
+                    self._epoch()
+            if not p.stopped:
+                p.stopped = "done"
+            self._write_metrics()
+            return p
+        finally:
+            self.folder.release()
 
     def _epoch(self) -> None:
         p = self.progress
@@ -188,12 +241,14 @@ class Trainer:
                 p.stopped = f"non-finite loss ({loss}) at step {p.step + 1}"
                 self._write_metrics()
                 raise TrainError(f"training stopped: the loss is {loss} at epoch {p.epoch + 1}, batch {i}; "
-                                 f"the last good checkpoint is kept in {self.out_dir / CHECKPOINT}",
+                                 f"{self._last_checkpoint()}",
                                  hint="lower the learning rate, or add clip = 1.0 to the optimizer")
             p.step, p.batch, p.loss_sum = p.step + 1, i + 1, p.loss_sum + loss
             seen += self.batch
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             self._bar(i + 1, n_batches, p.loss_sum / p.batch, rate)
+            if self.stop.requested and p.batch < n_batches:
+                self._interrupted()
             if self.checkpoint_every and p.step % self.checkpoint_every == 0 and p.batch < n_batches:
                 self.save(self.out_dir / CHECKPOINT)
         val = self.validate()
@@ -206,6 +261,31 @@ class Trainer:
         p.epoch, p.batch, p.loss_sum = p.epoch + 1, 0, 0.0
         self.save(self.out_dir / CHECKPOINT)
         self._write_metrics()
+        if self.stop.requested and not p.stopped and p.epoch < self.epochs:
+            self._interrupted(saved=True)
+
+    def _interrupted(self, saved: bool = False) -> None:
+        """Stop between two steps: a checkpoint (unless told not to), the metrics, and `Interrupted`."""
+        p, path = self.progress, self.out_dir / CHECKPOINT
+        if self.checkpoint_on_interrupt and not saved:
+            self.save(path)
+            saved = True
+        self._write_metrics()
+        where = f"epoch {p.epoch + 1}, batch {p.batch} (step {p.step})"
+        if saved:
+            raise Interrupted(f"interrupted at {where}; checkpoint written to {path}", self.stop.signum,
+                              hint=f"continue with --resume --out {self.out_dir}")
+        raise Interrupted(f"interrupted at {where}; no checkpoint written for it; {self._last_checkpoint()}",
+                          self.stop.signum, hint=f"continue from there with --resume --out {self.out_dir}")
+
+    def _last_checkpoint(self) -> str:
+        path = self.out_dir / CHECKPOINT
+        try:
+            meta = checkpoint.read_meta(path)
+            step = json.loads(meta["progress"]).get("step")
+        except (AxonError, ValueError, AttributeError):
+            return "no checkpoint of this run was written before it"
+        return f"the last checkpoint, {path}, is from step {step}"
 
     def _step(self, batch: dict[str, torch.Tensor]) -> float:
         p, dev = self.progress, self.step_exe.device
@@ -263,28 +343,16 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        tensors = {f"param/{k}": v for k, v in self.params.items()}
-        tensors.update({f"state/{k}": v for k, v in self.states.items()})
-        meta = {"progress": json.dumps(self.progress.__dict__), "model": self.spec.model,
-                "seed": str(self.seed)}
-        save(tensors, path, meta)
+        checkpoint.write(path, self.params, self.states, self.progress, self.run, self.spec.model, self.seed)
 
     def restore(self, path: Path) -> None:
         """Parameters, optimizer state and progress from a checkpoint of this model."""
-        if not Path(path).exists():
-            raise TrainError(f"{path}: no checkpoint to resume from (start without --resume)")
-        meta = load_metadata(path)
-        if meta.get("model") != self.spec.model:
-            raise TrainError(f"{path}: a checkpoint of model '{meta.get('model')}', not '{self.spec.model}'")
-        tensors = load(path, device=self.step_exe.device)
-        self.params = _section(tensors, "param/", self.params, path)
-        self.states = _section(tensors, "state/", self.states, path)
-        self.seed = int(meta.get("seed", self.seed))
-        self.progress = Progress(**json.loads(meta["progress"]))
+        ck = checkpoint.read(path, self.spec.model, self.params, self.states, self.step_exe.device)
+        self.params, self.states, self.progress = ck.params, ck.states, ck.progress
 
     def load_params(self, path: str | Path) -> None:
         """Only the parameters of a checkpoint (for `axon eval`)."""
-        self.params = _section(load(path, device=self.step_exe.device), "param/", self.params, path)
+        self.params = section(load(path, device=self.step_exe.device), "param/", self.params, path)
 
     # --- reporting -------------------------------------------------------------------------------------
     def _bar(self, done: int, total: int, loss: float, rate: float) -> None:
@@ -307,22 +375,13 @@ class Trainer:
                   "history": p.history}
         if "unigram_entropy" in self.data.info:
             record["unigram_baseline_loss"] = self.data.info["unigram_entropy"]
-        atomic_write(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=str) + "\n")
+        atomic_write(self.out_dir / METRICS, json.dumps(record, indent=1, default=str) + "\n")
         if p.history:
             plot(p.history, self.out_dir / "curve.png", f"{self.spec.model} on {self.data.name}")
 
 
-def _section(tensors, prefix: str, like: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
-    got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing = sorted(set(like) - set(got))
-    extra = sorted(set(got) - set(like))
-    bad = [k for k in like if k in got and (got[k].shape != like[k].shape or got[k].dtype != like[k].dtype)]
-    if missing or extra or bad:
-        what = "; ".join(filter(None, [
-            missing and f"missing {', '.join(missing[:5])}", extra and f"unexpected {', '.join(extra[:5])}",
-            bad and f"different shape or dtype: {', '.join(bad[:5])}"]))
-        raise TrainError(f"{path}: does not fit this model ({what})")
-    return {k: got[k] for k in like}
+def _saved_run(path: Path) -> dict | None:
+    return checkpoint.run_record(path, checkpoint.read_meta(path))
 
 
 def _correct(out: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
