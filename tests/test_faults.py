@@ -278,6 +278,15 @@ def test_a_second_run_takes_the_next_free_folder(tmp_path, monkeypatch, capsys):
     assert "runs/Perceptron holds an earlier run; this run writes to runs/Perceptron-2" in out
     assert (tmp_path / "runs" / "Perceptron" / "checkpoint.safetensors").read_bytes() == first
     assert json.loads((tmp_path / "runs" / "Perceptron-2" / "metrics.json").read_text())["seed"] == 3
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "runs" / "Perceptron").iterdir()
+             if not f.name.startswith(".")}
+    assert set(modes.values()) == {0o666 & ~_umask()}, modes  # metrics and plot as the checkpoints
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def test_out_naming_a_run_is_refused_and_overwrite_replaces_it(trained, tmp_path, capsys):
