@@ -191,6 +191,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in COMPILING:  # the cache folder checked (and any warning said) before any work
+            from axon.codegen.cachedir import ensure_cache_dir
+
+            ensure_cache_dir()
         return _COMMANDS[args.command](args)
     except AxonError as e:
         print(str(e), file=sys.stderr)
@@ -539,6 +543,7 @@ def _override(text: str) -> tuple[str, object]:
     raise AxonError(f"--set {name}: '{value}' is not an int, a float, true or false")
 
 
+COMPILING = ("run", "compile", "train", "eval", "bench")  # the commands that generate kernels
 _COMMANDS = {"check": _check, "show": _show, "run": _run, "compile": _compile, "train": _train,
              "eval": _eval, "passes": _passes, "bench": _bench}
 

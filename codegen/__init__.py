@@ -7,7 +7,8 @@ The interface, in three steps:
   into index arithmetic), or `fused_groups(graph, passes.fusion.fuse(graph).groups)`: the fusion
   pass's kernels (several nodes, several outputs each). Nothing below changes.
 - `compile_group(group) -> CompiledKernel`: generates the source (`.source`), writes it to the cache
-  (`.path`, under `$AXON_CACHE_DIR` or `~/.cache/axon`) and loads it.
+  (`.path`, under `$AXON_CACHE_DIR` or `~/.cache/axon`, checked private by `ensure_cache_dir()`, else a
+  private temporary folder) and loads it.
 - `CompiledKernel.run({node: tensor}, env) -> {node: tensor}`: allocates the outputs and launches.
 
 >>> from axon.ir import GraphBuilder, DType
@@ -35,7 +36,8 @@ if not _torch.cuda.is_available() and "triton" not in _sys.modules:
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from .cache import CompiledKernel, cache_dir, compile_group, target
+from .cachedir import ensure_cache_dir
 from .groups import Access, CodegenError, KernelGroup, fused_groups, groups
 
 __all__ = ["Access", "CodegenError", "CompiledKernel", "KernelGroup", "cache_dir", "compile_group",
-           "fused_groups", "groups", "target"]
+           "ensure_cache_dir", "fused_groups", "groups", "target"]

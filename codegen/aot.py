@@ -258,11 +258,16 @@ def occupancy(regs: int, shared: int, num_warps: int, target: Target) -> tuple[i
     return blocks, blocks * num_warps / (lim.threads_per_sm // 32)
 
 
+def saved(key: str) -> dict | None:
+    """The cached result of the job with `key` (`Job.key`), or None when missing or damaged."""
+    return _load(cache_dir() / "aot" / f"{key}.json")
+
+
 def _load(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing or damaged: compile again
+    except (OSError, ValueError, RecursionError):
+        return None  # missing or damaged (not JSON, not text, a folder): compile again and rewrite
     return data if isinstance(data, dict) and data.get("ok") else None
 
 

@@ -7,6 +7,11 @@ while a changed kernel or another target never reuses a stale file. Files are wr
 name in the cache directory and renamed into place (atomic), so two processes compiling the same kernel
 both see a whole file. The last line holds a
 checksum of the rest: a truncated or damaged file is detected on load and rewritten.
+
+The folder is `cachedir.ensure_cache_dir()`: private to this user (else a temporary one is used). A file
+is loaded only when it is a regular file of this user's, not writable by group or others, intact, and
+holds the code it is named for; anything else at its name (damaged, planted, a folder) is replaced, and
+where it cannot be the kernel goes to the private temporary cache. Nothing here ends in a traceback.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import importlib.util
 import io
 import math
 import os
+import stat
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ import torch
 
 from axon.ir import Node
 from axon.ir.shapes import concrete
+from .cachedir import CacheError, ensure_cache_dir, fallback_dir, unsafe, warn
 from .files import atomic_write
 from .groups import KernelGroup
 from .launch import Launch
@@ -35,7 +42,8 @@ _LOADED: dict[str, object] = {}  # cache key -> the loaded kernel function, per 
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("AXON_CACHE_DIR") or Path.home() / ".cache" / "axon")
+    """The cache folder in use (`ensure_cache_dir()`: the configured one, or a private temporary one)."""
+    return ensure_cache_dir()
 
 
 def target() -> str:
@@ -66,22 +74,78 @@ def is_intact(text: str) -> bool:
 
 
 def write_cached(source: str, tgt: str | None = None) -> Path:
-    """The cache file for `source` (written atomically when absent or damaged)."""
+    """The cache file for `source`: the one there when it may be loaded (`_holds`), else written anew
+    (atomically); where the cache cannot take it, a file in the private temporary cache."""
     tgt = tgt or target()  # a Target's key()
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"k_{cache_key(source, tgt)[:40]}.py"
+    name = f"k_{cache_key(source, tgt)[:40]}.py"
+    path = ensure_cache_dir() / name
+    if _holds(path, source):
+        return path
     try:
-        if is_intact(path.read_text()):
-            return path
+        _replace(path, _with_checksum(source))
+        return path
+    except OSError as e:
+        why = f"cannot be replaced ({e.strerror or e})"  # a folder with files in it, a read-only file
+    spare = fallback_dir() / name
+    if spare == path:
+        raise CacheError(f"kernel cache entry {path} {why}")
+    warn(f"kernel cache entry {path} {why}; using a private temporary cache for this kernel")
+    if not _holds(spare, source):
+        try:
+            _replace(spare, _with_checksum(source))
+        except OSError as e:
+            raise CacheError(f"kernel cache entry {spare} cannot be written ({e.strerror or e})") from e
+    return spare
+
+
+def _holds(path: Path, source: str) -> bool:
+    """Whether the file at `path` may be loaded for `source`: a regular file (no link, folder or pipe) of
+    this user's, not writable by group or others, intact, and with the same code as `source`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False  # missing, a dangling link, unreadable
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or unsafe(info):
+            return False
+        with os.fdopen(os.dup(fd), "rb") as f:
+            text = f.read().decode()
     except (OSError, UnicodeDecodeError):
-        pass  # missing or unreadable: (re)write it
-    atomic_write(path, _with_checksum(source))
-    return path
+        return False
+    finally:
+        os.close(fd)
+    if not is_intact(text):
+        return False
+    body = text.rpartition(CHECKSUM)[0]
+    try:
+        return body == source or code_of(body) == code_of(source)
+    except (tokenize.TokenError, SyntaxError):
+        return False  # a valid checksum over something that is not Python: not ours
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `text` at `path` (mode 0600) over whatever is there; an empty folder in the way is removed."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.rmdir(path)  # OSError (not empty) for the caller
+    atomic_write(path, text, mode=0o600)
 
 
 def load_kernel(path: Path, name: str):
-    """Import the kernel module at `path` and return its function `name`."""
+    """Import the kernel module at `path` and return its function `name`; refused (CodegenError) when the
+    file or its folder is another user's or writable by group or others."""
+    from .groups import CodegenError
+
+    path = Path(path)
+    try:
+        checks = [(f"kernel module {path}", os.stat(path)),
+                  (f"its folder {path.parent}", os.stat(path.parent))]
+    except OSError as e:
+        raise CodegenError(f"kernel module {path} cannot be read ({e.strerror or e})") from e
+    for what, info in checks:
+        if unsafe(info):
+            raise CodegenError(f"{what} {unsafe(info)}: not loaded, as whoever can write it could run "
+                               f"code in this process")
     spec = importlib.util.spec_from_file_location(f"axon_kernel_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -50,7 +50,7 @@ class Store:
         try:
             data = json.loads(store.path.read_text())
             store.choices = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # missing, damaged, not JSON: start afresh
             store.choices = {}
         return store
 

@@ -15,7 +15,6 @@ import logging
 import os
 
 from axon.codegen import aot
-from axon.codegen.cache import cache_dir
 from axon.codegen.target import Target
 from .plan import Plan
 
@@ -40,8 +39,7 @@ def compile_ahead(plan: Plan, target: Target, chosen=lambda launch, kernel: None
     """Compile what `plan`'s first call would, in parallel; returns how many compiles were sent."""
     if os.environ.get(SWITCH, "1") == "0" or target.interpreted:
         return 0
-    done = cache_dir() / "aot"
-    todo = [j for j in jobs(plan, target, chosen) if not (done / f"{j.key(target)}.json").exists()]
+    todo = [j for j in jobs(plan, target, chosen) if aot.saved(j.key(target)) is None]
     if len(todo) < MIN_JOBS:
         return 0
     rows = aot.compile_jobs(todo, target)
