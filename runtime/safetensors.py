@@ -1,15 +1,25 @@
-"""Named tensors in a safetensors file: no pickle, no code, only a JSON header and raw bytes.
+"""Named tensors in a safetensors file, read and written by the `safetensors` package, with a sha256 of
+every tensor's bytes kept in the file so that a damaged checkpoint is refused rather than trained on.
 
-The layout (Hugging Face's safetensors format):
+The format (Hugging Face's): an 8-byte little-endian header length, a JSON header naming each tensor's
+dtype, shape and byte range, an optional `__metadata__` object (str -> str), then the tensors' raw bytes,
+little-endian and row-major. No pickle, no code.
 
-    8 bytes       N, the header length, a little-endian u64
-    N bytes       UTF-8 JSON: {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, ...,
-                               "__metadata__": {"step": "10"}}   (metadata optional, str -> str)
-    the buffer    each tensor's bytes, little-endian and row-major; offsets count from the buffer's start
-                  and the tensors tile it exactly: no gaps, no overlaps, nothing after the last one
+The checksums live in `__metadata__`, under the reserved prefix `axon/` (user metadata may not use it):
 
-Reading is strict: anything else raises `SafetensorsError` naming the file and what is wrong with it.
-Writing is atomic: the file appears whole or the old one stays.
+    "axon/checksums": "sha256"        the marker: this file carries checksums, made with sha256
+    "axon/sha256/<name>": hex digest  of tensor <name>'s bytes as stored (the data_offsets range)
+    "axon/header-sha256": hex digest  of the rest of the header: the JSON text of
+                                      {"metadata": <user metadata>, "tensors": {<name>: [<dtype>, <shape>]}}
+                                      written by json.dumps(..., sort_keys=True, separators=(",", ":"))
+
+`load` verifies all of them; a tensor whose bytes do not match, a tensor without its checksum, a checksum
+of no tensor, or a header whose dtypes, shapes or metadata changed raise `SafetensorsError` naming the
+file (and the tensor). A file from another tool (no `axon/` key) loads unverified. Anything else wrong
+with a file (missing, truncated, a header that is not JSON, overlapping or gapped offsets, bytes after
+the last tensor, an unknown dtype) is a `SafetensorsError` naming the file and the cause. Writing is
+atomic: the file appears whole or the old one stays. (The library writes the metadata's keys in no fixed
+order, so two saves of the same tensors may differ in their header's bytes, never in what it says.)
 
 >>> import torch, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
@@ -19,26 +29,26 @@ Writing is atomic: the file appears whole or the old one stays.
 """
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
-import math
 import os
 import stat
-import struct
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from axon.codegen.files import atomic_write
 from axon.ir.errors import AxonError
 
-MAX_HEADER_BYTES = 100_000_000  # the reference implementation's cap: a longer header is a corrupt length
-HEADER_ALIGN = 8                # the header is padded with spaces so the buffer starts 8-byte aligned
 METADATA_KEY = "__metadata__"
-ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
+RESERVED = "axon/"                      # the metadata prefix of the checksums; refused in user metadata
+MARKER, SCHEME = "axon/checksums", "sha256"
+HEADER_SUM = "axon/header-sha256"
+TENSOR_SUM = "axon/sha256/"             # + the tensor's name
 
 # The format's dtype codes and torch's names for them; a code whose torch dtype this build lacks is left out.
 _TORCH_NAMES = {
@@ -51,25 +61,30 @@ DTYPES: dict[str, torch.dtype] = {code: getattr(torch, name) for code, name in _
                                   if hasattr(torch, name)}
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 
+# What the library's terse header errors mean, for the message a user reads.
+_HINTS = {
+    "header too small": " (the file is shorter than its 8-byte header length: truncated)",
+    "invalid header length": " (the header length is larger than the file: truncated?)",
+    "header too large": " (the header length is absurd: not a safetensors file, or a corrupt one)",
+    "not fully covered": " (the tensors do not fill the data exactly: truncated, or trailing bytes)",
+    "invalid offset": " (its data_offsets overlap another tensor, leave a gap, or end before they begin)",
+    "HashMetadata": " (the header must be a JSON object)",
+    "TensorInfo": " (a tensor's entry must be an object with dtype, shape and data_offsets)",
+    "invalid shape, data type, or offset": " (data_offsets hold a different number of bytes than the "
+                                           "dtype and shape need)",
+}
+
 
 class SafetensorsError(AxonError):
-    """A safetensors file that cannot be read (missing, truncated, malformed), or tensors it cannot hold."""
-
-
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int
-    end: int
+    """A safetensors file that cannot be read (missing, truncated, malformed, damaged), or tensors it
+    cannot hold."""
 
 
 # --- writing ---------------------------------------------------------------------------------------
 
 def save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
          metadata: Mapping[str, str] | None = None) -> None:
-    """Write `tensors` (any device, any strides) to `path`, replacing the file atomically.
+    """Write `tensors` (any device, any strides) and their checksums to `path`, replacing it atomically.
 
     >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "x.safetensors")
@@ -78,36 +93,21 @@ def save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
     [[0, 3], [1, 4], [2, 5]]
     """
     path = os.fspath(path)
-    names = _check_tensors(tensors, path)
-    header: dict[str, object] = {}
-    if metadata is not None:
-        header[METADATA_KEY] = _check_metadata(metadata, path, "metadata")
-    # Data goes widest element first (as the reference implementation lays it out), so with the buffer
-    # 8-byte aligned every tensor starts at a multiple of its element size; the header lists names sorted.
-    layout = sorted(names, key=lambda name: (-tensors[name].element_size(), name))
-    offsets, offset = {}, 0
-    for name in layout:
-        t = tensors[name]
-        offsets[name] = [offset, offset + t.numel() * t.element_size()]
-        offset = offsets[name][1]
-    for name in names:
-        t = tensors[name]
-        header[name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": offsets[name]}
+    user = _check_metadata({} if metadata is None else metadata, path)
+    cpu = _on_cpu(tensors, _check_tensors(tensors, path))
+    described = {name: [_CODES[t.dtype], list(t.shape)] for name, t in cpu.items()}
+    header = {**user, MARKER: SCHEME, HEADER_SUM: _header_sum(user, described)}
+    header.update({TENSOR_SUM + name: _sha256(t) for name, t in cpu.items()})
     try:
-        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise SafetensorsError(f"{path}: a name or metadata string is not valid Unicode: {e}") from e
-    text += b" " * (-len(text) % HEADER_ALIGN)
-    data = (_tensor_bytes(tensors[name]) for name in layout)  # one tensor in memory at a time
-    chunks = itertools.chain([struct.pack("<Q", len(text)), text], data)
-    try:
-        atomic_write(path, chunks)
+        atomic_write(path, writer=lambda tmp: safetensors.torch.save_file(cpu, tmp, metadata=header))
     except OSError as e:
         raise SafetensorsError(f"{path}: cannot write: {e.strerror or e}") from e
+    except Exception as e:  # the library's own errors (it is given only what it accepts, so unexpected)
+        raise SafetensorsError(f"{path}: cannot write: {e}") from e
 
 
 def _check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> list[str]:
-    """The names, sorted (the header's order), after refusing anything the format cannot hold."""
+    """The names, sorted, after refusing anything the format cannot hold."""
     if not isinstance(tensors, Mapping):
         raise SafetensorsError(f"{path}: expected a mapping of names to tensors, "
                                f"got {type(tensors).__name__}")
@@ -115,6 +115,7 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> list[str]:
         if not isinstance(name, str) or name == METADATA_KEY:
             raise SafetensorsError(f"{path}: {name!r} cannot name a tensor "
                                    f"(names are strings, not {METADATA_KEY!r})")
+        _check_unicode(name, path)
         if not isinstance(t, torch.Tensor):
             raise SafetensorsError(f"{path}: tensor {name!r} is a {type(t).__name__}, not a torch.Tensor")
         if t.dtype not in _CODES:
@@ -126,23 +127,58 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], path: str) -> list[str]:
     return sorted(tensors)
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The tensor's elements as little-endian row-major bytes (copied to the CPU, made contiguous)."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-    return memoryview(_to_or_from_little(flat, t.element_size()))
+def _check_metadata(metadata: object, path: str) -> dict[str, str]:
+    if not isinstance(metadata, Mapping):
+        raise SafetensorsError(f"{path}: metadata must map strings to strings, got {type(metadata).__name__}")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise SafetensorsError(f"{path}: metadata must map strings to strings, got {k!r}: {v!r}")
+        if k.startswith(RESERVED):
+            raise SafetensorsError(f"{path}: metadata key {k!r} is reserved: keys starting with {RESERVED!r} "
+                                   "hold the file's checksums")
+        _check_unicode(k, path)
+        _check_unicode(v, path)
+    return dict(sorted(metadata.items()))
 
 
-def _to_or_from_little(raw: np.ndarray, itemsize: int) -> np.ndarray:
-    # The file is little-endian; a big-endian host reverses each element's bytes (both ways).
-    if sys.byteorder == "little" or itemsize == 1:
-        return raw
-    return np.ascontiguousarray(raw.reshape(-1, itemsize)[:, ::-1]).reshape(-1)
+def _check_unicode(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SafetensorsError(f"{path}: a name or metadata string is not valid Unicode: {e}") from e
+
+
+def _on_cpu(tensors: Mapping[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """Each tensor detached, on the CPU, contiguous (saved as it looks, not as its storage lies) and
+    sharing memory with no other (which the library refuses to save)."""
+    out, storages = {}, set()
+    for name in names:
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in storages:
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
+
+
+def _sha256(t: torch.Tensor) -> str:
+    """The hex sha256 of a contiguous CPU tensor's bytes as the file stores them (little-endian), read
+    in place on a little-endian host."""
+    raw = t.reshape(-1).view(torch.uint8).numpy()
+    if sys.byteorder == "big" and t.element_size() > 1:
+        raw = np.ascontiguousarray(raw.reshape(-1, t.element_size())[:, ::-1])
+    return hashlib.sha256(memoryview(raw)).hexdigest()
+
+
+def _header_sum(metadata: Mapping[str, str], described: Mapping[str, list]) -> str:
+    text = json.dumps({"metadata": metadata, "tensors": described}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 # --- reading ---------------------------------------------------------------------------------------
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Every tensor in the file, by name (sorted), on `device`.
+    """Every tensor in the file, by name (sorted), on `device`, after verifying its checksum.
 
     >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "b.safetensors")
@@ -152,14 +188,20 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[st
     """
     path = os.fspath(path)
     dev = _device(device, path)
-    with _open(path) as f:
-        entries, _ = _read_header(f, path)
-        tensors = {e.name: _read_tensor(f, e, path) for e in entries}  # entries are in file order
-    return {name: tensors[name].to(dev) for name in sorted(tensors)}
+    metadata, described, tensors = _read(path, with_data=True)
+    sums = _verify_header(path, metadata, described)[1]
+    for name, t in tensors.items():
+        if name in sums and _sha256(t) != sums[name]:
+            raise SafetensorsError(f"{path}: tensor {name!r} is damaged: its sha256 does not match the one "
+                                   "saved with it")
+        if t.dtype == torch.bool and t.numel() and t.view(torch.uint8).max() > 1:
+            raise SafetensorsError(f"{path}: tensor {name!r} is BOOL but holds bytes other than 0 and 1")
+    return {name: t.to(dev) for name, t in tensors.items()}
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The file's `__metadata__` ({} if it has none), after checking the header describes the file.
+    """The file's metadata without the checksums ({} if none), after checking the header describes the
+    file and matches its checksum; the tensors' data is not read.
 
     >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
@@ -168,8 +210,7 @@ def load_metadata(path: str | os.PathLike) -> dict[str, str]:
     {'step': '10'}
     """
     path = os.fspath(path)
-    with _open(path) as f:
-        return _read_header(f, path)[1]
+    return _verify_header(path, *_read(path, with_data=False)[:2])[0]
 
 
 def _device(device: str | torch.device, path: str) -> torch.device:
@@ -182,135 +223,62 @@ def _device(device: str | torch.device, path: str) -> torch.device:
     return dev
 
 
-def _open(path: str):
+def _read(path: str, with_data: bool) -> tuple[dict[str, str], dict[str, list], dict[str, torch.Tensor]]:
+    """The metadata, each tensor's [dtype code, shape] and (`with_data`) the tensors on the CPU, by name
+    sorted; every failure of the file or the library is a SafetensorsError saying what is wrong."""
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise SafetensorsError(f"{path}: is a directory, not a safetensors file")
-        if not stat.S_ISREG(st.st_mode):
-            raise SafetensorsError(f"{path}: is not a regular file")
-        return open(path, "rb")
+        mode = os.stat(path).st_mode
     except OSError as e:
         raise SafetensorsError(f"{path}: cannot open: {e.strerror or e}") from e
-
-
-def _read_header(f, path: str) -> tuple[list[_Entry], dict[str, str]]:
-    """The entries in file order and the metadata, after checking the header against the file's size."""
-    size = os.fstat(f.fileno()).st_size
-    prefix = f.read(8)
-    if len(prefix) < 8:
-        raise SafetensorsError(f"{path}: truncated: {len(prefix)} bytes, too short for the 8-byte "
-                               "header length")
-    (n,) = struct.unpack("<Q", prefix)
-    if n > MAX_HEADER_BYTES:
-        raise SafetensorsError(f"{path}: header length {n} is absurd (the limit is {MAX_HEADER_BYTES} "
-                               "bytes); not a safetensors file, or a corrupt one")
-    if n > size - 8:
-        raise SafetensorsError(f"{path}: header length {n} is larger than the {size - 8} bytes after it "
-                               "(truncated file?)")
-    raw = f.read(n)
-    if len(raw) < n:
-        raise SafetensorsError(f"{path}: truncated: the file shrank while its header was read")
-    header = _parse_json(raw, path)
-    metadata = _check_metadata(header.pop(METADATA_KEY, {}), path, f"header {METADATA_KEY!r}")
-    entries = [_parse_entry(name, info, path) for name, info in header.items()]
-    return _check_layout(entries, size - 8 - n, path), metadata
-
-
-def _parse_json(raw: bytes, path: str) -> dict:
+    if stat.S_ISDIR(mode):
+        raise SafetensorsError(f"{path}: is a directory, not a safetensors file")
+    if not stat.S_ISREG(mode):
+        raise SafetensorsError(f"{path}: is not a regular file")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SafetensorsError(f"{path}: header is not UTF-8: {e}") from e
-    if not text.startswith("{"):
-        raise SafetensorsError(f"{path}: header is not a JSON object (it starts with {text[:20]!r})")
-    try:
-        header = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting recurses
-        raise SafetensorsError(f"{path}: header is not valid JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise SafetensorsError(f"{path}: header is not a JSON object")
-    return header
+        with safetensors.safe_open(path, framework="pt") as f:
+            names = sorted(f.keys())
+            described = {}
+            for name in names:
+                info = f.get_slice(name)
+                described[name] = [info.get_dtype(), list(info.get_shape())]
+            tensors = {name: f.get_tensor(name) for name in names} if with_data else {}
+            return f.metadata() or {}, described, tensors
+    except OSError as e:
+        raise SafetensorsError(f"{path}: cannot read: {e.strerror or e}") from e
+    except Exception as e:  # the library's SafetensorError and whatever else it raises on a bad file
+        cause = str(e).removeprefix("Error while deserializing header: ")
+        hint = next((h for words, h in _HINTS.items() if words in cause), "")
+        raise SafetensorsError(f"{path}: not a valid safetensors file: {cause}{hint}") from e
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) < len(keys):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"duplicate key {duplicate!r}")
-    return dict(pairs)
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _check_metadata(metadata: object, path: str, what: str) -> dict[str, str]:
-    if not isinstance(metadata, Mapping):
-        raise SafetensorsError(f"{path}: {what} must map strings to strings, got {type(metadata).__name__}")
-    for k, v in metadata.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise SafetensorsError(f"{path}: {what} must map strings to strings, got {k!r}: {v!r}")
-    return dict(sorted(metadata.items()))
-
-
-def _is_count(x: object) -> bool:
-    return type(x) is int and x >= 0  # JSON true/false become bool, which is an int to isinstance
-
-
-def _parse_entry(name: str, info: object, path: str) -> _Entry:
-    where = f"{path}: tensor {name!r}"
-    if not isinstance(info, dict) or set(info) != ENTRY_KEYS:
-        got = sorted(info) if isinstance(info, dict) else type(info).__name__
-        raise SafetensorsError(f"{where}: expected an object with keys {sorted(ENTRY_KEYS)}, got {got}")
-    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(code, str) or code not in DTYPES:
-        raise SafetensorsError(f"{where}: unknown dtype {code!r}", hint=f"known: {', '.join(DTYPES)}")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise SafetensorsError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-        raise SafetensorsError(f"{where}: data_offsets {offsets!r} is not a pair of non-negative integers")
-    begin, end = offsets
-    if begin > end:
-        raise SafetensorsError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
-    dtype = DTYPES[code]
-    nbytes = math.prod(shape) * dtype.itemsize
-    if end - begin != nbytes:
-        raise SafetensorsError(f"{where}: data_offsets [{begin}, {end}] hold {end - begin} bytes, but {code} "
-                               f"{shape} needs {nbytes}")
-    return _Entry(name, dtype, tuple(shape), begin, end)
-
-
-def _check_layout(entries: list[_Entry], buffer_size: int, path: str) -> list[_Entry]:
-    """The entries sorted by offset, after checking they tile the buffer exactly."""
-    for e in entries:
-        if e.end > buffer_size:
-            raise SafetensorsError(f"{path}: tensor {e.name!r} data_offsets [{e.begin}, {e.end}] run past "
-                                   f"the end of the {buffer_size}-byte data buffer (truncated file?)")
-    entries = sorted(entries, key=lambda e: (e.begin, e.end, e.name))
-    covered, last = 0, None
-    for e in entries:
-        if e.begin < covered:
-            raise SafetensorsError(f"{path}: tensors {last!r} and {e.name!r} overlap: {e.name!r} starts at "
-                                   f"byte {e.begin}, before {last!r} ends at {covered}")
-        if e.begin > covered:
-            after = f"after {last!r} " if last is not None else ""
-            raise SafetensorsError(f"{path}: gap in the data buffer: bytes [{covered}, {e.begin}) {after}"
-                                   f"belong to no tensor")
-        covered, last = e.end, e.name
-    if covered != buffer_size:
-        raise SafetensorsError(f"{path}: {buffer_size - covered} trailing bytes after the last tensor "
-                               f"(the tensors end at byte {covered} of a {buffer_size}-byte buffer)")
-    return entries
-
-
-def _read_tensor(f, e: _Entry, path: str) -> torch.Tensor:
-    """Read the entry's bytes (the file is positioned at its start) straight into a new tensor."""
-    flat = torch.empty(e.end - e.begin, dtype=torch.uint8)
-    raw = flat.numpy()
-    if f.readinto(memoryview(raw)) != len(raw):
-        raise SafetensorsError(f"{path}: truncated: the file shrank while tensor {e.name!r} was read")
-    raw[:] = _to_or_from_little(raw, e.dtype.itemsize)
-    if e.dtype == torch.bool and raw.size and raw.max() > 1:
-        raise SafetensorsError(f"{path}: tensor {e.name!r} is BOOL but holds bytes other than 0 and 1")
-    return flat.view(e.dtype).reshape(e.shape)
+def _verify_header(path: str, metadata: dict[str, str],
+                   described: dict[str, list]) -> tuple[dict[str, str], dict[str, str]]:
+    """The user's metadata and each tensor's saved sha256 ({} for a file without checksums), after
+    checking the checksum entries are complete and the header's own checksum matches."""
+    user = {k: v for k, v in sorted(metadata.items()) if not k.startswith(RESERVED)}
+    reserved = {k: v for k, v in metadata.items() if k.startswith(RESERVED)}
+    if not reserved:
+        return user, {}
+    damaged = f"{path}: the header is damaged:"
+    if MARKER not in reserved:
+        raise SafetensorsError(f"{damaged} it has checksum entries ({min(reserved)!r}) but not {MARKER!r}")
+    if reserved[MARKER] != SCHEME:
+        raise SafetensorsError(f"{path}: unknown checksum scheme {MARKER!r}: {reserved[MARKER]!r} "
+                               f"(this version of axon writes and reads {SCHEME!r})")
+    sums = {k[len(TENSOR_SUM):]: v for k, v in reserved.items() if k.startswith(TENSOR_SUM)}
+    unknown = sorted(set(reserved) - {MARKER, HEADER_SUM} - {TENSOR_SUM + name for name in sums})
+    if unknown:
+        raise SafetensorsError(f"{damaged} unknown key {unknown[0]!r} among the checksums")
+    for name in described:
+        if name not in sums:
+            raise SafetensorsError(f"{path}: tensor {name!r} has no checksum ({TENSOR_SUM + name!r}), "
+                                   f"though the file carries them: the header is damaged")
+    for name in sums:
+        if name not in described:
+            raise SafetensorsError(f"{damaged} checksum {TENSOR_SUM + name!r} is of a tensor the file "
+                                   "does not have")
+    if reserved.get(HEADER_SUM) != _header_sum(user, described):
+        missing = f"{HEADER_SUM!r} is missing" if HEADER_SUM not in reserved else \
+            "its sha256 (of the metadata and every tensor's dtype and shape) does not match the one saved"
+        raise SafetensorsError(f"{damaged} {missing}")
+    return user, sums

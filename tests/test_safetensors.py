@@ -4,12 +4,14 @@ one test per kind of corruption (each a `SafetensorsError` naming the file), and
 The reading "by hand" here (struct + json + numpy) is independent of `axon.runtime.safetensors`, so a
 mistake shared by `save` and `load` would still show.
 """
+import hashlib
 import json
 import os
 import struct
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from axon.ir.errors import AxonError
@@ -19,6 +21,7 @@ from axon.runtime.safetensors import SafetensorsError, load, load_metadata, save
 SHAPES = [(), (0,), (3, 0, 2), (7,), (2, 3, 5)]
 FLOATS = ["F64", "F32", "F16", "BF16"]
 # What numpy calls each code, for reading the bytes without torch (BF16 and fp8 have no numpy dtype).
+HEADER_CAP = 100_000_000  # the safetensors library's cap on the header length: a longer one is corrupt
 NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
          "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
 
@@ -144,8 +147,17 @@ def test_saved_bytes_follow_the_spec(tmp_path, gen):
     unpadded = text.rstrip(" ")
     assert text.startswith("{") and unpadded.endswith("}") and len(text) - len(unpadded) < 8
     header, buffer = read_by_hand(tmp_path / "x.safetensors")
-    assert header.pop("__metadata__") == {"k": "v"}
-    assert list(header) == sorted(tensors)  # names sorted in the header
+    meta = header.pop("__metadata__")
+    assert sorted(header) == sorted(tensors)
+    # The checksums, recomputed from the bytes as the module docstring specifies them.
+    assert meta.pop("axon/checksums") == "sha256" and meta.pop("k") == "v"
+    described = {name: [info["dtype"], info["shape"]] for name, info in header.items()}
+    text = json.dumps({"metadata": {"k": "v"}, "tensors": described}, sort_keys=True, separators=(",", ":"))
+    assert meta.pop("axon/header-sha256") == hashlib.sha256(text.encode()).hexdigest()
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        assert meta.pop(f"axon/sha256/{name}") == hashlib.sha256(buffer[begin:end]).hexdigest()
+    assert meta == {}
     spans = sorted(tuple(info["data_offsets"]) for info in header.values())
     assert spans[0][0] == 0 and spans[-1][1] == len(buffer)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # packed, no gaps
@@ -186,6 +198,13 @@ def test_hand_built_file_loads(tmp_path):
     assert load_metadata(tmp_path / "h.safetensors") == {"source": "by hand"}
 
 
+def test_unknown_keys_in_a_tensor_entry_are_ignored(tmp_path):
+    # As the safetensors library reads the format: an entry's extra keys change no tensor. (A damaged byte
+    # cannot add a well-formed key; one that renames dtype, shape or data_offsets removes it: refused.)
+    header = {"w": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2], "note": "extra"}}
+    assert load(write_file(tmp_path / "x.safetensors", header, bytes([3, 4])))["w"].tolist() == [3, 4]
+
+
 # --- corrupt files ---------------------------------------------------------------------------------
 
 def f32(shape, offsets):
@@ -193,51 +212,56 @@ def f32(shape, offsets):
 
 
 # name: (header, buffer, the length prefix if not the header's true length, a regex the message must match),
-# or (the whole file, regex)
+# or (the whole file, regex). The messages carry the safetensors library's own words, and for its terse
+# ones a plain explanation.
 CORRUPT = {
-    "empty file": (b"", "truncated: 0 bytes"),
-    "short length prefix": (b"\x05\x00\x00", "truncated: 3 bytes"),
-    "header longer than the file": ({"w": f32([1], [0, 4])}, bytes(4), 10_000, "larger than .* after it"),
-    "absurd header length": ({}, b"", 2 ** 63, "absurd"),
-    "header just over the cap": ({}, b"", st.MAX_HEADER_BYTES + 1, "absurd"),
-    "header not UTF-8": (b'{"\xff\xfe": 1}', b"", None, "not UTF-8"),
-    "invalid JSON": ('{"w": {"dtype": "F32",', b"", None, "not valid JSON"),
-    "NaN in JSON": ('{"__metadata__": {"a": NaN}}', b"", None, "not valid JSON"),
-    "deeply nested JSON": ('{"w": ' + "[" * 200_000 + "]" * 200_000 + "}", b"", None, "not valid JSON"),
-    "header an array": ("[1, 2]", b"", None, "not a JSON object"),
-    "header a string": ('"{}"', b"", None, "not a JSON object"),
-    "trailing garbage after the object": ('{} x', b"", None, "not valid JSON"),
+    "empty file": (b"", "header too small .*truncated"),
+    "short length prefix": (b"\x05\x00\x00", "header too small .*truncated"),
+    "header longer than the file": ({"w": f32([1], [0, 4])}, bytes(4), 10_000,
+                                    "invalid header length .*larger than the file"),
+    "absurd header length": ({}, b"", 2 ** 63, "header too large .*absurd"),
+    "header just over the cap": ({}, b"", HEADER_CAP + 1, "header too large .*absurd"),
+    "header not UTF-8": (b'{"\xff\xfe": 1}', b"", None, "invalid UTF-8 in header"),
+    "invalid JSON": ('{"w": {"dtype": "F32",', b"", None, "invalid JSON in header: EOF"),
+    "NaN in JSON": ('{"__metadata__": {"a": NaN}}', b"", None, "invalid JSON in header"),
+    "deeply nested JSON": ('{"w": ' + "[" * 200_000 + "]" * 200_000 + "}", b"", None,
+                           "invalid JSON in header: recursion limit"),
+    "header an array": ("[1, 2]", b"", None, "header must be a JSON object"),
+    "header a string": ('"{}"', b"", None, "header must be a JSON object"),
+    "trailing garbage after the object": ('{} x', b"", None, "invalid JSON in header: trailing characters"),
+    # The library keeps one of two entries of a name; this pair is refused as the other's bytes are then
+    # a gap. (A checksummed file also names every tensor in its checksums, so a lost entry is caught.)
     "duplicate tensor name": ('{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, '
                               '"w": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}',
-                              bytes(2), None, "duplicate key 'w'"),
-    "entry not an object": ({"w": 3}, b"", None, "'w'.*expected an object"),
-    "entry missing a key": ({"w": {"dtype": "F32", "shape": [0]}}, b"", None, "'w'.*expected an object"),
-    "entry with an extra key": ({"w": {**f32([0], [0, 0]), "x": 1}}, b"", None, "'w'.*expected an object"),
+                              bytes(2), None, "invalid offset for tensor `w`"),
+    "entry not an object": ({"w": 3}, b"", None, "entry must be an object with dtype, shape"),
+    "entry missing a key": ({"w": {"dtype": "F32", "shape": [0]}}, b"", None,
+                            "missing field `data_offsets`"),
     "unknown dtype": ({"w": {"dtype": "F17", "shape": [1], "data_offsets": [0, 4]}}, bytes(4), None,
-                      "'w'.*unknown dtype 'F17'"),
+                      "unknown variant `F17`"),
     "dtype not a string": ({"w": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}}, bytes(4), None,
-                           "unknown dtype 4"),
-    "shape not a list": ({"w": f32(4, [0, 16])}, bytes(16), None, "'w'.*shape 4 is not a list"),
-    "negative dimension": ({"w": f32([-1], [0, 0])}, b"", None, "shape \\[-1\\]"),
-    "float dimension": ({"w": f32([2.0], [0, 8])}, bytes(8), None, "shape \\[2.0\\]"),
-    "bool dimension": ({"w": f32([True], [0, 4])}, bytes(4), None, "shape \\[True\\]"),
-    "offsets not a pair": ({"w": f32([1], [0])}, bytes(4), None, "data_offsets \\[0\\] is not a pair"),
-    "negative offset": ({"w": f32([1], [-4, 0])}, bytes(4), None, "is not a pair of non-negative"),
-    "offsets reversed": ({"w": f32([1], [4, 0])}, bytes(4), None, "\\[4, 0\\] end before they begin"),
+                           "integer `4`, expected string"),
+    "shape not a list": ({"w": f32(4, [0, 16])}, bytes(16), None, "integer `4`, expected a sequence"),
+    "negative dimension": ({"w": f32([-1], [0, 0])}, b"", None, "integer `-1`, expected usize"),
+    "float dimension": ({"w": f32([2.0], [0, 8])}, bytes(8), None, "`2.0`, expected usize"),
+    "bool dimension": ({"w": f32([True], [0, 4])}, bytes(4), None, "boolean `true`, expected usize"),
+    "offsets not a pair": ({"w": f32([1], [0])}, bytes(4), None, "expected a tuple of size 2"),
+    "negative offset": ({"w": f32([1], [-4, 0])}, bytes(4), None, "integer `-4`, expected usize"),
+    "offsets reversed": ({"w": f32([1], [4, 0])}, bytes(4), None, "invalid offset for tensor `w`"),
     "offsets wrong size": ({"w": f32([2, 3], [0, 20])}, bytes(20), None,
-                           "hold 20 bytes, but F32 \\[2, 3\\] needs 24"),
+                           "invalid shape, data type, or offset .*different number of bytes"),
     "overlapping tensors": ({"a": f32([2], [0, 8]), "b": f32([2], [4, 12])}, bytes(12), None,
-                            "'a' and 'b' overlap"),
+                            "invalid offset for tensor `b` .*overlap"),
     "empty tensor inside another": ({"a": f32([2], [0, 8]), "e": f32([0], [4, 4])}, bytes(8), None,
-                                    "'a' and 'e' overlap"),
+                                    "invalid offset for tensor `e`"),
     "gap between tensors": ({"a": f32([2], [0, 8]), "b": f32([2], [12, 20])}, bytes(20), None,
-                            "gap .* \\[8, 12\\) after 'a'"),
-    "gap at the start": ({"a": f32([1], [4, 8])}, bytes(8), None, "gap .* \\[0, 4\\)"),
-    "tensor past the buffer": ({"a": f32([4], [0, 16])}, bytes(8), None,
-                               "'a'.*run past the end of the 8-byte"),
-    "trailing bytes": ({"a": f32([2], [0, 8])}, bytes(12), None, "4 trailing bytes"),
-    "metadata not an object": ({"__metadata__": ["a"]}, b"", None, "__metadata__.*strings to strings"),
-    "metadata value not a string": ({"__metadata__": {"step": 3}}, b"", None, "'step': 3"),
+                            "invalid offset for tensor `b` .*gap"),
+    "gap at the start": ({"a": f32([1], [4, 8])}, bytes(8), None, "invalid offset for tensor `a`"),
+    "tensor past the buffer": ({"a": f32([4], [0, 16])}, bytes(8), None, "not fully covered .*truncated"),
+    "trailing bytes": ({"a": f32([2], [0, 8])}, bytes(12), None, "not fully covered .*trailing bytes"),
+    "metadata not an object": ({"__metadata__": ["a"]}, b"", None, "sequence, expected a map"),
+    "metadata value not a string": ({"__metadata__": {"step": 3}}, b"", None,
+                                    "integer `3`, expected a string"),
 }
 
 
@@ -345,14 +369,13 @@ def fail_fsync(monkeypatch):
 
 
 def interrupt_mid_data(monkeypatch):
-    real, calls = st._tensor_bytes, []
+    real = safetensors.torch.save_file
 
-    def tensor_bytes(t):  # the first tensor's bytes are written, then the process is interrupted
-        calls.append(t)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(t)
-    monkeypatch.setattr(st, "_tensor_bytes", tensor_bytes)
+    def save_file(tensors, filename, metadata=None):  # half the file is written, then Ctrl-C
+        real(tensors, filename, metadata=metadata)
+        os.truncate(filename, os.path.getsize(filename) // 2)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     return KeyboardInterrupt
 
 
