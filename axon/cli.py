@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     _run_args(r)
     r.add_argument("--inputs", default=None, metavar="X.npz", help="inputs by name (default: random)")
     r.add_argument("--weights", default=None, metavar="W.safetensors",
-                   help="parameters by name (default: the model's initializers)")
+                   help="parameters by name, or a trainer's best.safetensors or checkpoint.safetensors "
+                        "(default: the model's initializers)")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
     r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
