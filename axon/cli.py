@@ -40,6 +40,7 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 from axon.ir import AxonError
 
@@ -317,7 +318,7 @@ def _compiled(args):
     from axon.run import bind_dims
 
     hparams = dict(_override(s) for s in args.set)
-    model = axon.compile(args.file, args.model, hparams=hparams or None, training=args.training,
+    model = axon.compile(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                          loss=args.loss, device=args.device, seed=args.seed,
                          cuda_graphs=getattr(args, "cuda_graphs", False))
     dims = dict(_dim(s) for s in args.dim)
@@ -328,13 +329,17 @@ def _compiled(args):
 
 def _run(args) -> int:
     from axon.runtime import describe
-    from axon.run import compare, random_inputs, read_npz, summary
+    from axon.run import check_fits, compare, random_inputs, read_npz, summary
 
     model, env = _compiled(args)
     print(describe(model.device), file=sys.stderr)
     if args.weights:
         model.load_weights(args.weights)
-    inputs = read_npz(args.inputs) if args.inputs else random_inputs(model.graph, env, args.seed)
+    if args.inputs:
+        inputs = read_npz(args.inputs, model.graph)
+    else:
+        check_fits(model.executable, env)
+        inputs = random_inputs(model.graph, env, args.seed)
     outputs = model.run(inputs)
     graphed = " (replayed as one CUDA graph)" if model.graphs is not None else ""
     print(f"{model.graph.name}: {len(model.kernels)} kernels{graphed}; inputs "
@@ -440,7 +445,7 @@ def _eval(args) -> int:
 
 
 def _dim(text: str) -> tuple[str, int]:
-    name, value = _override(text)
+    name, value = _override(text, "--dim")
     if not isinstance(value, int) or isinstance(value, bool):
         raise AxonError(f"--dim {name}: '{value}' is not an integer")
     return name, value
@@ -501,12 +506,12 @@ def to_dot(graph) -> str:
     return "\n".join(lines)
 
 
-def _override(text: str) -> tuple[str, object]:
-    """`--set NAME=VALUE`: an int, a float, true or false (never evaluated as code)."""
+def _override(text: str, flag: str = "--set") -> tuple[str, object]:
+    """`--set NAME=VALUE` (or `flag`'s): an int, a float, true or false (never evaluated as code)."""
     name, sep, value = text.partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name:
-        raise AxonError(f"--set takes NAME=VALUE, got '{text}'")
+        raise AxonError(f"{flag} takes NAME=VALUE, got '{text}'")
     if value in ("true", "false"):
         return name, value == "true"
     for kind in (int, float):
@@ -514,7 +519,7 @@ def _override(text: str) -> tuple[str, object]:
             return name, kind(value)
         except ValueError:
             pass
-    raise AxonError(f"--set {name}: '{value}' is not an int, a float, true or false")
+    raise AxonError(f"{flag} {name}: '{value}' is not an int, a float, true or false")
 
 
 _COMMANDS = {"check": _check, "show": _show, "run": _run, "compile": _compile, "train": _train,
