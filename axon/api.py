@@ -15,7 +15,7 @@ import torch
 
 from axon.driver import executable, graph_of, optimize
 from axon.frontend.builtins import UPDATE_PREFIX
-from axon.ir import AxonError, Graph, evaluate, init_params
+from axon.ir import AxonError, DType, Graph, evaluate, init_params
 from axon.passes.manager import DEFAULT_PIPELINE
 from axon.runtime import Executable, RunError
 
@@ -105,24 +105,35 @@ class CompiledModel:
                            for i, k in enumerate(self.kernels))
 
     def load_weights(self, path: str | Path) -> None:
-        """Replace the parameters with those of a safetensors file (names, shapes and dtypes must match)."""
-        from axon.runtime.safetensors import load
+        """Replace the parameters with those of a safetensors file: one of plain parameter names
+        (`save_weights`), or a trainer's `best.safetensors` or `checkpoint.safetensors`, whose `param/`
+        section is read (its optimizer state is left). Names, shapes and dtypes must match; when they
+        do not, an AxonError names the file and lists what is missing, unexpected or different, and
+        the parameters are left as they were."""
+        from axon.runtime.safetensors import load, load_metadata
 
-        weights = load(path)
+        weights, stray, trained = parameters_of(load(path))
         problems = []
+        missing = [name for name in self.graph.params if name not in weights]
+        if missing:
+            problems.append(f"missing {_names(missing)}")
+        unexpected = [PARAM_SECTION * trained + n for n in weights if n not in self.graph.params] + stray
+        if unexpected:
+            problems.append(f"unexpected {_names(unexpected)}")
         for name, node in self.graph.params.items():
-            if name not in weights:
-                problems.append(f"'{name}' is missing")
-                continue
-            t = weights[name]
-            if tuple(t.shape) != tuple(node.shape) or t.dtype != node.dtype.torch:
-                dtype = str(t.dtype).removeprefix("torch.")
-                problems.append(f"'{name}' is {dtype}{list(t.shape)}, the model wants {node.type}")
-        extra = sorted(set(weights) - set(self.graph.params))
-        problems += [f"'{name}' is not a parameter of {self.graph.name}" for name in extra]
+            t = weights.get(name)
+            if t is not None and (tuple(t.shape) != tuple(node.shape) or t.dtype != node.dtype.torch):
+                problems.append(f"'{name}' is {_type_of(t)}, the model wants {node.type}")
         if problems:
-            raise AxonError(f"{path}: weights do not fit {self.graph.name}: " + "; ".join(problems[:8])
-                            + ("; ..." if len(problems) > 8 else ""))
+            what = "a trainer checkpoint, whose param/ section" if trained else "its tensors"
+            hint = None
+            if trained:
+                model = load_metadata(path).get("model")
+                if model and model != self.graph.name:
+                    hint = f"it is a checkpoint of model '{model}'"
+            raise AxonError(f"{path}: weights do not fit {self.graph.name} ({what} has "
+                            f"{len(weights)} parameters, the model {len(self.graph.params)}): "
+                            + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""), hint=hint)
         if self.graphs is not None:  # the parameters are the graphs' static buffers: filled in place
             with torch.no_grad():
                 for name, t in self.params.items():
@@ -134,6 +145,34 @@ class CompiledModel:
         from axon.runtime.safetensors import save
 
         save(self.params, path)
+
+
+PARAM_SECTION, STATE_SECTION = "param/", "state/"  # a trainer checkpoint's sections (`axon.trainer`)
+
+
+def parameters_of(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+    """(the parameters by name, the names of tensors that are neither, whether it is a trainer's file)
+    of a weights file's tensors: plain parameter names, or a trainer's checkpoint, whose parameters are
+    `param/<name>` beside the optimizer's `state/...` (not parameters, not stray)."""
+    if not any(k.startswith(PARAM_SECTION) for k in tensors):
+        return dict(tensors), [], False
+    params = {k[len(PARAM_SECTION):]: t for k, t in tensors.items() if k.startswith(PARAM_SECTION)}
+    stray = [k for k in tensors if not k.startswith((PARAM_SECTION, STATE_SECTION))]
+    return params, stray, True
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _type_of(t: torch.Tensor) -> str:
+    """A tensor's type as Axon writes it (`f32[128, 10]`), or torch's name for a dtype Axon lacks."""
+    try:
+        dtype = str(DType.from_torch(t.dtype))
+    except AxonError:
+        dtype = str(t.dtype).removeprefix("torch.")
+    return f"{dtype}[{', '.join(map(str, t.shape))}]"
 
 
 def _requiring_grad(tensors: Mapping[str, object]) -> list[str]:

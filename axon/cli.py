@@ -40,6 +40,7 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 from axon.ir import AxonError
 
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     _run_args(r)
     r.add_argument("--inputs", default=None, metavar="X.npz", help="inputs by name (default: random)")
     r.add_argument("--weights", default=None, metavar="W.safetensors",
-                   help="parameters by name (default: the model's initializers)")
+                   help="parameters by name, or a trainer's best.safetensors or checkpoint.safetensors "
+                        "(default: the model's initializers)")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
     r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
@@ -330,7 +332,7 @@ def _compiled(args):
     from axon.run import bind_dims
 
     hparams = dict(_override(s) for s in args.set)
-    model = axon.compile(args.file, args.model, hparams=hparams or None, training=args.training,
+    model = axon.compile(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                          loss=args.loss, device=args.device, seed=args.seed,
                          cuda_graphs=getattr(args, "cuda_graphs", False))
     dims = dict(_dim(s) for s in args.dim)
@@ -341,13 +343,17 @@ def _compiled(args):
 
 def _run(args) -> int:
     from axon.runtime import describe
-    from axon.run import compare, random_inputs, read_npz, summary
+    from axon.run import check_fits, compare, random_inputs, read_npz, summary
 
     model, env = _compiled(args)
     print(describe(model.device), file=sys.stderr)
     if args.weights:
         model.load_weights(args.weights)
-    inputs = read_npz(args.inputs) if args.inputs else random_inputs(model.graph, env, args.seed)
+    if args.inputs:
+        inputs = read_npz(args.inputs, model.graph)
+    else:
+        check_fits(model.executable, env)
+        inputs = random_inputs(model.graph, env, args.seed)
     outputs = model.run(inputs)
     graphed = " (replayed as one CUDA graph)" if model.graphs is not None else ""
     print(f"{model.graph.name}: {len(model.kernels)} kernels{graphed}; inputs "
@@ -466,7 +472,7 @@ def _eval(args) -> int:
 
 
 def _dim(text: str) -> tuple[str, int]:
-    name, value = _override(text)
+    name, value = _override(text, "--dim")
     if not isinstance(value, int) or isinstance(value, bool):
         raise AxonError(f"--dim {name}: '{value}' is not an integer")
     return name, value
@@ -527,12 +533,12 @@ def to_dot(graph) -> str:
     return "\n".join(lines)
 
 
-def _override(text: str) -> tuple[str, object]:
-    """`--set NAME=VALUE`: an int, a float, true or false (never evaluated as code)."""
+def _override(text: str, flag: str = "--set") -> tuple[str, object]:
+    """`--set NAME=VALUE` (or `flag`'s): an int, a float, true or false (never evaluated as code)."""
     name, sep, value = text.partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name:
-        raise AxonError(f"--set takes NAME=VALUE, got '{text}'")
+        raise AxonError(f"{flag} takes NAME=VALUE, got '{text}'")
     if value in ("true", "false"):
         return name, value == "true"
     for kind in (int, float):
@@ -540,7 +546,7 @@ def _override(text: str) -> tuple[str, object]:
             return name, kind(value)
         except ValueError:
             pass
-    raise AxonError(f"--set {name}: '{value}' is not an int, a float, true or false")
+    raise AxonError(f"{flag} {name}: '{value}' is not an int, a float, true or false")
 
 
 COMPILING = ("run", "compile", "train", "eval", "bench")  # the commands that generate kernels

@@ -18,6 +18,7 @@ one splits train from val, one orders each epoch's batches, so changing one neve
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 
 from axon.frontend.errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
 from axon.frontend.values import show
-from axon.ir import Span
+from axon.ir import AxonError, Span
 from axon.ir.errors import did_you_mean
 
 MAKE_STREAM, SPLIT_STREAM, BATCH_STREAM = 0, 1, 2  # the three independent random streams of a seed
@@ -36,6 +37,7 @@ CUE = 2.0                   # the size of a `sequences` cue (its noise has std 0
 UNKNOWN = "\ufffd"          # the text token that stands for every character left out of a capped vocab
 COVERAGE_SHARE = 0.25       # a mode is covered when it holds a quarter of its fair share (1/modes)
 COVERAGE_STDS = 3.0         # ... of the samples within this many standard deviations of its centre
+READ_CHUNK = 1 << 20        # characters a text file is read by: a `limit` reads about that many, no more
 
 
 # --- options and the registry ------------------------------------------------------------------------
@@ -86,7 +88,7 @@ class Maker:
     doc: str
 
     def __call__(self, options: dict, seed: int) -> DataSet:
-        return self.build(seed=seed, **check(self.name, options))
+        return make(self.name, options, seed)
 
     def defaults(self) -> dict:
         return {k: o.default for k, o in self.options.items()}
@@ -136,9 +138,19 @@ def check(name: str, options: dict, span: Span | None = None,
     return full
 
 
-def make(name: str, options: dict | None = None, seed: int = 0) -> DataSet:
-    """The data set `name` built with `options` (checked, defaults filled in) and `seed`."""
-    return DATASETS[name].build(seed=seed, **check(name, options or {}))
+def make(name: str, options: dict | None = None, seed: int = 0, span: Span | None = None,
+         option_spans: dict[str, Span] | None = None) -> DataSet:
+    """The data set `name` built with `options` (checked, defaults filled in) and `seed`. `span` and
+    `option_spans` (as for `check`) place an error: a bad text file at its `file = ...`, any other at
+    the call."""
+    full = check(name, options or {}, span, option_spans)
+    try:
+        return DATASETS[name].build(seed=seed, **full)
+    except AxonError as e:
+        where = (option_spans or {}).get("file", span) if isinstance(e, TextFileError) else span
+        if where is not None:
+            e.with_span(where)
+        raise
 
 
 def _show(v) -> str:
@@ -323,15 +335,19 @@ def text(seed: int, val: float, corpus: str, file: str | None, ctx: int, vocab: 
     next characters [N, ctx]) from the first `limit` characters of a shipped corpus or a local UTF-8
     file (relative to the current folder). `vocab` keeps the vocab - 1 most frequent characters and
     maps the rest to one unknown token."""
-    source = _read(file) if file is not None else CORPORA[corpus]()
-    source = source[:limit]
+    source = read_text(file, limit) if file is not None else CORPORA[corpus]()[:limit]
+    windows = max(len(source) - 1, 0) // ctx
+    if windows < 2:
+        what = f"the text file '{file}'" if file is not None else f"the corpus '{corpus}'"
+        if not source:
+            kind = TextFileError if file is not None else AxonValueError
+            raise kind(f"{what} is empty", hint=f"a text data set needs at least 2 * ctx + 1 = "
+                                                f"{2 * ctx + 1} characters")
+        raise AxonValueError(f"{what}: {len(source)} characters make {windows} windows of ctx + 1 = "
+                             f"{ctx + 1}", hint="use a longer text, a larger limit or a smaller ctx")
     itos = _vocabulary(source, vocab)
     stoi = {c: i for i, c in enumerate(itos)}
     ids = encode(source, stoi)
-    windows = (len(ids) - 1) // ctx
-    if windows < 2:
-        raise AxonValueError(f"{len(source)} characters make {windows} windows of ctx + 1 = {ctx + 1}",
-                             hint="use a longer text, a larger limit or a smaller ctx")
     x = ids[:windows * ctx].reshape(windows, ctx)
     y = ids[1:windows * ctx + 1].reshape(windows, ctx)
     ds = _dataset("text", x, y, val, seed, {})
@@ -342,11 +358,44 @@ def text(seed: int, val: float, corpus: str, file: str | None, ctx: int, vocab: 
     return ds
 
 
-def _read(file: str) -> str:
+class TextFileError(AxonValueError):
+    """A `text(file = ...)` that cannot be used: missing, a directory, unreadable, not UTF-8, empty."""
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def read_text(file: str, limit: int | None = None) -> str:
+    """The first `limit` characters (all, without a limit) of the UTF-8 file `file`, read READ_CHUNK
+    characters at a time: a small limit on a large corpus reads about that much, and bytes past the
+    limit are never decoded, so they need not be UTF-8. Newlines are read as `\n`."""
+    what = f"the text file '{file}'"
+    p = Path(file)
+    if not p.exists():
+        raise TextFileError(f"{what} does not exist",
+                            hint=f"a relative path is read from the current folder, {Path.cwd()}")
+    if p.is_dir():
+        raise TextFileError(f"{what} is a directory, not a text file")
+    if not p.is_file():  # a FIFO or a device: reading could block or never end
+        raise TextFileError(f"{what} is not a regular file")
+    parts, count = [], 0
     try:
-        return Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AxonValueError(f"cannot read the text file '{file}': {e}") from e
+        with open(p, encoding="utf-8", errors="surrogateescape") as f:
+            while limit is None or count < limit:
+                part = f.read(READ_CHUNK if limit is None else min(READ_CHUNK, limit - count))
+                if not part:
+                    break
+                parts.append(part)
+                count += len(part)
+    except OSError as e:
+        raise TextFileError(f"cannot read {what}: {e.strerror or e}") from None
+    text = "".join(parts)
+    bad = _NOT_UTF8.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise TextFileError(f"{what} is not UTF-8 text: line {line} holds the byte "
+                            f"0x{ord(bad.group()) - 0xdc00:02x}", hint="save it as UTF-8")
+    return text
 
 
 def _vocabulary(source: str, cap: int | None) -> list[str]:
@@ -361,7 +410,8 @@ def _vocabulary(source: str, cap: int | None) -> list[str]:
 def encode(s: str, stoi: dict[str, int]) -> np.ndarray:
     """Token ids (i64) of `s`; a character outside `stoi` becomes UNKNOWN's id."""
     codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
-    table = np.full(max(int(codes.max(initial=0)), *map(ord, stoi)) + 1, stoi.get(UNKNOWN, -1), np.int64)
+    top = max([int(codes.max(initial=0)), *map(ord, stoi)])
+    table = np.full(top + 1, stoi.get(UNKNOWN, -1), np.int64)
     for c, i in stoi.items():
         table[ord(c)] = i
     ids = table[codes]

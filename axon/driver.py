@@ -90,7 +90,8 @@ def graph_of(source_or_path, model: str | None = None, *, hparams: dict | None =
         return verify(source_or_path)
     if isinstance(source_or_path, Path) or (
             isinstance(source_or_path, str) and "\n" not in source_or_path
-            and source_or_path.endswith((AXON_SUFFIX, IR_SUFFIX))):
+            and (source_or_path.endswith((AXON_SUFFIX, IR_SUFFIX)) or _names_a_file(source_or_path))):
+        # a file of another kind (`model.txt`) is refused by its name, not parsed as source text
         return load_graph(source_or_path, model, hparams=hparams, training=training, loss=loss)
     if not isinstance(source_or_path, str):
         raise InputError(f"expected a path, .axon source text or a Graph, got "
@@ -101,6 +102,13 @@ def graph_of(source_or_path, model: str | None = None, *, hparams: dict | None =
     if loss:
         return verify(training_graph(module, model, hparams=hparams)[0])
     return verify(elaborate(module, model, hparams=hparams, training=training))
+
+
+def _names_a_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: source text, not a path
+        return False
 
 
 def optimize(graph: Graph, pipeline: str = DEFAULT_PIPELINE, *, verify: bool = True,

@@ -3,6 +3,7 @@ of each output, and the comparison with the reference evaluator (`--check`)."""
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -55,6 +56,42 @@ def index_bounds(graph: Graph) -> dict[str, int]:
     return bounds
 
 
+def check_fits(exe, env: dict[str, int]) -> None:
+    """Refuse sizes whose inputs, intermediate buffers (the arena) and outputs alone need more memory
+    than the executable's device has (a --batch typed with zeros too many), before allocating any."""
+    from axon.runtime.memory import nbytes
+
+    graph = exe.graph
+    written = {n for k in exe.kernels for n in k.group.outputs}
+    outputs = [n for n in dict.fromkeys(graph.outputs.values()) if n in written]
+    need = (sum(nbytes(n, env) for n in graph.inputs.values()) + exe.memory_plan(env).size
+            + sum(nbytes(n, env) for n in outputs))
+    total = device_memory(exe.device)
+    if total is not None and need > total:
+        sizes = ", ".join(f"{k}={v:,}" for k, v in env.items())
+        owner = "this machine" if exe.device.type == "cpu" else str(exe.device)
+        raise InputError(f"{graph.name} at {sizes} needs at least {_bytes(need)} for its inputs, "
+                         f"intermediate buffers and outputs, more than the {_bytes(total)} of memory "
+                         f"{owner} has", hint="is --batch or a --dim too large?")
+
+
+def device_memory(device: torch.device) -> int | None:
+    """The bytes of memory `device` has (a CUDA GPU's, or this machine's), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} B"
+
+
 def random_inputs(graph: Graph, env: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
     """Inputs of the right shapes and dtypes: floats ~ N(0, 1); indices in range; other ints in [0, 10)."""
     gen = torch.Generator().manual_seed(seed)
@@ -72,18 +109,51 @@ def random_inputs(graph: Graph, env: dict[str, int], seed: int = 0) -> dict[str,
     return out
 
 
-def read_npz(path: str | Path) -> dict[str, torch.Tensor]:
-    """Arrays of an .npz file by name (never unpickled)."""
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")  # .npy; a zip (.npz), or an empty one
+
+
+def read_npz(path: str | Path, graph: Graph | None = None) -> dict[str, torch.Tensor]:
+    """Arrays of an .npz file by name (never unpickled); with `graph`, they must be its inputs."""
     p = Path(path)
     try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if magic.startswith(NPY_MAGIC):
+            raise InputError(f"{p}: a single .npy array, not an .npz archive of arrays by input name",
+                             hint="save the inputs with numpy.savez(path, x=...)")
+        if not magic.startswith(ZIP_MAGIC):
+            raise InputError(f"{p}: not an .npz file (an .npz is a zip archive of .npy arrays)",
+                             hint="save the inputs with numpy.savez(path, x=...)")
         with np.load(p, allow_pickle=False) as f:
-            return {name: torch.from_numpy(np.ascontiguousarray(f[name])) for name in f.files}
+            arrays = {name: f[name] for name in f.files}
     except FileNotFoundError:
         raise InputError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{p}: is a directory, not an .npz file") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise InputError(f"{p}: not a readable .npz file of arrays ({e})") from None
+    out = {}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):  # a member that is not .npy data comes back as its bytes
+            raise InputError(f"{p}: '{name}' in the archive is not a .npy array")
+        try:
+            out[name] = torch.from_numpy(np.ascontiguousarray(a))
+        except TypeError:  # strings, bytes, dates: nothing a tensor holds
+            raise InputError(f"{p}: array '{name}' holds {a.dtype} values, not numbers") from None
+    if graph is not None:
+        missing = [n for n in graph.inputs if n not in out]
+        extra = [n for n in out if n not in graph.inputs]
+        if missing or extra:
+            what = "; ".join(filter(None, [missing and f"no array {_quoted(missing)}",
+                                           extra and f"unexpected {_quoted(extra)}"]))
+            raise InputError(f"{p}: the arrays do not fit the inputs of {graph.name}: {what}",
+                             hint=f"{graph.name} takes {', '.join(graph.inputs) or 'no inputs'}; the file "
+                                  f"has {', '.join(out) or 'no arrays'}")
+    return out
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
 
 
 def summary(name: str, t: torch.Tensor) -> str:

@@ -174,6 +174,7 @@ class Elaborator:
                 if is_placed(err):
                     raise
                 raise self.locate(err, err.span or st.span) from err
+            self._check_nodes(st.span)  # a declaration or an output's constant makes nodes, too
             if out is not None:
                 return out
         return None
@@ -311,6 +312,7 @@ class Elaborator:
                 if is_placed(err):
                     raise
                 raise self.locate(err, err.span or e.span) from err
+            self._check_nodes(e.span)
         (value,) = done
         return value
 
@@ -365,7 +367,6 @@ class Elaborator:
 
     def call(self, e: A.Call, args: list, kwvalues: list):
         frame = self.frames[-1]
-        self._tick(e.span)
         target = self.visible(frame).get(e.func)
         if target is None:
             if e.func in self.program.user.models:
@@ -373,6 +374,7 @@ class Elaborator:
             raise self.locate(AxonNameError(f"unknown function '{e.func}'",
                                             hint=did_you_mean(e.func, self.visible(frame))),
                               e.func_span)
+        self._tick(e.span)  # after the name: a call that cannot be made does no work to count
         kwargs = [(k.name, v, k.span) for k, v in zip(e.kwargs, kwvalues)]
         if isinstance(target, Builtin):
             bound = self.bind(e, target.name, target.params, target.defaults, args, kwargs)
@@ -485,12 +487,18 @@ class Elaborator:
         return v
 
     def _tick(self, span: Span) -> None:
+        """Count a statement or call about to run at `span`; past MAX_STEPS, stop there."""
         self.steps += 1
-        if self.steps > MAX_STEPS or len(self.b) > MAX_NODES:
-            what = (f"{MAX_STEPS:,} statements and calls" if self.steps > MAX_STEPS
-                    else f"{MAX_NODES:,} graph nodes")
-            raise self.locate(AxonValueError(f"the program unrolls to more than {what}; is a loop "
-                                             f"bound too large?"), span)
+        if self.steps > MAX_STEPS:
+            raise self.locate(AxonValueError(f"the program unrolls to more than {MAX_STEPS:,} statements "
+                                             f"and calls; is a loop bound too large?"), span)
+
+    def _check_nodes(self, span: Span) -> None:
+        """Past MAX_NODES right after the expression or statement at `span` made the nodes: the error
+        is reported there, not at whatever statement or call happens to run next."""
+        if self.b is not None and len(self.b) > MAX_NODES:
+            raise self.locate(AxonValueError(f"the program unrolls to more than {MAX_NODES:,} graph "
+                                             f"nodes; is a loop bound too large?"), span)
 
     def locate(self, err: AxonError, span: Span, extra: list[Note] | None = None,
                depth: int | None = None) -> AxonError:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from axon.codegen.cache import CHECKSUM
+from axon.ir import AxonError
 from axon.ir.shapes import concrete
 from .executable import Executable
 
@@ -60,9 +61,23 @@ if __name__ == "__main__":
 '''
 
 
+class EmitError(AxonError):
+    """A folder the kernel files cannot be written to: a file is there, or it cannot be made or written."""
+
+
 def emit(exe: Executable, env: dict[str, int], directory: str | Path) -> list[Path]:
     """Write one file per kernel of `exe` (launch order) and `launches.json`; returns the kernel files."""
     out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise EmitError(f"{out}: exists and is not a folder; the kernel files need a folder of their own")
+    try:
+        return _write(exe, env, out)
+    except OSError as e:
+        where = e.filename or out
+        raise EmitError(f"{where}: cannot write the kernel files there ({e.strerror or e})") from None
+
+
+def _write(exe: Executable, env: dict[str, int], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     plan = exe.plan(env)
     index = exe.graph.index()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from axon.cli import main
 
@@ -62,6 +63,90 @@ def test_run_with_weights(capsys, tmp_path):
     assert code == 0, err
     code, _, err = run(capsys, "run", EXAMPLES / "mlp.axon", "--weights", tmp_path / "w.safetensors")
     assert code == 1 and "weights do not fit" in err
+
+
+def test_run_takes_the_trainers_own_checkpoints(capsys, tmp_path):
+    """best.safetensors and checkpoint.safetensors hold the parameters under param/ (and the optimizer's
+    momentum under state/): `--weights` reads the parameters and computes with the trained values."""
+    import axon
+    from axon.run import summary
+    from axon.runtime.safetensors import load
+
+    perceptron = EXAMPLES / "perceptron.axon"
+    assert main(["train", str(perceptron), "--epochs", "1", "--batch", "400", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    x = np.random.default_rng(0).standard_normal((5, 2)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    fresh = axon.compile(perceptron)(torch.from_numpy(x))
+    for name in ("best", "checkpoint"):
+        path = tmp_path / f"{name}.safetensors"
+        saved = load(path)
+        assert any(k.startswith("state/") for k in saved) or name == "best"
+        w, b = saved["param/logit.w"], saved["param/logit.b"]
+        model = axon.compile(perceptron)
+        model.load_weights(path)
+        got = model(torch.from_numpy(x))
+        assert torch.allclose(got, torch.from_numpy(x) @ w + b, atol=1e-6) and not torch.allclose(got, fresh)
+        code, out, err = run(capsys, "run", perceptron, "--inputs", tmp_path / "x.npz", "--weights", path)
+        assert code == 0, err
+        assert summary("logit", got) in out.splitlines()
+
+
+def test_weights_that_do_not_fit_are_listed_with_the_file(capsys, tmp_path):
+    from axon.runtime.safetensors import save
+
+    perceptron = EXAMPLES / "perceptron.axon"
+    path = tmp_path / "w.safetensors"
+    save({"param/logit.w": torch.zeros(3, 1), "param/logit.x": torch.zeros(1),
+          "state/m.logit.w": torch.zeros(1), "stray": torch.zeros(1)}, path, {"model": "Other"})
+    code, _, err = run(capsys, "run", perceptron, "--weights", path)
+    assert code == 1 and "Traceback" not in err
+    assert f"{path}: weights do not fit Perceptron" in err and "missing 'logit.b'" in err
+    assert "unexpected 'param/logit.x', 'stray'" in err
+    assert "'logit.w' is f32[3, 1], the model wants f32[2, 1]" in err
+    assert "it is a checkpoint of model 'Other'" in err
+    save({"logit.w": torch.zeros(2, 1, dtype=torch.float64), "logit.b": torch.zeros(1)}, path)
+    code, _, err = run(capsys, "run", perceptron, "--weights", path)
+    assert code == 1 and "'logit.w' is f64[2, 1], the model wants f32[2, 1]" in err and "missing" not in err
+
+
+def _inputs_of_the_wrong_kind(tmp: Path) -> list[tuple[Path, str]]:
+    """(file, what `axon run --inputs file` must say) for .npz files that are not inputs of mlp.axon."""
+    import zipfile
+
+    x = np.zeros((3, 64), np.float32)
+    np.save(tmp / "single.npy", x)
+    (tmp / "renamed.npz").write_bytes((tmp / "single.npy").read_bytes())
+    (tmp / "text.npz").write_text("x = 1\n")
+    np.savez(tmp / "strings.npz", x=np.array(["a", "b"]))
+    with zipfile.ZipFile(tmp / "junk.npz", "w") as z:
+        z.writestr("x.npy", b"not an array")
+    np.savez(tmp / "names.npz", y=x, z=x)
+    return [(tmp / "single.npy", "a single .npy array, not an .npz archive"),
+            (tmp / "renamed.npz", "a single .npy array, not an .npz archive"),
+            (tmp / "text.npz", "not an .npz file (an .npz is a zip archive of .npy arrays)"),
+            (tmp / "strings.npz", "array 'x' holds <U1 values, not numbers"),
+            (tmp / "junk.npz", "'x' in the archive is not a .npy array"),
+            (tmp / "names.npz", "the arrays do not fit the inputs of MLP: no array 'x'; unexpected 'y', 'z'")]
+
+
+def test_ordinary_mistakes_on_the_command_line_are_errors_not_tracebacks(capsys, tmp_path):
+    mlp = EXAMPLES / "mlp.axon"
+    for path, words in _inputs_of_the_wrong_kind(tmp_path):
+        code, _, err = run(capsys, "run", mlp, "--inputs", path)
+        assert code == 1 and f"{path}: {words}" in err and "Traceback" not in err, err
+    (tmp_path / "mlp.txt").write_text(mlp.read_text())  # a model file of another name: not source text
+    code, _, err = run(capsys, "run", tmp_path / "mlp.txt")
+    assert code == 1 and "mlp.txt: expected an Axon model (.axon) or IR text (.axir)" in err, err
+    for dim, words in [("batch", "--dim takes NAME=VALUE, got 'batch'"),
+                       ("batch=x", "--dim batch: 'x' is not an int")]:
+        code, _, err = run(capsys, "run", mlp, "--dim", dim)
+        assert code == 1 and words in err, err
+    code, _, err = run(capsys, "run", mlp, "--batch", 10**12)  # refused before allocating 256 TB
+    assert code == 1 and "MLP at batch=1,000,000,000,000 needs at least" in err and "too large?" in err
+    for target in (mlp, tmp_path / "mlp.txt" / "kernels"):  # a file, or a folder under a file
+        code, _, err = run(capsys, "compile", mlp, "--emit", target)
+        assert code == 1 and "Traceback" not in err and str(target) in err, err
 
 
 def test_show_triton(capsys):

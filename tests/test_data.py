@@ -1,6 +1,7 @@
 """The data sets of `axon.data`: shapes, dtypes and ranges per maker, determinism by seed, splits,
 batch order and resumption, option checking, text tokens, and the GAN's mode coverage."""
 import doctest
+import io
 import math
 from collections import Counter
 from pathlib import Path
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 import axon.data
-from axon.data import (DATASETS, UNKNOWN, batches, check, decode, make, mode_coverage, num_batches,
-                       ring, unigram_entropy)
+from axon.data import (DATASETS, UNKNOWN, TextFileError, batches, check, decode, make, mode_coverage,
+                       num_batches, ring, unigram_entropy)
 from axon.frontend import ArityError, AxonNameError, AxonTypeError, AxonValueError, read_axon, train_spec
 from axon.ir import Span
 
@@ -86,6 +87,56 @@ def test_text_round_trips_through_itos(tmp_path):
     x, y = ds.train["inputs"], ds.train["labels"]  # windows every ctx, ascending: they tile the text
     assert decode(x, ds.info["itos"]) + decode(y[-1, -1:], ds.info["itos"]) == source[:len(x) * 8 + 1]
     assert all(ds.info["itos"][i] == c for c, i in ds.info["stoi"].items())
+
+
+def test_a_text_limit_reads_only_what_it_keeps(tmp_path, monkeypatch):
+    """A corpus far larger than the limit: only about the limit is read and decoded, so a tail that is
+    not even UTF-8 does not matter."""
+    head = "the quick brown fox jumps over the lazy dog.\n" * 100  # 4,500 characters
+    path = tmp_path / "big.txt"
+    path.write_bytes(head.encode() + b"\xff" * 8_000_000)
+    read = []
+
+    class Counting(io.FileIO):
+        def readinto(self, b):
+            n = super().readinto(b)
+            read.append(n or 0)
+            return n
+
+    def spy(file, mode="r", encoding=None, errors=None, newline=None):
+        assert mode == "r"
+        return io.TextIOWrapper(io.BufferedReader(Counting(file)), encoding, errors, newline)
+
+    monkeypatch.setattr(axon.data, "open", spy, raising=False)
+    monkeypatch.setattr(axon.data, "READ_CHUNK", 1000)
+    ds = make("text", {"file": str(path), "ctx": 8, "limit": 4000}, seed=0)
+    assert ds.info["characters"] == 4000 and sum(read) < 100_000
+    assert set(ds.info["itos"]) == set(head)
+    with pytest.raises(TextFileError, match="big.txt' is not UTF-8 text: line 101 holds the byte 0xff"):
+        make("text", {"file": str(path), "ctx": 8}, seed=0)  # no limit: the whole file is the corpus
+
+
+def test_a_text_file_that_cannot_be_used_is_named_and_placed(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("plain words, then caf\xe9\n".encode("latin-1"))
+    (tmp_path / "folder.txt").mkdir()
+    call, option = Span("m.axon", 3, 12), Span("m.axon", 3, 17)
+    for name, words in [("empty.txt", "is empty"),
+                        ("latin1.txt", "is not UTF-8 text: line 1 holds the byte 0xe9"),
+                        ("folder.txt", "is a directory, not a text file"),
+                        ("missing.txt", "does not exist")]:
+        file = str(tmp_path / name)
+        with pytest.raises(TextFileError) as e:
+            make("text", {"file": file, "ctx": 8}, seed=0)
+        assert e.value.message == f"the text file '{file}' {words}" and e.value.span is None
+        with pytest.raises(TextFileError) as e:  # with the train block's places: at `file = ...`
+            make("text", {"file": file, "ctx": 8}, seed=0, span=call, option_spans={"file": option})
+        assert e.value.span == option
+    (tmp_path / "short.txt").write_text("abc")
+    with pytest.raises(AxonValueError) as e:  # a text too short for two windows: at the call
+        make("text", {"file": str(tmp_path / "short.txt"), "ctx": 8}, seed=0, span=call,
+             option_spans={"file": option})
+    assert "short.txt': 3 characters make 0 windows" in e.value.message and e.value.span == call
 
 
 def test_a_capped_vocab_keeps_the_most_frequent_characters():

@@ -334,6 +334,34 @@ def test_runaway_unroll_is_stopped(monkeypatch):
     assert info.value.span.line == 3
 
 
+def test_the_node_cap_is_reported_where_the_nodes_are_made_not_at_the_next_call(monkeypatch):
+    monkeypatch.setattr(elaborator, "MAX_NODES", 1000)
+
+    def source(factors: int) -> str:  # line 3 makes `factors` nodes in one expression, no call
+        return ("model M {\n  input x: f32[b, 8]\n  h = x" + " * 1.5" * factors
+                + "\n  output y = lineer(h, 4)\n}")
+
+    with pytest.raises(AxonValueError) as info:  # the cap is the first error: it names line 3
+        compile_source(source(1200), "m.axon")
+    assert "more than 1,000 graph nodes" in info.value.message
+    assert (info.value.span.line, info.value.span.col) == (3, 7)
+    with pytest.raises(AxonNameError) as info:   # under the cap: the unknown function is the error
+        compile_source(source(400), "m.axon")
+    assert "unknown function 'lineer'" in info.value.message and info.value.span.line == 4
+
+
+def test_a_call_to_an_unknown_function_is_reported_before_the_step_cap(monkeypatch):
+    monkeypatch.setattr(elaborator, "MAX_STEPS", 2)  # the two statements; the call is the third step
+    src = "model M {\n  input x: f32[b, 8]\n  output y = {f}(x, 4)\n}"
+    with pytest.raises(AxonNameError) as info:
+        compile_source(src.replace("{f}", "lineer"), "m.axon")
+    assert "unknown function 'lineer'" in info.value.message
+    with pytest.raises(AxonValueError) as info:  # a call that runs: the cap, at that call
+        compile_source(src.replace("{f}", "linear"), "m.axon")
+    assert "more than 2 statements and calls" in info.value.message
+    assert (info.value.span.line, info.value.span.col) == (3, 14)
+
+
 def test_imports_are_read_and_confined(tmp_path):
     project = tmp_path / "project"
     (project / "layers").mkdir(parents=True)

@@ -148,7 +148,7 @@ def test_weights_round_trip_and_mismatches(tmp_path, gen):
     b.load_weights(tmp_path / "w.safetensors")
     assert torch.equal(a(x), b(x))
     other = axon.compile(SOURCE, hparams={"hidden": 4})
-    with pytest.raises(axon.api.AxonError, match=r"'h.w' is float32\[5, 7\], the model wants f32\[5, 4\]"):
-        other.load_weights(tmp_path / "w.safetensors")
     before = {k: v.clone() for k, v in other.params.items()}
+    with pytest.raises(axon.api.AxonError, match=r"'h.w' is f32\[5, 7\], the model wants f32\[5, 4\]"):
+        other.load_weights(tmp_path / "w.safetensors")
     assert all(torch.equal(before[k], other.params[k]) for k in before)  # nothing changed by the failure
