@@ -151,7 +151,8 @@ class Trainer:
         self.batch = batch or spec.batch or 32
         self.checkpoint_every = checkpoint_every
         options = dict(spec.data.kwargs)
-        self.data = datasets.make(spec.data.name, options, self.seed)
+        self.data = datasets.make(spec.data.name, options, self.seed, span=spec.data.span,
+                                  option_spans={k.name: k.span for k in spec.data.call.kwargs})
         self.binding = bind(loss_graph, spec)
         self.optimizer = {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)}
         steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
