@@ -74,8 +74,9 @@ class Epilogue:
                 body.append(f"seed{j} = tl.load(in{j}_ptr)  # a scalar")
                 names[a.node] = f"seed{j}"
             else:
-                body.append(f"x{j} = tl.load(in{j}_ptr + {em.index(f'in{j}_stride')}, mask=mask, other=0)")
-                names[a.node] = f"x{j}"
+                offset = em.index(f"in{j}_stride", a.space_group(self.rank))
+                body.append(f"x{j} = tl.load(in{j}_ptr + {offset}, mask=mask, other=0)")
+                names[a.key] = f"x{j}"
         labels = dict(zip(self.group.nodes, self.group.labels))
         for k, n in enumerate(self.nodes):
             var = f"{n.op.value}{k}"
@@ -100,7 +101,7 @@ class Epilogue:
             view, arg = meta_view(a, env)
             args.append(arg)
             if a not in self.seeds:
-                strides.append(broadcast_strides(view.shape, view.stride(), shape))
+                strides.append(broadcast_strides(view.shape, view.stride(), shape, a.group))
         for n in self.rands:
             rshape = concrete(n.shape, env)
             strides.append(broadcast_strides(rshape, contiguous_strides(rshape), shape))

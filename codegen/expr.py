@@ -8,12 +8,16 @@ one line per node. Values of different shapes in one tile broadcast as in the IR
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from axon.ir import DType, Node, OpKind
-from axon.ir.ops import MOVEMENT
-from .ops_triton import EXPR, FLOAT_EXPR, HELPERS, LOW_FLOATS, cast, literal, tl_dtype
+from axon.ir.op_quant import per_group
+from axon.ir.ops import MOVEMENT, QUANT
+from .groups import CodegenError
+from .ops_triton import EXPR, FLOAT_EXPR, FP8_TO_F32, HELPERS, LOW_FLOATS, cast, literal, tl_dtype
+from .quant import quant_lines
 
 K = OpKind
 
@@ -30,9 +34,11 @@ class Emitter:
     def over(cls, rank: int, coord: Callable[[int], str], tile: str, members) -> Emitter:
         return cls(rank, coord, tile, [m for m in members if m.op == K.RAND], set())
 
-    def index(self, strides: str, r: int | None = None) -> str:
-        """sum_d coord(d) * {strides}{d}: an element offset from per-axis strides."""
-        terms = [f"{self.coord(d)} * {strides}{d}" for d in range(self.rank)]
+    def index(self, strides: str, group: tuple[int, int] | None = None) -> str:
+        """sum_d coord(d) * {strides}{d}: an element offset from per-axis strides; `group` (axis of the
+        space, size) reads a per-group value: coordinate // size along that axis."""
+        terms = [f"({self.coord(d)} // {group[1]}) * {strides}{d}" if group and d == group[0] else
+                 f"{self.coord(d)} * {strides}{d}" for d in range(self.rank)]
         return " + ".join(terms) if terms else "0"
 
     def zeros(self) -> str:
@@ -40,7 +46,7 @@ class Emitter:
 
     def emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
         lines = self._emit(n, var, names)
-        self.helpers.update(h for h in HELPERS for line in lines if h + "(" in line)
+        self.helpers.update(h for h in HELPERS for line in lines if _calls(h, line))
         return lines
 
     def _emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
@@ -57,6 +63,10 @@ class Emitter:
         dt = n.dtype
         if dt == DType.BF16 and n.op not in MOVEMENT and n.op != K.CONST:
             dt = DType.F32
+        if n.op == K.CONST and dt.is_fp8:  # by its bits (as quantize's result would hold it)
+            import torch
+            bits = int(torch.tensor(float(n.attrs.value)).to(dt.torch).view(torch.uint8))
+            return [f"{var} = tl.full({self.tile}, {bits}, tl.uint8).to({tl_dtype(dt)}, bitcast=True)"]
         if n.op == K.CONST:
             return [f"{var} = tl.full({self.tile}, {literal(n.attrs.value, dt)}, {tl_dtype(dt)})"]
         if n.op == K.IOTA:
@@ -74,6 +84,11 @@ class Emitter:
             ]
         if n.op in MOVEMENT:  # an alias: the element keeps its position in the iteration space
             return [f"{var} = {names[n.inputs[0]]}"]
+        if n.op in QUANT:
+            return self._quant(n, var, names)
+        if dt.is_fp8 and n.op != K.CAST:  # (a cast to fp8 is refused by `cast`, with its own reason)
+            raise CodegenError(f"no Triton code generation for '{n.op}' giving {dt}: fp8 values are made "
+                               f"by 'quantize' only")
         src = n.inputs[0].dtype
         if n.op == K.CAST:
             return [f"{var} = {cast(*self._wide(names[n.inputs[0]], src), dt)}"]  # (bf16: to f32 here)
@@ -84,16 +99,46 @@ class Emitter:
             return [f"{var} = {cast(f'({typed(expr, DType.F32)})', DType.F32, dt)}"]
         return [f"{var} = {typed(expr, dt)}"]  # (bf16: typed as f32, see _emit)
 
+    def _quant(self, n: Node, var: str, names: dict) -> list[str]:
+        """quantize, dequantize, fake_quantize: operands in f32; a per-group scale and zero point are
+        the template's per-group loads (`Access.group`), keyed (node, (axis, group))."""
+        grouped = per_group(n)
+        operands = []
+        for k, i in enumerate(n.inputs):
+            name = names.get((i, grouped)) if k and grouped else None
+            if name is None:
+                if k and grouped and i.op != K.CONST and i.shape[grouped[0]] != 1:
+                    raise CodegenError(f"'{n.op}' in groups of {grouped[1]} reads its operand {i.op} "
+                                       f"{i.type} per group: it must be stored, or a constant")
+                name = names[i]
+            operands.append(name if k == 2 or i.dtype.is_int else self._wide(name, i.dtype)[0])
+        x, scale, *zp = operands
+        return quant_lines(n, var, x, scale, zp[0] if zp else None)
+
     @staticmethod
     def _wide(name: str, dtype: DType) -> tuple[str, DType]:
         """An operand in its compute dtype: f16 and bf16 as f32 (bf16 through the `_to_f32` helper,
-        which also passes on a template's f32 tile given under a bf16 node, as attention's scores)."""
+        which also passes on a template's f32 tile given under a bf16 node, as attention's scores), fp8
+        widened by its bits."""
+        if dtype.is_fp8:
+            return f"{FP8_TO_F32[dtype]}({name})", DType.F32
         if dtype == DType.BF16:
             return f"_to_f32({name})", DType.F32
         return (cast(name, dtype, DType.F32), DType.F32) if dtype in LOW_FLOATS else (name, dtype)
 
     def helper_source(self) -> list[str]:
-        return [HELPERS[h] for h in sorted(self.helpers)]
+        """The helpers the lines call, and those they call in turn."""
+        need, stack = set(), list(self.helpers)
+        while stack:
+            h = stack.pop()
+            if h not in need:
+                need.add(h)
+                stack += [o for o in HELPERS if o != h and _calls(o, HELPERS[h])]
+        return [HELPERS[h] for h in sorted(need)]
+
+
+def _calls(helper: str, text: str) -> bool:
+    return re.search(rf"\b{helper}\(", text) is not None  # (not _to_f32 in _e4m3_to_f32)
 
 
 def typed(expr: str, dt: DType) -> str:

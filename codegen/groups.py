@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from axon.ir import AxonError, Graph, Node, OpKind
+from axon.ir.op_quant import per_group
 from axon.ir.ops import ELEMENTWISE, REDUCE
 
 K = OpKind
@@ -18,7 +19,7 @@ BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})  # made by the host, ne
 FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
 # Ops with a kernel template of their own, by group kind.
 TEMPLATES = {K.MATMUL: "matmul", K.CONV2D: "conv2d", K.GATHER: "index", K.TAKE: "index", K.PAD: "index",
-             K.CONCAT: "index"}
+             K.CONCAT: "index", K.PACK_INT4: "index", K.UNPACK_INT4: "index"}
 
 
 class CodegenError(AxonError):
@@ -27,14 +28,46 @@ class CodegenError(AxonError):
 
 @dataclass(frozen=True)
 class Access:
-    """How a kernel reads an external value: `buffer` seen through the movement ops `view` (in order)."""
+    """How a kernel reads an external value: `buffer` seen through the movement ops `view` (in order).
+
+    `group` = (axis, size) reads a per-group scale or zero point of a quantization op: the value has the
+    space's shape but for that axis (of its own shape), which is `size` times shorter, and the element
+    at coordinate c along it is read at c // size. Such a load is the kernel's value `key`, apart from
+    any plain load of the same node."""
 
     buffer: Node
     view: tuple[Node, ...] = ()
+    group: tuple[int, int] | None = None
 
     @property
     def node(self) -> Node:
         return self.view[-1] if self.view else self.buffer
+
+    @property
+    def key(self):
+        """How the kernel's code names the loaded value: the node, or (node, group) per group."""
+        return self.node if self.group is None else (self.node, self.group)
+
+    def space_group(self, rank: int) -> tuple[int, int] | None:
+        """`group` with its axis in an iteration space of `rank` axes (the value right-aligned in it)."""
+        if self.group is None:
+            return None
+        return rank - len(self.node.shape) + self.group[0], self.group[1]
+
+
+def reads_of(m: Node, access) -> list[Access]:
+    """How member `m` reads each of its operands (`access(v)` for a plain read): a per-group scale and
+    zero point of a quantization op are read per group."""
+    grouped = per_group(m)
+    out = [access(i) for i in m.inputs]
+    if grouped:
+        out[1:] = [Access(a.buffer, a.view, grouped) for a in out[1:]]
+    return out
+
+
+def grouped_operands(graph: Graph) -> set[Node]:
+    """Values some quantization op reads per group (an inline iota or rand could not be)."""
+    return {i for n in graph.nodes if per_group(n) for i in n.inputs[1:]}
 
 
 @dataclass(frozen=True)
@@ -71,9 +104,9 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
         others: dict[Access, None] = {}  # an ordered set: a kernel may read hundreds of values
         for m in members:
             if m not in first:
-                for i in m.inputs:
+                for i, a in zip(m.inputs, reads_of(m, lambda v: _access(v, owned))):
                     if i not in inside:
-                        others.setdefault(_access(i, owned))
+                        others.setdefault(a)
         reads = operands + list(others)
         # a kernel never loads what it computes: it would read the buffer before writing it
         assert not any(a.buffer in inside for a in reads), f"a {fg.kind} group reads its own value"
@@ -123,6 +156,7 @@ def groups(graph: Graph) -> list[KernelGroup]:
     contiguous: set[Node] = set()  # buffers and reshapes of contiguous values
     inline: set[Node] = set()
     result: list[KernelGroup] = []
+    grouped = grouped_operands(graph)
 
     def access(v: Node) -> Access:
         return views.get(v) or Access(v)
@@ -134,7 +168,8 @@ def groups(graph: Graph) -> list[KernelGroup]:
     for n in graph.nodes:
         if n.op in BUFFER_SOURCES:
             contiguous.add(n)
-        elif n.op in INLINE_SOURCES and n not in outputs and all(u.op in ELEMENTWISE for u in users[n]):
+        elif n.op in INLINE_SOURCES and n not in outputs and all(u.op in ELEMENTWISE for u in users[n]) \
+                and (n not in grouped or n.op == K.CONST):
             inline.add(n)
         elif n.op in FOLDED_MOVEMENT and n not in outputs and _foldable(n, contiguous, inline):
             src = n.inputs[0]
@@ -180,7 +215,7 @@ def _reads(members: list[Node], access) -> tuple[Access, ...]:
     out: dict[Access, None] = {}
     inside = set(members)
     for m in members:
-        for s in m.inputs:
+        for s, a in zip(m.inputs, reads_of(m, access)):
             if s not in inside:
-                out.setdefault(access(s))
+                out.setdefault(a)
     return tuple(out)

@@ -11,6 +11,8 @@ operand (or index) costs index arithmetic, never a copy.
   x; the pad value (held in x's dtype) everywhere else.
 - concat: input k holds the range [start_k, start_k+1) along `axis`; one masked load per input, each masked
   to its own range. The starts are launch scalars, so sizes along the axis may be symbolic.
+- pack_int4: output byte i along the last axis holds x's elements 2i (low nibble) and 2i+1 (high nibble);
+  unpack_int4: output element j is nibble j % 2 of byte j // 2, sign-extended for i8 (`ir/op_quant.py`).
 
 Out-of-range indices: the reference evaluator raises an error for an index >= the axis size or < 0
 (take: < -size; a negative index counts from the end, as in torch.take), and the runtime checks index
@@ -33,7 +35,7 @@ from .target import Target
 
 K = OpKind
 BLOCK = 1024  # elements per program
-OPS = (K.GATHER, K.TAKE, K.PAD, K.CONCAT)
+OPS = (K.GATHER, K.TAKE, K.PAD, K.CONCAT, K.PACK_INT4, K.UNPACK_INT4)
 
 
 @dataclass
@@ -54,7 +56,8 @@ class IndexKernel:
     # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
         op = self.node.op
-        emit = {K.GATHER: self._gather, K.TAKE: self._take, K.PAD: self._pad, K.CONCAT: self._concat}[op]
+        emit = {K.GATHER: self._gather, K.TAKE: self._take, K.PAD: self._pad, K.CONCAT: self._concat,
+                K.PACK_INT4: self._pack, K.UNPACK_INT4: self._unpack}[op]
         extra_sizes, steps = emit()
         ptrs = [f"in{j}_ptr" for j in range(len(self.group.inputs))] + ["out_ptr"]
         strides = [f"in{j}_stride{d}" for j, rank in enumerate(self.ranks) for d in range(rank)]
@@ -155,6 +158,29 @@ class IndexKernel:
                 lines.append(f"out = {load}")
         return [f"start{k}" for k in range(1, n)], lines
 
+    def _pack(self) -> tuple[list[str], list[str]]:
+        last = self.rank - 1
+        coords = [f"i{d}" for d in range(last)]
+        pair = [_offset("in0", coords + [f"(2 * i{last} + {k})"]) for k in (0, 1)]
+        return [], [
+            "# x's elements 2i (low nibble) and 2i + 1 (high nibble) along the last axis, low 4 bits each",
+            f"lo = tl.load(in0_ptr + {pair[0]}, mask=mask).to(tl.int32) & 15",
+            f"hi = tl.load(in0_ptr + {pair[1]}, mask=mask).to(tl.int32) & 15",
+            "out = (lo | (hi << 4)).to(tl.uint8)",
+        ]
+
+    def _unpack(self) -> tuple[list[str], list[str]]:
+        last = self.rank - 1
+        coords = [f"i{d}" for d in range(last)] + [f"(i{last} // 2)"]
+        signed = ["nibble = (nibble ^ 8) - 8  # sign-extended"] if self.node.dtype == DType.I8 else []
+        return [], [
+            "# nibble i % 2 (low first) of byte i // 2 along the last axis",
+            f"byte = tl.load(in0_ptr + {_offset('in0', coords)}, mask=mask).to(tl.int32)",
+            f"nibble = tl.where(i{last} % 2 == 0, byte & 15, byte >> 4)",
+            *signed,
+            f"out = nibble.to({tl_dtype(self.node.dtype)})",
+        ]
+
     # --- launch --------------------------------------------------------------------------------------
     def prepare(self, env: dict[str, int]) -> Launch:
         shape = concrete(self.node.shape, env)
@@ -166,6 +192,8 @@ class IndexKernel:
             extra = [x_shape[attrs.axis]]
         elif op == K.PAD:
             extra = [x_shape[d] for d, (_, hi) in enumerate(attrs.pads) if hi]
+        elif op in (K.PACK_INT4, K.UNPACK_INT4):
+            extra = []
         else:  # concat: where each input after the first starts along the axis
             extra = [0]
             for view, _ in views[:-1]:

@@ -110,8 +110,10 @@ def contiguous_strides(shape) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def broadcast_strides(vshape, vstride, shape) -> list[int]:
-    """Strides over `shape` of a value of shape `vshape` broadcast into it (0 on stretched axes)."""
+def broadcast_strides(vshape, vstride, shape, group: tuple[int, int] | None = None) -> list[int]:
+    """Strides over `shape` of a value of shape `vshape` broadcast into it (0 on stretched axes). With
+    `group` = (axis, size) the value is read per group along its `axis` (`Access.group`): there it is
+    `size` times shorter and keeps its stride (the kernel divides the coordinate)."""
     from .groups import CodegenError
 
     lead = len(shape) - len(vshape)
@@ -119,6 +121,12 @@ def broadcast_strides(vshape, vstride, shape) -> list[int]:
         raise CodegenError(f"cannot broadcast {list(vshape)} to {list(shape)}")
     out = [0] * lead
     for d, (size, stride) in enumerate(zip(vshape, vstride)):
+        if group is not None and d == group[0]:
+            if size * group[1] != shape[lead + d]:
+                raise CodegenError(f"a per-group value {list(vshape)} (groups of {group[1]} on axis {d}) "
+                                   f"does not fit {list(shape)}")
+            out.append(stride)
+            continue
         if size not in (1, shape[lead + d]):
             raise CodegenError(f"cannot broadcast {list(vshape)} to {list(shape)}")
         out.append(0 if size == 1 and shape[lead + d] != 1 else stride)

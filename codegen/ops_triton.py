@@ -12,7 +12,10 @@ TL_DTYPE = {
     DType.F64: "tl.float64", DType.F32: "tl.float32", DType.F16: "tl.float16", DType.BF16: "tl.bfloat16",
     DType.I64: "tl.int64", DType.I32: "tl.int32", DType.I8: "tl.int8", DType.U8: "tl.uint8",
     DType.BOOL: "tl.int1",
+    # fp8 is stored and loaded as is, widened to f32 by its bits to compute, and made only by quantize
+    DType.F8E4M3: "tl.float8e4nv", DType.F8E5M2: "tl.float8e5",
 }
+FP8_TO_F32 = {DType.F8E4M3: "_e4m3_to_f32", DType.F8E5M2: "_e5m2_to_f32"}
 LOW_FLOATS = frozenset({DType.F16, DType.BF16})  # held in their dtype, computed in f32 (as torch on CPU)
 
 # Expressions over operands {a}, {b}, {c}, already in the compute dtype. NaN rules follow torch:
@@ -60,6 +63,28 @@ def _bf16_operand(x):
         x = tl.where(x != x, 0x7FC0, (b + 0x7FFF + ((b >> 16) & 1)) >> 16).to(tl.uint16)
         x = x.to(tl.bfloat16, bitcast=True)
     return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+''',
+    # fp8 to f32 by its bits, exactly (the interpreter's conversion has no NaN, inf or rounding)
+    "_e4m3_to_f32": '''
+@triton.jit
+def _e4m3_to_f32(x):
+    # e4m3fn: exponent bias 7, 3 mantissa bits, multiples of 2**-9 below 2**-6, NaN at 0x7F, no inf
+    b = x.to(tl.uint8, bitcast=True).to(tl.uint32)
+    mag = b & 0x7F
+    v = tl.where(mag < 8, mag.to(tl.float32) * 0.001953125, ((mag + 960) << 20).to(tl.float32, bitcast=True))
+    v = tl.where(mag == 0x7F, float("nan"), v)
+    return tl.where(b >= 0x80, -v, v)
+''',
+    "_e5m2_to_f32": '''
+@triton.jit
+def _e5m2_to_f32(x):
+    # e5m2: exponent bias 15, 2 mantissa bits, multiples of 2**-16 below 2**-14, inf 0x7C, NaN above
+    b = x.to(tl.uint8, bitcast=True).to(tl.uint32)
+    mag = b & 0x7F
+    v = tl.where(mag < 4, mag.to(tl.float32) * 0.0000152587890625,
+                 ((mag + 448) << 21).to(tl.float32, bitcast=True))
+    v = tl.where(mag == 0x7C, float("inf"), tl.where(mag > 0x7C, float("nan"), v))
+    return tl.where(b >= 0x80, -v, v)
 ''',
     "_saturate": '''
 @triton.jit
@@ -156,6 +181,13 @@ def cast(expr: str, src: DType, dst: DType) -> str:
     the GPU as well."""
     if src == dst:
         return expr
+    if dst.is_fp8:
+        raise CodegenError(f"no Triton code generation for a cast to {dst}: fp8 values are made by "
+                           f"'quantize' (which scales and saturates them)")
+    if src.is_fp8:
+        expr, src = f"{FP8_TO_F32[src]}({expr})", DType.F32
+        if dst == DType.F32:
+            return expr
     if src == DType.BF16:
         expr, src = widen_bf16(expr), DType.F32
         if dst == DType.F32:

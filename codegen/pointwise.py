@@ -82,9 +82,9 @@ class PointwiseKernel:
                 body.append(f"x{j} = tl.load(in{j}_ptr + {offset}, mask=mask)")
                 names[a.node] = f"x{j}"
             else:
-                offset = em.index(f"in{j}_stride") if self.rank else "offs * 0"
+                offset = em.index(f"in{j}_stride", a.space_group(self.rank)) if self.rank else "offs * 0"
                 body.append(f"x{j} = tl.load(in{j}_ptr + {offset}, mask=mask)")
-                names[a.node] = f"x{j}"
+                names[a.key] = f"x{j}"
         for k, n in enumerate(self.group.nodes):
             var = f"{n.op.value}{k}"
             body.append(f"# {self.group.labels[k]}" if self.group.labels else "")
@@ -142,7 +142,7 @@ class PointwiseKernel:
                 strides += view.stride()
                 own_sizes += view.shape
             elif a not in self.seeds:
-                strides += broadcast_strides(view.shape, view.stride(), shape)
+                strides += broadcast_strides(view.shape, view.stride(), shape, a.group)
         for n in self.rands:
             rshape = concrete(n.shape, env)
             strides += broadcast_strides(rshape, contiguous_strides(rshape), shape)

@@ -179,8 +179,10 @@ class RowKernel:
             "mask = row_mask[:, None] & col_mask[None, :]",
         ]
 
-    def _offset(self, prefix: str, dims) -> str:
-        terms = [f"{self._coord(d)} * {prefix}{d}" for d in dims]
+    def _offset(self, prefix: str, dims, group: tuple[int, int] | None = None) -> str:
+        """sum over `dims` of coordinate * stride; `group` (axis, size): a per-group value's axis."""
+        terms = [f"({self._coord(d)} // {group[1]}) * {prefix}{d}" if group and d == group[0]
+                 else f"{self._coord(d)} * {prefix}{d}" for d in dims]
         return " + ".join(terms) if terms else "tl.zeros([BLOCK_ROWS, 1], tl.int32)"
 
     def _loads(self, row: bool, used=None) -> list[str]:
@@ -188,14 +190,15 @@ class RowKernel:
         for j, a in enumerate(self.group.inputs):
             if a in self.seeds or (a in self.row_inputs) != row or (used is not None and a.node not in used):
                 continue
+            group = a.space_group(self.rank)
             if row:
-                off = self._offset(f"in{j}_stride", self.kept)
+                off = self._offset(f"in{j}_stride", self.kept, group)
                 lines.append(f"x{j} = tl.load(in{j}_ptr + ({off}) + tl.zeros([BLOCK_ROWS, 1], tl.int32), "
                              f"mask=row_mask[:, None])")
             else:
-                off = self._offset(f"in{j}_stride", range(self.rank))
+                off = self._offset(f"in{j}_stride", range(self.rank), group)
                 lines.append(f"x{j} = tl.load(in{j}_ptr + {off}, mask=mask)")
-            self.names[a.node] = f"x{j}"
+            self.names[a.key] = f"x{j}"
         return lines
 
     def _members(self, nodes, looped: bool = False) -> list[str]:
@@ -325,7 +328,7 @@ class RowKernel:
             view, arg = meta_view(a, env)
             args.append(arg)
             if a not in self.seeds:
-                strides += broadcast_strides(view.shape, view.stride(), shape)
+                strides += broadcast_strides(view.shape, view.stride(), shape, a.group)
         for n in self.rands:
             rshape = concrete(n.shape, env)
             strides += broadcast_strides(rshape, contiguous_strides(rshape), shape)

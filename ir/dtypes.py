@@ -115,3 +115,53 @@ def promote(a: DType, b: DType) -> DType:
 
 def default_float() -> DType:
     return DType.F32
+
+
+# The codes a quantized tensor of each dtype holds: the integer range, or for fp8 the format's finite
+# range (e4m3fn has no infinity; e5m2's is not a code: quantization saturates to the finite range).
+_QUANT_RANGE = {
+    DType.I8: (-128, 127), DType.U8: (0, 255), DType.I32: (-2**31, 2**31 - 1),
+    DType.F8E4M3: (-448, 448), DType.F8E5M2: (-57344, 57344),
+}
+
+
+def quant_range(dtype: DType) -> tuple[int, int]:
+    """[lowest, highest] code of a quantized `dtype` (i8, u8, i32, f8e4m3, f8e5m2).
+
+    >>> quant_range(DType.U8), quant_range(DType.F8E4M3)
+    ((0, 255), (-448, 448))
+    """
+    if dtype not in _QUANT_RANGE:
+        known = ", ".join(d.value for d in _QUANT_RANGE)
+        raise IRDTypeError(f"{dtype} is not a quantized type (those are {known})")
+    return _QUANT_RANGE[dtype]
+
+
+def code_range(op: str, dtype: DType, bits=None, qmin=None, qmax=None) -> tuple[int, int]:
+    """[qmin, qmax] of quantization op `op` to `dtype`: the dtype's range, that of `bits` (4: i8 [-8, 7],
+    u8 [0, 15]), or as given. fp8 has its finite range only.
+
+    >>> code_range("quantize", DType.I8, bits=4), code_range("quantize", DType.U8, qmax=100)
+    ((-8, 7), (0, 100))
+    """
+    lo, hi = quant_range(dtype)
+    if dtype.is_fp8:
+        if bits is not None or (qmin, qmax) not in ((None, None), (lo, hi)):
+            raise IRTypeError(f"'{op}' to {dtype} saturates to its finite range [{lo}, {hi}]; it takes no "
+                              f"bits, qmin or qmax")
+        return lo, hi
+    if bits is not None:
+        if qmin is not None or qmax is not None:
+            raise IRTypeError(f"'{op}' takes bits or qmin/qmax, not both")
+        width = 32 if dtype == DType.I32 else 8
+        if not _is_int(bits) or not 2 <= bits <= width:
+            raise IRTypeError(f"'{op}' bits must be an integer in [2, {width}] for {dtype}, got {bits!r}")
+        lo, hi = (0, 2**bits - 1) if dtype == DType.U8 else (-2**(bits - 1), 2**(bits - 1) - 1)
+    for name, v in (("qmin", qmin), ("qmax", qmax)):
+        if v is not None and not _is_int(v):
+            raise IRTypeError(f"'{op}' {name} must be an integer, got {v!r}")
+    return (lo if qmin is None else int(qmin), hi if qmax is None else int(qmax))
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and hasattr(type(v), "__index__")

@@ -20,11 +20,12 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .dtypes import DType, default_float, promote
+from .dtypes import DType, code_range, default_float, promote
 from .errors import IRDTypeError, IRShapeError, IRTypeError
-from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, ExpandAttrs,
-                  Init, InputAttrs, check_reduce_dtype, IotaAttrs, NoAttrs, OpKind, OPS, PadAttrs, ParamAttrs,
-                  PermuteAttrs, RandAttrs, ReduceAttrs, ReshapeAttrs, SliceAttrs, TensorAttrs)
+from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, DequantizeAttrs,
+                  ExpandAttrs, FakeQuantizeAttrs, Init, InputAttrs, check_reduce_dtype, IotaAttrs, NoAttrs,
+                  OpKind, OPS, PadAttrs, ParamAttrs, PermuteAttrs, QuantizeAttrs, RandAttrs, ReduceAttrs,
+                  ReshapeAttrs, SliceAttrs, TensorAttrs, UnpackAttrs)
 from .shapes import (NAME, Dim, Shape, Sym, TensorType, format_shape, normalize_axes, normalize_axis,
                      numel)
 
@@ -420,6 +421,66 @@ class GraphBuilder:
             _axis(axis, 1, "take")
             return self.reshape(self.node(K.TAKE, (self.reshape(x, (1,)), index), AxisAttrs(0)), ())
         return self.node(K.TAKE, (x, index), AxisAttrs(_axis(axis, len(x.shape), "take")))
+
+    # --- quantization (semantics, granularity and edge cases: op_quant.py's docstring) ---------------
+    def quantize(self, x: Node, scale, zero_point=None, dtype: DType = DType.I8, *, axis: int | None = None,
+                 group: int | None = None, bits: int | None = None, qmin: int | None = None,
+                 qmax: int | None = None) -> Node:
+        """Codes of `dtype` (i8, u8, i32, f8e4m3, f8e5m2): per tensor (axis None), per channel along
+        `axis`, or per `group` elements along it; `bits=4` or `qmin`/`qmax` narrow the range."""
+        ops, axes, group = self._quant_operands("quantize", x, scale, zero_point, axis, group)
+        lo, hi = code_range("quantize", _dtype(dtype), bits, qmin, qmax)
+        return self.node(K.QUANTIZE, ops, QuantizeAttrs(dtype, axes, group, lo, hi))
+
+    def dequantize(self, q: Node, scale, zero_point=None, dtype: DType = DType.F32, *,
+                   axis: int | None = None, group: int | None = None) -> Node:
+        """(q - zero_point) * scale as `dtype` (f32, f16, bf16), with quantize's granularity."""
+        ops, axes, group = self._quant_operands("dequantize", q, scale, zero_point, axis, group)
+        return self.node(K.DEQUANTIZE, ops, DequantizeAttrs(_dtype(dtype), axes, group))
+
+    def fake_quantize(self, x: Node, scale, zero_point=None, qdtype: DType = DType.I8, *,
+                      axis: int | None = None, group: int | None = None, bits: int | None = None,
+                      qmin: int | None = None, qmax: int | None = None) -> Node:
+        """x quantized to `qdtype` codes and back (quantization-aware training; straight-through
+        gradient to x, none to scale and zero point)."""
+        ops, axes, group = self._quant_operands("fake_quantize", x, scale, zero_point, axis, group)
+        lo, hi = code_range("fake_quantize", _dtype(qdtype), bits, qmin, qmax)
+        return self.node(K.FAKE_QUANTIZE, ops, FakeQuantizeAttrs(qdtype, axes, group, lo, hi))
+
+    def pack_int4(self, x: Node) -> Node:
+        """int4 codes (i8 or u8) two to a byte along the last axis, the even element in the low nibble."""
+        return self.node(K.PACK_INT4, (x,))
+
+    def unpack_int4(self, p: Node, dtype: DType = DType.I8) -> Node:
+        return self.node(K.UNPACK_INT4, (p,), UnpackAttrs(_dtype(dtype)))
+
+    def _quant_operands(self, op: str, x: Node, scale, zero_point, axis, group):
+        """(x, scale[, zero point]) in the IR's shapes, the `axes` attribute and the group size. A per
+        channel scale of torch's shape (C,) becomes x's rank with 1 elsewhere; one value per tensor, 0-d;
+        a Python number a constant of the scale's shape."""
+        if not isinstance(x, Node):
+            raise IRTypeError(f"'{op}' quantizes a tensor, got {type(x).__name__} {x!r}")
+        scale = self.const(scale, DType.F32) if isinstance(scale, (int, float)) else scale
+        number = isinstance(zero_point, int) and not isinstance(zero_point, bool)
+        for p in (scale, None if number else zero_point):
+            if p is not None and not isinstance(p, Node):
+                raise IRTypeError(f"'{op}' scale and zero point must be tensors or numbers, got {p!r}")
+        group = 1 if group is None else _int(group, f"'{op}' group")
+        if axis is None:
+            if group != 1:
+                raise IRShapeError(f"'{op}' in groups of {group} needs the axis they run along")
+            shaped = lambda p: self.reshape(p, ()) if numel(p.shape) == 1 else p  # noqa: E731
+            axes = ()
+        else:
+            axes = (_axis(axis, len(x.shape), op),)
+            keep = tuple(d if i == axes[0] else 1 for i, d in enumerate(x.shape))
+            shaped = lambda p: self.reshape(p, keep) if (  # noqa: E731
+                group == 1 and p.shape == (x.shape[axes[0]],)) else p
+        scale = shaped(scale)
+        if number:
+            zero_point = self.const(zero_point, DType.I32, scale.shape)
+        params = [scale] if zero_point is None else [scale, shaped(zero_point)]
+        return (x, *params), axes, group
 
 
 _FLOAT_VALUED = (ConstAttrs, TensorAttrs, PadAttrs)

@@ -2,8 +2,8 @@
 and the registry of per-op facts (`OpDef`: arity, shape/dtype rule, reference evaluation, gradient rule).
 
 The facts for each family live together in one file (`op_elementwise.py`, `op_reduce.py`,
-`op_movement.py`, `op_linalg.py`, `op_source.py`), which registers them here; adding an op touches
-that one file and this enum.
+`op_movement.py`, `op_linalg.py`, `op_source.py`, `op_quant.py`), which registers them here; adding an
+op touches that one file and this enum.
 """
 from __future__ import annotations
 
@@ -82,6 +82,12 @@ class OpKind(enum.Enum):
     # indexing
     GATHER = "gather"      # take_along_axis: out[i, j] = x[i, index[i, j]] (axis=1)
     TAKE = "take"          # index_select / embedding: out = x[..., index, ...]; a negative index from the end
+    # quantization (op_quant.py): affine codes per tensor, channel or group; int4 nibbles in bytes
+    QUANTIZE = "quantize"
+    DEQUANTIZE = "dequantize"
+    FAKE_QUANTIZE = "fake_quantize"
+    PACK_INT4 = "pack_int4"
+    UNPACK_INT4 = "unpack_int4"
 
     def __str__(self) -> str:
         return self.value
@@ -94,7 +100,10 @@ UNARY = frozenset({K.NEG, K.EXP, K.LOG, K.SQRT, K.RSQRT, K.TANH, K.SIGMOID, K.RE
 COMPARE = frozenset({K.EQ, K.NE, K.LT, K.LE, K.GT, K.GE})
 LOGICAL = frozenset({K.AND, K.OR})
 BINARY = frozenset({K.ADD, K.SUB, K.MUL, K.DIV, K.POW, K.MAXIMUM, K.MINIMUM}) | COMPARE | LOGICAL
-ELEMENTWISE = UNARY | BINARY | {K.WHERE, K.CAST}
+# elementwise once their scale and zero point are broadcast (per group: indexed by coordinate // group)
+QUANT = frozenset({K.QUANTIZE, K.DEQUANTIZE, K.FAKE_QUANTIZE})
+INT4 = frozenset({K.PACK_INT4, K.UNPACK_INT4})
+ELEMENTWISE = UNARY | BINARY | QUANT | {K.WHERE, K.CAST}
 COMMUTATIVE = frozenset({K.ADD, K.MUL, K.MAXIMUM, K.MINIMUM, K.EQ, K.NE, K.AND, K.OR})
 REDUCE = frozenset({K.SUM, K.MAX, K.MIN, K.MEAN, K.ARGMAX, K.ARGMIN})
 LINALG = frozenset({K.MATMUL, K.CONV2D})
@@ -241,6 +250,45 @@ class PadAttrs(Attrs):
 @dataclass(frozen=True)
 class AxisAttrs(Attrs):
     axis: int
+
+
+@dataclass(frozen=True)
+class QuantizeAttrs(Attrs):
+    """`quantize` (op_quant.py): codes of `dtype` in [qmin, qmax] (fp8: -max, max of the format);
+    `axes` () per tensor or (axis,) per channel (group 1) or per group of `group` elements."""
+
+    dtype: DType
+    axes: tuple[int, ...]
+    group: int
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
+class DequantizeAttrs(Attrs):
+    """`dequantize` (op_quant.py): float result `dtype`; `axes` and `group` as for quantize."""
+
+    dtype: DType
+    axes: tuple[int, ...]
+    group: int
+
+
+@dataclass(frozen=True)
+class FakeQuantizeAttrs(Attrs):
+    """`fake_quantize` (op_quant.py): quantize to `qdtype` codes in [qmin, qmax], then dequantize."""
+
+    qdtype: DType
+    axes: tuple[int, ...]
+    group: int
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
+class UnpackAttrs(Attrs):
+    """`unpack_int4`: `dtype` i8 (nibbles sign-extended, [-8, 7]) or u8 ([0, 15])."""
+
+    dtype: DType
 
 
 # ---------------------------------------------------------------------------------------------------

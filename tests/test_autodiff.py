@@ -190,6 +190,33 @@ def _conv_case(gen):
                f64(gen, 6, 2, 3, 3))
 
 
+def _quantize_case(gen):  # integer codes carry no gradient: only the outer factor's flows
+    check_grad(lambda b, x: b.mul(b.cast(b.quantize(x, 0.25, 3), D.F32), x),
+               lambda x: (torch.round(x.detach() * 4) + 3).clamp(-128, 127) * x,
+               grid(gen, 37, 11), fd=False, torch_tol=1e-6)
+
+
+def _dequantize_case(gen):  # none to the codes (nor to scale and zero point: see test_quant_ops.py)
+    check_grad(lambda b, q, x: b.mul(b.dequantize(q, 0.25, 3), x), lambda q, x: (q.float() - 3) * 0.25 * x,
+               torch.randint(-128, 128, (37, 11), generator=gen, dtype=torch.int8), grid(gen, 37, 11),
+               fd=False, torch_tol=1e-6)
+
+
+def _fake_quantize_case(gen):  # the straight-through estimator, as torch's (none to scale, zero point)
+    x = rand(gen, 37, 11, dtype=torch.float32, low=-3.0, high=3.0)
+    scale = rand(gen, 37, dtype=torch.float32, low=0.005, high=0.03)
+    zero_point = torch.randint(-10, 10, (37,), generator=gen, dtype=torch.int32)
+    check_grad(lambda b, x, s, z: b.fake_quantize(x, s, z, D.I8, axis=0),
+               lambda x, s, z: torch.fake_quantize_per_channel_affine(x, s, z, 0, -128, 127),
+               x, scale, zero_point, wrt=[0], fd=False)
+
+
+def _int4_case(gen):  # pack_int4 and unpack_int4: integers, no gradient
+    check_grad(lambda b, x, c: b.mul(b.cast(b.unpack_int4(b.pack_int4(c)), D.F64), x),
+               lambda x, c: c.double() * x, f64(gen, 5, 8),
+               torch.randint(-8, 8, (5, 8), generator=gen, dtype=torch.int8))
+
+
 CASES = {
     **{k: _unary_case(k) for k in _UNARY},
     **{k: _binary_case(k) for k in _BINARY},
@@ -237,6 +264,8 @@ CASES = {
     K.IOTA: lambda gen: check_grad(lambda b, x: b.mul(x, b.iota((5, 7), 1, D.F64)),
                                    lambda x: x * torch.arange(7, dtype=x.dtype), f64(gen, 3, 5, 7)),
     K.RAND: _rand_case,
+    K.QUANTIZE: _quantize_case, K.DEQUANTIZE: _dequantize_case, K.FAKE_QUANTIZE: _fake_quantize_case,
+    K.PACK_INT4: _int4_case, K.UNPACK_INT4: _int4_case,
 }
 
 

@@ -113,8 +113,25 @@ def indexing_graph():
     return b.build()
 
 
+def quant_graph():
+    b = GraphBuilder("quant")
+    x = b.input("x", F32, (BATCH, 64))
+    positive = lambda v: b.add(b.abs(v), 0.01)  # noqa: E731  (random inputs: scales must be > 0)
+    s, z = positive(b.input("s", F32, ())), b.abs(b.input("z", I32, ()))
+    gs = positive(b.param("gs", F32, (BATCH, 2)))
+    q = b.quantize(x, s, z, DType.U8)
+    b.output("q", q)
+    b.output("d", b.dequantize(q, s, z, DType.BF16))
+    cs = positive(b.param("cs", F32, (64,)))
+    b.output("c", b.fake_quantize(x, cs, None, DType.I8, axis=1, qmin=-127))
+    w4 = b.quantize(x, gs, None, DType.I8, axis=1, group=32, bits=4)
+    b.output("p", b.unpack_int4(b.pack_int4(w4), DType.I8))
+    b.output("f8", b.quantize(x, 0.5, dtype=DType.F8E5M2))
+    return b.build()
+
+
 CASES = {f.__name__: f for f in (elementwise_graph, sources_graph, reduce_graph, linalg_graph,
-                                  movement_graph, indexing_graph)}
+                                  movement_graph, indexing_graph, quant_graph)}
 
 
 def test_cases_cover_every_op():

@@ -3,6 +3,7 @@ or says why not."""
 from __future__ import annotations
 
 from axon.ir import Node
+from axon.ir.op_quant import per_group
 from axon.ir.ops import ELEMENTWISE
 from .. import attention
 from .groups import (ATTENTION_DTYPES, BUFFER_SOURCES, FOLDED_MOVEMENT, INLINE_SOURCES, MAX_HEAD, K,
@@ -106,6 +107,8 @@ class ClaimAttention:
         """What the attention templates cannot do here: s the scores, o the matmul with v."""
         if any(n in self.forbidden for n in nodes):
             return "fusing here would create a cycle between kernels"
+        if any(per_group(n) for n in nodes):
+            return "the template does not read a quantization op's scales per group"
         if s.dtype not in ATTENTION_DTYPES or any(m.dtype != s.dtype for m in matmuls):
             return f"the template's dots take f32, f16 or bf16 operands of one dtype, these are {s.dtype}"
         q, v = s.inputs[0], o.inputs[1]

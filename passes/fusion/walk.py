@@ -6,6 +6,7 @@ from __future__ import annotations
 import networkx as nx
 
 from axon.ir import Graph, Node
+from axon.ir.op_quant import per_group
 from axon.ir.ops import ELEMENTWISE
 from ..dependence import Dependence, Spine
 from ..row_passes import RowPasses
@@ -102,8 +103,8 @@ class Fuser(ClaimAttention, MergeGroups):
             return False
         if not all(u.op in ELEMENTWISE or u.op in FUSED_REDUCE for u in self.users[n]):
             return False
-        if n.op in INLINE_SOURCES:
-            return True
+        if n.op in INLINE_SOURCES:  # but a value read per group is loaded (a constant is the same anywhere)
+            return n.op == K.CONST or not any(per_group(u) and n in u.inputs[1:] for u in self.users[n])
         # a chain of elementwise ops on single values: recomputing is cheaper than a launch
         return n.op in ELEMENTWISE and is_single(n.shape) and all(
             i in self.local or i.op in BUFFER_SOURCES or i in self.owner for i in n.inputs)
