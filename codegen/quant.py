@@ -34,32 +34,31 @@ def _rint(x):
     odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
     return tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f)
 ''',
-    "_to_e4m3": '''
-@triton.jit
-def _to_e4m3(y):
-    # f32 (|y| <= 448 or NaN) to the nearest e4m3fn, ties to even, by its bits: from 2**-6 up the 20
-    # dropped mantissa bits are rounded into the 3 kept (a carry moves the exponent), below it values
-    # are multiples of 2**-9 (code 8 is 2**-6)
-    bits = y.to(tl.uint32, bitcast=True)
-    mag = bits & 0x7FFFFFFF
-    normal = ((mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20) - 960
-    small = _rint(tl.abs(y) * 512.0).to(tl.uint32)
-    code = tl.where(y != y, 0x7F, tl.where(mag < 0x3C800000, small, normal))
-    return (code | ((bits >> 24) & 0x80)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
-''',
-    "_to_e5m2": '''
-@triton.jit
-def _to_e5m2(y):
-    # f32 (|y| <= 57344 or NaN) to the nearest e5m2, ties to even, by its bits: from 2**-14 up the 21
-    # dropped mantissa bits are rounded into the 2 kept, below it values are multiples of 2**-16
-    bits = y.to(tl.uint32, bitcast=True)
-    mag = bits & 0x7FFFFFFF
-    normal = ((mag + 0xFFFFF + ((mag >> 21) & 1)) >> 21) - 448
-    small = _rint(tl.abs(y) * 65536.0).to(tl.uint32)
-    code = tl.where(y != y, 0x7F, tl.where(mag < 0x38800000, small, normal))
-    return (code | ((bits >> 24) & 0x80)).to(tl.uint8).to(tl.float8e5, bitcast=True)
-''',
 })
+
+
+def _to_fp8(name: str, mantissa: int, bias: int, tl_type: str) -> str:
+    """f32 (|y| within the format's range, or NaN) to the nearest fp8 of `mantissa` bits and exponent
+    `bias`, ties to even, by its bits: from the smallest normal up, the dropped mantissa bits are rounded
+    into the kept ones (a carry moves the exponent); below it values are multiples of the subnormal step."""
+    drop = 23 - mantissa
+    smallest_normal = (127 - bias + 1) << 23          # f32 bits of 2**(1 - bias)
+    steps = 2 ** (bias - 1 + mantissa)                 # subnormals per unit
+    half, rebias = hex((1 << (drop - 1)) - 1), (127 - bias) << mantissa
+    return f'''
+@triton.jit
+def {name}(y):
+    bits = y.to(tl.uint32, bitcast=True)
+    mag = bits & 0x7FFFFFFF
+    normal = ((mag + {half} + ((mag >> {drop}) & 1)) >> {drop}) - {rebias}
+    small = _rint(tl.abs(y) * {float(steps)}).to(tl.uint32)
+    code = tl.where(y != y, 0x7F, tl.where(mag < {hex(smallest_normal)}, small, normal))
+    return (code | ((bits >> 24) & 0x80)).to(tl.uint8).to({tl_type}, bitcast=True)
+'''
+
+
+HELPERS.update({"_to_e4m3": _to_fp8("_to_e4m3", 3, 7, "tl.float8e4nv"),   # e4m3fn: max 448
+                "_to_e5m2": _to_fp8("_to_e5m2", 2, 15, "tl.float8e5")})   # e5m2: max 57344
 
 
 def quant_lines(n: Node, var: str, x: str, scale: str, zp: str | None) -> list[str]:
