@@ -120,9 +120,9 @@ class Trainer:
     """A `train` block made ready to run: run folder claimed, graphs compiled, data loaded, parameters
     initialized (or, with `resume`, the settings and state of the run in the folder's checkpoint).
 
-    Settings not given (epochs, batch, seed, hyper-parameters) come from the run record of the checkpoint
-    resumed, or of `settings_from`, else from the train block. `claim_folder=False` (evaluation) claims
-    no run folder; such a trainer cannot `fit`."""
+    Settings not given (epochs, batch, seed, hyper-parameters, precision) come from the run record of the
+    checkpoint resumed, or of `settings_from`, else from the train block (precision: f32).
+    `claim_folder=False` (evaluation) claims no run folder; such a trainer cannot `fit`."""
 
     def __init__(self, path: str | Path, model: str | None = None, *, hparams: dict | None = None,
                  device=None, out_dir: str | Path | None = None, epochs: int | None = None,
