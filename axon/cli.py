@@ -15,16 +15,18 @@
     axon run FILE [--inputs x.npz] [--weights w.safetensors] [--batch N] [--check] [--cuda-graphs]
                                              run the model's kernels; print each output's statistics
                                              (--check: and its error against the reference evaluator)
-    axon compile FILE --target sm_90 [--step] [--dtype bf16] [--tf32] [--json OUT] [--cold]
+    axon compile FILE --target sm_90 [--step] [--dtype bf16 | --precision bf16] [--tf32] [--json OUT]
                                              compile every kernel (forward, or the whole training step)
                                              ahead of time for a GPU target, on any machine: a table of
                                              registers, spills, shared memory, tensor-core instructions,
                                              occupancy and compile time per kernel and config; exit 1 if
                                              a kernel has no config that compiles, launches, no spills
     axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
-    axon train FILE [--epochs N] [--out DIR] [--resume] [--cuda-graphs]
+    axon train FILE [--epochs N] [--out DIR] [--resume] [--cuda-graphs] [--precision bf16|f16|f32]
                                              run the file's train block: one compiled step, validation
-                                             each epoch, checkpoints, metrics.json and curve.png
+                                             each epoch, checkpoints, metrics.json and curve.png;
+                                             --precision: mixed precision as torch.autocast (+ GradScaler
+                                             for f16)
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
     axon passes                              the passes there are, with what each is for
     axon bench FILE [--mode forward|train|kernels|host] [--json OUT.json] [--plot OUT.png] [--no-compile]
@@ -43,6 +45,7 @@ import time
 from pathlib import Path
 
 from axon.ir import AxonError
+from axon.passes.autocast import PRECISIONS
 
 CUDA_GRAPHS_HELP = ("replay the whole launch list as one CUDA graph, captured at the first call at each set "
                     "of sizes (needs a CUDA GPU)")
@@ -72,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--step", action="store_true",
                    help="with --memory or --stage fused: the whole training step (forward, loss, backward, "
                         "update)")
+    _precision_arg(s, "with --step: the training step in mixed precision, as torch.autocast")
     s.add_argument("--why-not", action="store_true",
                    help="with --stage fused: also list every fusion refused, and why")
     s.add_argument("--no-fusion", action="store_true", help="one kernel per node (the unfused baseline)")
@@ -105,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the whole training step (forward, loss, backward, optimizer update)")
     e.add_argument("--dtype", default=None, choices=("bf16", "f16"),
                    help="the model in 16 bits, as module.to(torch.bfloat16): tensor cores for its dots")
+    _precision_arg(e, "mixed precision, as torch.autocast (f32 master weights, 16-bit dots on tensor "
+                      "cores, softmax and the loss in f32); with --step, the mixed-precision training step")
     e.add_argument("--tf32", action="store_true",
                    help="f32 dots on TF32 tensor cores (torch.set_float32_matmul_precision('high'))")
     e.add_argument("--json", default=None, metavar="OUT.json", help="--target: write the table as JSON")
@@ -126,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (default: each epoch only)")
     t.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
+    _precision_arg(t, "f32 (default), or mixed precision as torch.autocast: f32 master weights, matmul, "
+                      "conv and attention in bf16/f16, softmax, norms and the loss in f32; f16 with dynamic "
+                      "loss scaling as GradScaler (a resumed run keeps its precision)", PRECISIONS)
 
     v = sub.add_parser("eval", help="validation metrics of a checkpoint")
     _train_args(v)
@@ -157,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="forward/train: replay Axon's launch list as a CUDA graph, against torch.compile "
                          "in mode 'reduce-overhead' (its CUDA graphs)")
     return p
+
+
+def _precision_arg(p: argparse.ArgumentParser, help: str, choices=PRECISIONS[1:]) -> None:
+    p.add_argument("--precision", default=None, choices=choices, help=help)
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -293,11 +306,15 @@ def _shown_graph(args):
 
         hparams = dict(_override(s) for s in args.set)
         loss_graph, spec = training_graph(load_ast(args.file), args.model, hparams=hparams or None)
-        g = step_graph(loss_graph, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)})
+        g = step_graph(loss_graph, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)},
+                       getattr(args, "precision", None) or "f32")
         if args.batch is None and spec.batch and "batch" in symbols(g):
             dims["batch"] = spec.batch
     else:
-        g, _ = optimize(_load(args), args.pipeline or DEFAULT_PIPELINE, out=lambda *a, **k: None)
+        pipeline = args.pipeline or DEFAULT_PIPELINE
+        if getattr(args, "precision", None):
+            pipeline = f"autocast{{to={args.precision}}},{pipeline}"
+        g, _ = optimize(_load(args), pipeline, out=lambda *a, **k: None)
     if args.batch is not None:
         dims["batch"] = args.batch
     return g, dims
@@ -391,6 +408,9 @@ def _aot_graph(args):
     from axon.driver import optimize
     from axon.run import bind_dims
 
+    if args.dtype and args.precision:
+        raise AxonError("--dtype runs the whole model in 16 bits and --precision mixes 16-bit dots with f32 "
+                        "master weights: give one of them")
     args.pipeline = None
     g, dims = _shown_graph(args)
     if args.dtype:
@@ -428,10 +448,12 @@ def _trainer(args, **extra):
             raise AxonError(f"--{name} must be at least 1, got {value}")
     trainer = Trainer(args.file, args.model, hparams=hparams or None, device=args.device, out_dir=args.out,
                       epochs=args.epochs, batch=args.batch, seed=args.seed, log=extra.pop("log", _stdout),
-                      **extra)
+                      precision=getattr(args, "precision", None), **extra)
     print(describe(trainer.step_exe.device), file=sys.stderr)
     print(trainer.data.summary())
     graphed = " (replayed as a CUDA graph)" if trainer.step_call is not trainer.step_exe else ""
+    if trainer.precision != "f32":
+        graphed += f" in mixed precision ({trainer.precision} dots, f32 master weights)"
     print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels"
           f"{graphed}, "
           f"evaluation {len(trainer.eval_exe.kernels)} kernels")
@@ -456,6 +478,9 @@ def _train(args) -> int:
     baseline = f" (unigram baseline {base:.4f})" if base is not None else ""
     print(f"{p.stopped}: {p.step} steps in {time.perf_counter() - t0:.1f} s; val loss "
           f"{last.get('val_loss', float('nan')):.4f}{baseline}{acc}; run folder {trainer.out_dir}")
+    if trainer.scaler:
+        print(f"loss scale {trainer.scaler.scale:g}; {trainer.scaler.skipped} of {p.step} steps skipped "
+              f"(a gradient held inf or NaN)")
     return 0
 
 

@@ -6,6 +6,10 @@ update in a single graph), with validation, early stopping, checkpoints and exac
                  outputs: `loss`, `new.<p>` for each parameter, `new.state.<slot>.<p>` for each state
     eval graph   the model with dropout off and the loss as output `loss` (validation, `axon eval`)
 
+`precision` "bf16" or "f16" trains in mixed precision, as torch.autocast (+ GradScaler for f16): both
+graphs through `passes/autocast.py` (f32 master weights, dots in 16 bits, the loss in f32); an f16 step
+also takes the input `loss_scale` and outputs `found_inf` (`passes/loss_scale.py`, `runtime/scaler.py`).
+
 Everything a run is depends on (seed, epoch, batch): the data order (`axon.data.batches`), the dropout
 seed of each step, the parameters' initial values. A checkpoint (safetensors, written atomically) holds
 the parameters, the optimizer state and the run's progress; a resumed run continues from it exactly, so
@@ -28,7 +32,9 @@ from axon.driver import executable, load_ast, optimize, read_source
 from axon.ir import AxonError, Graph, GraphBuilder, init_params, verify
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule, make_update
 from axon.frontend.builtins import UPDATE_PREFIX
+from axon.passes.autocast import PRECISIONS, autocast
 from axon.passes.autodiff import GRAD_PREFIX, grad
+from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE, SCALED_LOSS, keep_if, scale_loss, unscale
 from axon.codegen.files import atomic_write
 from axon.ir.text import print_graph
 from axon.runtime import checkpoint, runs
@@ -36,6 +42,7 @@ from axon.runtime.checkpoint import Progress, section
 from axon.runtime.interrupts import Interrupted, deferred
 from axon.runtime.runs import BEST, CHECKPOINT, METRICS
 from axon.runtime.safetensors import load
+from axon.runtime.scaler import LossScaler
 
 NEW = "new."                 # output new.<name>: the updated parameter or state <name>
 SEED_INPUT = "seed"          # the model's dropout seed
@@ -47,18 +54,26 @@ class TrainError(AxonError):
 
 
 # --- the compiled graphs -----------------------------------------------------------------------------
-def step_graph(loss_graph: Graph, optimizer: dict) -> Graph:
-    """Forward, loss, backward and the optimizer update of every parameter, as one graph."""
-    g = grad(loss_graph, "loss")
+def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32") -> Graph:
+    """Forward, loss, backward and the optimizer update of every parameter, as one graph (in mixed
+    precision for "bf16" or "f16"; f16 with loss scaling and a skipped step on inf/NaN)."""
+    scaled = precision == "f16"
+    loss_graph = autocast(loss_graph, precision)
+    g = grad(scale_loss(loss_graph), SCALED_LOSS) if scaled else grad(loss_graph, "loss")
     b, mapping = GraphBuilder.extending(g)
     # parameters the model updates itself (running statistics): their new value, and no optimizer
     buffers = {name[len(UPDATE_PREFIX):]: mapping[node] for name, node in g.outputs.items()
                if name.startswith(UPDATE_PREFIX)}
     params = {name: mapping[p] for name, p in g.params.items() if p.dtype.is_float and name not in buffers}
     grads = {name: mapping[g.outputs[GRAD_PREFIX + name]] for name in params}
-    new_params, _state_inputs, new_states = make_update(b, params, grads, optimizer)
+    if scaled:
+        grads, found_inf = unscale(b, grads, mapping[g.inputs[LOSS_SCALE]])
+    new_params, state_inputs, new_states = make_update(b, params, grads, optimizer)
+    if scaled:  # a skipped step leaves the parameters and the optimizer state as they were
+        new_params = keep_if(b, found_inf, params, new_params)
+        new_states = keep_if(b, found_inf, state_inputs, new_states)
     full = b.build()
-    outputs = {"loss": full.outputs["loss"]}
+    outputs = {"loss": full.outputs["loss"], **({FOUND_INF: found_inf} if scaled else {})}
     outputs.update({NEW + name: node for name, node in buffers.items()})
     outputs.update({NEW + name: node for name, node in new_params.items()})
     outputs.update({NEW + name: node for name, node in new_states.items()})
@@ -105,18 +120,20 @@ class Trainer:
     """A `train` block made ready to run: run folder claimed, graphs compiled, data loaded, parameters
     initialized (or, with `resume`, the settings and state of the run in the folder's checkpoint).
 
-    Settings not given (epochs, batch, seed, hyper-parameters) come from the run record of the checkpoint
-    resumed, or of `settings_from`, else from the train block. `claim_folder=False` (evaluation) claims
-    no run folder; such a trainer cannot `fit`."""
+    Settings not given (epochs, batch, seed, hyper-parameters, precision) come from the run record of the
+    checkpoint resumed, or of `settings_from`, else from the train block (precision: f32).
+    `claim_folder=False` (evaluation) claims no run folder; such a trainer cannot `fit`."""
 
     def __init__(self, path: str | Path, model: str | None = None, *, hparams: dict | None = None,
                  device=None, out_dir: str | Path | None = None, epochs: int | None = None,
                  batch: int | None = None, seed: int | None = None, checkpoint_every: int = 0,
                  log=print, cuda_graphs: bool = False, resume: bool = False, overwrite: bool = False,
                  checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
-                 settings_from: str | Path | None = None):
+                 settings_from: str | Path | None = None, precision: str | None = None):
         from axon.frontend import train_spec, training_graph
 
+        if precision is not None and precision not in PRECISIONS:
+            raise TrainError(f"unknown precision '{precision}': expected one of {', '.join(PRECISIONS)}")
         backend = None
         if cuda_graphs:  # checked first: no compiling for a device that cannot run it
             from axon.runtime import choose
@@ -140,6 +157,7 @@ class Trainer:
             epochs = epochs or saved.get("epochs")
             batch = batch or saved.get("batch")
             seed = seed if seed is not None else saved.get("seed")
+            precision = precision or saved.get("precision")
             hparams = {**(saved.get("hparams") or {}), **(hparams or {})}
         loss_graph, spec = training_graph(module, model, hparams=hparams or None)
         eval_graph, _ = training_graph(module, model, hparams=hparams or None, training=False)
@@ -150,6 +168,8 @@ class Trainer:
         self.epochs = epochs or spec.epochs
         self.batch = batch or spec.batch or 32
         self.checkpoint_every = checkpoint_every
+        self.precision = precision or "f32"
+        self.scaler = LossScaler() if self.precision == "f16" else None  # bf16 needs no loss scaling
         options = dict(spec.data.kwargs)
         self.data = datasets.make(spec.data.name, options, self.seed, span=spec.data.span,
                                   option_spans={k.name: k.span for k in spec.data.call.kwargs})
@@ -158,19 +178,19 @@ class Trainer:
         steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
         self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
-        step = step_graph(loss_graph, self.optimizer)
+        step = step_graph(loss_graph, self.optimizer, self.precision)
         self.run = {
             "model": spec.model, "step_graph": hashlib.sha256(print_graph(step).encode()).hexdigest(),
             "source": hashlib.sha256(read_source(path).encode()).hexdigest(), "hparams": hparams or {},
             "data": {"name": spec.data.name, **options}, "batch": self.batch, "seed": self.seed,
             "epochs": self.epochs, "optimizer": self.optimizer, "early_stop": spec.early_stop,
             "schedule_steps": steps if self.schedule.kind == "cosine" else None,  # spans the whole run
-            "checkpoint_every": checkpoint_every, "device": None}
+            "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision}
         self.step_exe = executable(step, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:
             self._check_resume(saved)
-        evaluate_graph, _ = optimize(eval_graph, out=QUIET)
+        evaluate_graph, _ = optimize(autocast(eval_graph, self.precision), out=QUIET)
         self.eval_exe = executable(evaluate_graph, self.step_exe.device)
         self.compile_s = time.perf_counter() - t0
         self.params = {k: v.to(self.step_exe.device) for k, v in init_params(step, self.seed).items()}
@@ -292,15 +312,20 @@ class Trainer:
         p, dev = self.progress, self.step_exe.device
         t = p.step + 1
         feeds = {k: v.to(dev) for k, v in self.binding.feed(batch).items()}
-        scalars = {STEP_INPUT: float(t), LR_INPUT: self.schedule(t)}
+        taken = t - (self.scaler.skipped if self.scaler else 0)  # the optimizer's count skips skipped steps
+        scalars = {STEP_INPUT: float(taken), LR_INPUT: self.schedule(t)}
         for name, value in scalars.items():
             feeds[name] = torch.tensor(value, dtype=torch.float64, device=dev)
+        if self.scaler:
+            feeds[LOSS_SCALE] = torch.tensor(self.scaler.scale, dtype=torch.float32, device=dev)
         if SEED_INPUT in self.step_exe.graph.inputs:
             feeds[SEED_INPUT] = torch.tensor(self.seed * 1_000_003 + t, dtype=torch.int64, device=dev)
         feeds.update(self.states)
         out = self.step_call(feeds, self.params)
         self.params = {name: out[NEW + name] for name in self.params}
         self.states = {name: out[NEW + name] for name in self.states}
+        if self.scaler:
+            self.scaler.update(bool(out[FOUND_INF]))
         return float(out["loss"])
 
     def validate(self) -> dict[str, float]:
@@ -344,12 +369,17 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        checkpoint.write(path, self.params, self.states, self.progress, self.run, self.spec.model, self.seed)
+        checkpoint.write(path, self.params, self.states, self.progress, self.run, self.spec.model, self.seed,
+                         self.scaler.state() if self.scaler else None)
 
     def restore(self, path: Path) -> None:
         """Parameters, optimizer state and progress from a checkpoint of this model."""
         ck = checkpoint.read(path, self.spec.model, self.params, self.states, self.step_exe.device)
         self.params, self.states, self.progress = ck.params, ck.states, ck.progress
+        if self.scaler:
+            if ck.scaler is None:
+                raise TrainError(f"--resume: {path} holds no loss scale, which an f16 run keeps")
+            self.scaler = LossScaler(**ck.scaler)
 
     def load_params(self, path: str | Path) -> None:
         """Only the parameters of a checkpoint (for `axon eval`)."""
@@ -373,7 +403,9 @@ class Trainer:
                   "batch": self.batch, "optimizer": self.optimizer, "steps": p.step, "stopped": p.stopped,
                   "best": p.best, "compile_seconds": round(self.compile_s, 3),
                   "device": str(self.step_exe.device), "cuda_graphs": self.step_call is not self.step_exe,
-                  "history": p.history}
+                  "precision": self.precision, "history": p.history}
+        if self.scaler:
+            record["loss_scaler"] = self.scaler.state()
         if "unigram_entropy" in self.data.info:
             record["unigram_baseline_loss"] = self.data.info["unigram_entropy"]
         atomic_write(self.out_dir / METRICS, json.dumps(record, indent=1, default=str) + "\n")

@@ -9,7 +9,7 @@ Inputs, parameters, constants, literal tensors, casts to f32 and what is compute
 new dtype; integer and bool values (token ids, labels, masks) and f64 values keep theirs. Kernels hold
 16-bit values and compute each op in f32, rounding its result (as torch does on a CPU); matmul, conv2d
 and attention take 16-bit operands on tensor cores with f32 accumulation. This is the whole model in 16
-bits — master weights in f32 with loss scaling is the mixed-precision mode of quantization.
+bits; mixed precision (f32 master weights, 16-bit dots, loss scaling for f16) is `autocast.py`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Checkpoints: a run's parameters, optimizer state, progress and run record in one safetensors file.
 
     param/<name>   each parameter          state/<slot>.<name>   each optimizer state tensor
-    metadata       progress (JSON: `Progress`), run (JSON: `runs.record`), model, seed
+    metadata       progress (JSON: `Progress`), run (JSON: `runs.record`), model, seed, and for an f16
+                   run scaler (JSON: the loss scale, its good-step count and the steps skipped)
 
 The file is written atomically and every tensor carries its sha256 (`safetensors`), so a checkpoint is
 whole, or the one before it stands, and damage is found on load with the tensor named. A checkpoint whose
@@ -50,14 +51,17 @@ class Checkpoint:
     progress: Progress
     run: dict | None          # None: written before run records were kept
     meta: dict[str, str]
+    scaler: dict | None = None  # the loss scaler's state (`runtime/scaler.py`); None: no loss scaling
 
 
 def write(path: Path, params: dict, states: dict, progress: Progress, run: dict, model: str,
-          seed: int) -> None:
+          seed: int, scaler: dict | None = None) -> None:
     tensors = {f"param/{k}": v for k, v in params.items()}
     tensors.update({f"state/{k}": v for k, v in states.items()})
     meta = {"progress": json.dumps(progress.__dict__), "run": json.dumps(run, sort_keys=True, default=str),
             "model": model, "seed": str(seed)}
+    if scaler is not None:
+        meta["scaler"] = json.dumps(scaler, sort_keys=True)
     save(tensors, path, meta)
 
 
@@ -101,7 +105,8 @@ def read(path: Path, model: str, params: dict[str, torch.Tensor], states: dict[s
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise CheckpointError(f"{path}: tensor '{prefix}{name}' holds NaN or infinity; "
                                       f"a run cannot continue from it")
-    return Checkpoint(got_params, got_states, progress, run, meta)
+    scaler = _scaler(path, meta["scaler"]) if "scaler" in meta else None
+    return Checkpoint(got_params, got_states, progress, run, meta, scaler)
 
 
 def _progress(path: Path, text: str) -> Progress:
@@ -132,6 +137,28 @@ def _progress(path: Path, text: str) -> Progress:
     if not all(isinstance(r, dict) for r in raw["history"]):
         raise CheckpointError(f"{path}: its progress record is damaged (a history entry is not an object)")
     return Progress(**raw)
+
+
+_SCALER = {"scale": float, "growth_tracker": int, "skipped": int}
+
+
+def _scaler(path: Path, text: str) -> dict:
+    """The loss scaler's state: a finite positive scale and two counts."""
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its loss-scaler record is damaged ({e})") from None
+    if not isinstance(raw, dict) or set(raw) != set(_SCALER):
+        raise CheckpointError(f"{path}: its loss-scaler record is damaged (expected the fields "
+                              f"{', '.join(_SCALER)}, got {raw!r})")
+    for name, kind in _SCALER.items():
+        value = raw[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = raw[name] = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) or value < 0 or \
+                (kind is float and not (math.isfinite(value) and value > 0)):
+            raise CheckpointError(f"{path}: its loss-scaler record is damaged ('{name}' is {value!r})")
+    return raw
 
 
 def section(tensors, prefix: str, like: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:

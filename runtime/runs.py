@@ -9,12 +9,13 @@ share it. The lock is an advisory `flock` on a hidden file: the kernel drops it 
 even by kill -9.
 
 The run record (`record`) is everything that defines a run: the model, its step graph's hash, the
-hyper-parameters, the data and its options, batch, seed, optimizer and schedule. A checkpoint stores it;
-`--resume` compares it with the run about to start (`compare`): a difference that breaks the run refuses,
-with the difference shown; the changes a run survives (more epochs without a schedule over the whole run,
-early stopping, the checkpoint interval, the device, a source edit that compiles to the same step) are
-named and allowed, as are a source edit and hyper-parameter overrides where the training step compiles
-the same.
+hyper-parameters, the data and its options, batch, seed, optimizer, schedule and precision. A checkpoint
+stores it; `--resume` compares it with the run about to start (`compare`): a difference that breaks the
+run refuses, with the difference shown; the changes a run survives (more epochs without a schedule over
+the whole run, early stopping, the checkpoint interval, the device, a source edit that compiles to the
+same step) are named and allowed, as are a source edit and hyper-parameter overrides where the training
+step compiles the same. A record without a key added later reads as that key's old meaning (`ABSENT`:
+no precision is f32).
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -191,7 +192,10 @@ BREAKS = {
     "seed": "the train/validation split, the data order and dropout depend on it",
     "optimizer": "the optimizer or its settings differ",
     "schedule_steps": "the learning-rate schedule spans the whole run, so it depends on the epochs",
+    "precision": "the step computes in another precision (f32, or mixed with bf16 or f16 dots)",
 }
+# what a record written before a key existed means by its absence
+ABSENT = {"precision": "f32"}
 
 
 def normal(record: dict) -> dict:
@@ -202,7 +206,7 @@ def normal(record: dict) -> dict:
 def compare(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     """(what breaks the run, what changes and is allowed), one line each, for a resume of `saved` as
     `now`. Keys neither table names break the run: an unknown difference is not assumed harmless."""
-    saved, now = normal(saved), normal(now)
+    saved, now = {**ABSENT, **normal(saved)}, normal(now)
     breaks, allowed = [], []
     for key in sorted(set(saved) | set(now)):
         old, new = saved.get(key), now.get(key)
