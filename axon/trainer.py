@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE, SCALED_LOSS, keep_if, scale_loss, unscale
 from axon.codegen.files import atomic_write
 from axon.ir.text import print_graph
-from axon.runtime import checkpoint, runs
+from axon.runtime import checkpoint, report, runs
 from axon.runtime.checkpoint import Progress, section
 from axon.runtime.interrupts import Interrupted, deferred
 from axon.runtime.runs import BEST, CHECKPOINT, METRICS
@@ -277,7 +276,7 @@ class Trainer:
                   **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.perf_counter() - t0, 3),
                   "lr": self.schedule(max(p.step, 1))}
         p.history.append(record)
-        self.log(_format(record, self.epochs))
+        self.log(report.format_epoch(record, self.epochs))
         self._early_stop(val)
         p.epoch, p.batch, p.loss_sum = p.epoch + 1, 0, 0.0
         self.save(self.out_dir / CHECKPOINT)
@@ -342,7 +341,7 @@ class Trainer:
             rows = len(part["inputs"])
             total += float(out["loss"]) * rows
             if self.binding.output in out:
-                c, k = _correct(out[self.binding.output], feeds[self.binding.labels])
+                c, k = report.correct(out[self.binding.output], feeds[self.binding.labels])
                 correct, counted = correct + c, counted + k
         result = {"loss": total / n}
         if counted:
@@ -387,15 +386,7 @@ class Trainer:
 
     # --- reporting -------------------------------------------------------------------------------------
     def _bar(self, done: int, total: int, loss: float, rate: float) -> None:
-        if not sys.stderr.isatty():
-            return
-        width = 24
-        filled = int(width * done / total)
-        sys.stderr.write(f"\repoch {self.progress.epoch + 1}/{self.epochs} [{'=' * filled}"
-                         f"{' ' * (width - filled)}] {done}/{total} loss {loss:.4f} {rate:,.0f} ex/s ")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        report.progress_bar(f"epoch {self.progress.epoch + 1}/{self.epochs}", done, total, loss, rate)
 
     def _write_metrics(self) -> None:
         p = self.progress
@@ -410,53 +401,8 @@ class Trainer:
             record["unigram_baseline_loss"] = self.data.info["unigram_entropy"]
         atomic_write(self.out_dir / METRICS, json.dumps(record, indent=1, default=str) + "\n")
         if p.history:
-            plot(p.history, self.out_dir / "curve.png", f"{self.spec.model} on {self.data.name}")
+            report.plot(p.history, self.out_dir / "curve.png", f"{self.spec.model} on {self.data.name}")
 
 
 def _saved_run(path: Path) -> dict | None:
     return checkpoint.run_record(path, checkpoint.read_meta(path))
-
-
-def _correct(out: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Correct predictions and their count: argmax over classes for integer labels, the sign of a logit
-    for 0/1 float targets."""
-    if not labels.dtype.is_floating_point:
-        if out.dim() != labels.dim() + 1:
-            return 0.0, 0
-        return float((out.argmax(-1) == labels).sum()), labels.numel()
-    if out.shape != labels.shape:
-        return 0.0, 0
-    return float(((out > 0) == (labels > 0.5)).sum()), labels.numel()
-
-
-def _format(r: dict, epochs: int) -> str:
-    acc = f"  val acc {r['val_acc']:.2%}" if "val_acc" in r else ""
-    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}"
-            f"{acc}  {r['seconds']:.1f}s")
-
-
-def plot(history: list[dict], path: Path, title: str) -> None:
-    """Loss curves (and validation accuracy) by epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
-    ax.plot(epochs, [r["val_loss"] for r in history], label="val loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    if "val_acc" in history[0]:
-        acc = ax.twinx()
-        acc.plot(epochs, [r["val_acc"] for r in history], color="tab:green", label="val acc")
-        acc.set_ylabel("val accuracy")
-        acc.legend(loc="center right")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    try:
-        atomic_write(path, writer=lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)

@@ -1,0 +1,68 @@
+"""What a training run shows and writes about itself: accuracy counts, the epoch line, the progress bar on
+a terminal, and the loss curve (a PNG, written atomically)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from axon.codegen.files import atomic_write
+
+
+def progress_bar(label: str, done: int, total: int, loss: float, rate: float) -> None:
+    """One line redrawn in place on a terminal's stderr (nothing when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return
+    width = 24
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r{label} [{'=' * filled}{' ' * (width - filled)}] {done}/{total} loss {loss:.4f} "
+                     f"{rate:,.0f} ex/s ")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def correct(out: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Correct predictions and their count: argmax over classes for integer labels, the sign of a logit
+    for 0/1 float targets."""
+    if not labels.dtype.is_floating_point:
+        if out.dim() != labels.dim() + 1:
+            return 0.0, 0
+        return float((out.argmax(-1) == labels).sum()), labels.numel()
+    if out.shape != labels.shape:
+        return 0.0, 0
+    return float(((out > 0) == (labels > 0.5)).sum()), labels.numel()
+
+
+def format_epoch(r: dict, epochs: int) -> str:
+    acc = f"  val acc {r['val_acc']:.2%}" if "val_acc" in r else ""
+    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}"
+            f"{acc}  {r['seconds']:.1f}s")
+
+
+def plot(history: list[dict], path: Path, title: str) -> None:
+    """Loss curves (and validation accuracy) by epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in history], label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if "val_acc" in history[0]:
+        acc = ax.twinx()
+        acc.plot(epochs, [r["val_acc"] for r in history], color="tab:green", label="val acc")
+        acc.set_ylabel("val accuracy")
+        acc.legend(loc="center right")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    try:
+        atomic_write(path, writer=lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
