@@ -39,12 +39,13 @@ passes, missing files) print a located message and exit 1; they never show a Pyt
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
+from axon.args import dim, load, override
 from axon.ir import AxonError
+from axon.show import show, shown_graph
 from axon.passes.autocast import PRECISIONS
 
 CUDA_GRAPHS_HELP = ("replay the whole launch list as one CUDA graph, captured at the first call at each set "
@@ -221,126 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _load(args):
-    from axon.driver import load_graph
-
-    hparams = dict(_override(s) for s in args.set)
-    return load_graph(args.file, args.model, hparams=hparams or None, training=args.training,
-                      loss=args.loss)
-
-
 def _check(args) -> int:
-    g = _load(args)
+    g = load(args)
     print(f"{args.file}: ok ({len(g)} nodes, {len(g.inputs)} inputs, {len(g.params)} params, "
           f"{len(g.outputs)} outputs)")
-    return 0
-
-
-def _show(args) -> int:
-    from axon.driver import load_ast, optimize
-    from axon.passes.manager import DEFAULT_PIPELINE
-
-    if args.stage == "triton":
-        return _show_triton(args)
-    if args.memory:
-        return _show_memory(args)
-    if args.saved:
-        return _show_saved(args)
-    if args.stage == "fused" or args.why_not:
-        return _show_fused(args)
-    if args.stage == "ast":
-        from axon.frontend.ast import dump
-
-        print(dump(load_ast(args.file)))
-        return 0
-    g = _load(args)
-    if args.stage != "ir":
-        g, _report = optimize(g, args.pipeline or DEFAULT_PIPELINE, verify=True, stop_after=args.stage,
-                              print_after_all=args.print_after_all, timing=args.time, out=print)
-    if args.params:
-        print(format_params(g))
-    else:
-        print(to_dot(g) if args.dot else str(g))
-    return 0
-
-
-def _show_saved(args) -> int:
-    from axon.passes.partition import partition
-
-    g = _load(args)
-    wrt = [n for n, node in [*g.params.items(), *g.inputs.items()] if node.dtype.is_float]
-    p = partition(g, wrt)
-    print(f"{g.name}: gradients of {', '.join(p.outputs) or 'no output'} with respect to {len(wrt)} "
-          f"parameter(s)/input(s)")
-    print(p.summary())
-    return 0
-
-
-def _show_triton(args) -> int:
-    from axon.codegen import compile_group
-    from axon.driver import kernel_groups, optimize
-    from axon.passes.manager import DEFAULT_PIPELINE
-    from axon.runtime import choose
-
-    choose(getattr(args, "device", None))  # the target decides interpreter or compiler
-    g, _ = optimize(_load(args), args.pipeline or DEFAULT_PIPELINE, out=lambda *a, **k: None)
-    for i, group in enumerate(kernel_groups(g, fusion=not args.no_fusion)):
-        kernel = compile_group(group)
-        print(f"# ---- kernel {i} ({group.kind}): {kernel.path}")
-        print(kernel.source)
-    return 0
-
-
-def _shown_graph(args):
-    """The graph `show --memory`/`--stage fused` look at: the optimized model, or with --step the whole
-    training step; and the sizes given for its symbolic dimensions."""
-    from axon.driver import optimize
-    from axon.passes.manager import DEFAULT_PIPELINE
-    from axon.run import symbols
-
-    dims = dict(_dim(s) for s in args.dim)
-    if args.step:
-        from axon.driver import load_ast
-        from axon.frontend import training_graph
-        from axon.trainer import step_graph
-
-        hparams = dict(_override(s) for s in args.set)
-        loss_graph, spec = training_graph(load_ast(args.file), args.model, hparams=hparams or None)
-        g = step_graph(loss_graph, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)},
-                       getattr(args, "precision", None) or "f32")
-        if args.batch is None and spec.batch and "batch" in symbols(g):
-            dims["batch"] = spec.batch
-    else:
-        pipeline = args.pipeline or DEFAULT_PIPELINE
-        if getattr(args, "precision", None):
-            pipeline = f"autocast{{to={args.precision}}},{pipeline}"
-        g, _ = optimize(_load(args), pipeline, out=lambda *a, **k: None)
-    if args.batch is not None:
-        dims["batch"] = args.batch
-    return g, dims
-
-
-def _show_memory(args) -> int:
-    from axon.driver import executable
-    from axon.run import bind_dims
-    from axon.runtime.memory import format_plan
-
-    g, dims = _shown_graph(args)
-    env = bind_dims(g, dims)
-    exe = executable(g, fusion=not args.no_fusion)
-    print(format_plan(exe.memory_plan(env), g, env, [k.group for k in exe.kernels]))
-    return 0
-
-
-def _show_fused(args) -> int:
-    from axon.passes.fusion import fuse
-
-    g, _ = _shown_graph(args)
-    if args.no_fusion:
-        print("fusion is off (--no-fusion): one kernel per computed node")
-        return 0
-    print(g)
-    print(fuse(g).report(why_not=args.why_not))
     return 0
 
 
@@ -348,11 +233,11 @@ def _compiled(args):
     import axon
     from axon.run import bind_dims
 
-    hparams = dict(_override(s) for s in args.set)
+    hparams = dict(override(s) for s in args.set)
     model = axon.compile(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                          loss=args.loss, device=args.device, seed=args.seed,
                          cuda_graphs=getattr(args, "cuda_graphs", False))
-    dims = dict(_dim(s) for s in args.dim)
+    dims = dict(dim(s) for s in args.dim)
     if args.batch is not None:
         dims["batch"] = args.batch
     return model, bind_dims(model.graph, dims)
@@ -412,7 +297,7 @@ def _aot_graph(args):
         raise AxonError("--dtype runs the whole model in 16 bits and --precision mixes 16-bit dots with f32 "
                         "master weights: give one of them")
     args.pipeline = None
-    g, dims = _shown_graph(args)
+    g, dims = shown_graph(args)
     if args.dtype:
         g, _ = optimize(g, f"dtype{{to={args.dtype}}},fold,simplify,cse,dce", out=lambda *a, **k: None)
     if args.batch is None and "batch" not in dims:
@@ -441,7 +326,7 @@ def _trainer(args, **extra):
     from axon.runtime import describe
     from axon.trainer import Trainer
 
-    hparams = dict(_override(s) for s in args.set)
+    hparams = dict(override(s) for s in args.set)
     for name in ("epochs", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -496,18 +381,11 @@ def _eval(args) -> int:
     return 0
 
 
-def _dim(text: str) -> tuple[str, int]:
-    name, value = _override(text, "--dim")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise AxonError(f"--dim {name}: '{value}' is not an integer")
-    return name, value
-
-
 def _bench(args) -> int:
     from axon import bench
 
-    settings = bench.Settings(file=args.file, model=args.model, hparams=dict(_override(s) for s in args.set),
-                              mode=args.mode, batch=args.batch, dims=dict(_dim(s) for s in args.dim),
+    settings = bench.Settings(file=args.file, model=args.model, hparams=dict(override(s) for s in args.set),
+                              mode=args.mode, batch=args.batch, dims=dict(dim(s) for s in args.dim),
                               repeats=args.repeats, warmup=args.warmup, device=args.device,
                               compile=not args.no_compile, seed=args.seed, cuda_graphs=args.cuda_graphs)
     if args.plot and args.mode == "host":  # before any measuring
@@ -534,48 +412,8 @@ def _passes(args) -> int:
     return 0
 
 
-def format_params(graph) -> str:
-    """One line per parameter (name, type, element count, initializer), then the total."""
-    rows = [(name, str(n.type), math.prod(n.shape), str(n.attrs.init)) for name, n in graph.params.items()]
-    widths = [max((len(str(r[i])) for r in rows), default=0) for i in range(3)]
-    lines = [f"{name:<{widths[0]}}  {t:<{widths[1]}}  {count:>{widths[2]},}  {init}"
-             for name, t, count, init in rows]
-    lines.append(f"{len(rows)} parameters, {sum(r[2] for r in rows):,} values")
-    return "\n".join(lines)
-
-
-def to_dot(graph) -> str:
-    """Graphviz DOT of the graph, from its networkx form (no pydot/pygraphviz needed)."""
-    g = graph.to_networkx()
-    name = graph.name.replace("\\", "\\\\").replace('"', '\\"')
-    lines = [f'digraph "{name}" {{', "  node [shape=box, fontname=monospace];"]
-    for i, data in g.nodes(data=True):
-        label = f"{data['label']}\\n{data['type']}".replace('"', '\\"')
-        lines.append(f'  n{i} [label="{label}"];')
-    for a, b in g.edges():
-        lines.append(f"  n{a} -> n{b};")
-    lines.append("}")
-    return "\n".join(lines)
-
-
-def _override(text: str, flag: str = "--set") -> tuple[str, object]:
-    """`--set NAME=VALUE` (or `flag`'s): an int, a float, true or false (never evaluated as code)."""
-    name, sep, value = text.partition("=")
-    name, value = name.strip(), value.strip()
-    if not sep or not name:
-        raise AxonError(f"{flag} takes NAME=VALUE, got '{text}'")
-    if value in ("true", "false"):
-        return name, value == "true"
-    for kind in (int, float):
-        try:
-            return name, kind(value)
-        except ValueError:
-            pass
-    raise AxonError(f"{flag} {name}: '{value}' is not an int, a float, true or false")
-
-
 COMPILING = ("run", "compile", "train", "eval", "bench")  # the commands that generate kernels
-_COMMANDS = {"check": _check, "show": _show, "run": _run, "compile": _compile, "train": _train,
+_COMMANDS = {"check": _check, "show": show, "run": _run, "compile": _compile, "train": _train,
              "eval": _eval, "passes": _passes, "bench": _bench}
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import networkx as nx
 import pytest
 import torch
 
-from axon.cli import to_dot
+from axon.show import to_dot
 from axon.ir import DType, GraphBuilder, Init, IRTypeError, Node, OpKind, Sym, evaluate
 from axon.ir.ops import FLOAT_ONLY_UNARY, UNARY
 
