@@ -26,6 +26,12 @@
                                              run the file's train block: one compiled step, validation
                                              each epoch, checkpoints, metrics.json and curve.png
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
+    axon quantize FILE --mode int8-weight|int4-weight [--group 64] [--weights W] [--skip NAME ...] --out DIR
+                                             weight-only quantization: DIR/quantized.safetensors, and a
+                                             ledger (ledger.json, ledger.png, printed) of each layer's
+                                             bytes, error and kernels, validation before and after
+    axon run FILE --quantized DIR            run (axon eval FILE --quantized DIR: validate) the model
+                                             quantized, with the weights `axon quantize` wrote
     axon passes                              the passes there are, with what each is for
     axon bench FILE [--mode forward|train|kernels|host] [--json OUT.json] [--plot OUT.png] [--no-compile]
                     [--cuda-graphs]
@@ -90,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", default=None, metavar="W.safetensors",
                    help="parameters by name, or a trainer's best.safetensors or checkpoint.safetensors "
                         "(default: the model's initializers)")
+    r.add_argument("--quantized", default=None, metavar="DIR",
+                   help="run the model through the quantize pass, with the weights `axon quantize` "
+                        "wrote to DIR")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
     r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
@@ -129,7 +138,11 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="validation metrics of a checkpoint")
     _train_args(v)
-    v.add_argument("--checkpoint", required=True, metavar="CK", help="a checkpoint written by axon train")
+    v.add_argument("--checkpoint", default=None, metavar="CK", help="a checkpoint written by axon train")
+    v.add_argument("--quantized", default=None, metavar="DIR",
+                   help="instead: the model quantized, with the weights `axon quantize` wrote to DIR")
+
+    _quantize_args(sub)
 
     sub.add_parser("passes", help="list the passes")
 
@@ -157,6 +170,34 @@ def _parser() -> argparse.ArgumentParser:
                     help="forward/train: replay Axon's launch list as a CUDA graph, against torch.compile "
                          "in mode 'reduce-overhead' (its CUDA graphs)")
     return p
+
+
+def _quantize_args(sub) -> None:
+    from axon.passes.quantize import GROUPS, MIN_SIZE, MODES
+
+    q = sub.add_parser("quantize", help="quantize a model's weights (weight-only int8/int4) with a ledger")
+    q.add_argument("file", help="an .axon model (with a train block: its validation data is measured)")
+    q.add_argument("--model", default=None, help="the model to quantize (default: the file's only one)")
+    q.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a hyper-parameter (an int, a float, true or false)")
+    q.add_argument("--mode", required=True, choices=MODES,
+                   help="int8-weight: i8 codes, a scale per output channel; int4-weight: two codes a byte, "
+                        "a scale per --group elements along the contraction axis")
+    q.add_argument("--group", type=int, default=64, choices=GROUPS,
+                   help="int4-weight group size (default 64)")
+    q.add_argument("--weights", default=None, metavar="W.safetensors",
+                   help="the float weights: a trainer's best.safetensors or checkpoint.safetensors (its "
+                        "run's seed and batch then pick the validation data), or plain parameters "
+                        "(default: the initializers)")
+    q.add_argument("--skip", nargs="+", action="extend", default=[], metavar="NAME",
+                   help="layers left float: a parameter name, its layer (`logits`) or a glob (`block.*.up*`)")
+    q.add_argument("--min-size", type=int, default=MIN_SIZE, metavar="N",
+                   help=f"weights of fewer elements stay float (default {MIN_SIZE})")
+    q.add_argument("--out", required=True, metavar="DIR",
+                   help="the folder quantized.safetensors and the ledger go to")
+    q.add_argument("--batch", type=int, default=None, help="validation batch (default: the train block's)")
+    q.add_argument("--seed", type=int, default=None, help="override the data split's seed")
+    q.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -327,14 +368,16 @@ def _show_fused(args) -> int:
     return 0
 
 
-def _compiled(args):
+def _compiled(args, pipeline: str | None = None, hparams: dict | None = None):
     import axon
+    from axon.passes.manager import DEFAULT_PIPELINE
     from axon.run import bind_dims
 
-    hparams = dict(_override(s) for s in args.set)
+    hparams = {**(hparams or {}), **dict(_override(s) for s in args.set)}
     model = axon.compile(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                          loss=args.loss, device=args.device, seed=args.seed,
-                         cuda_graphs=getattr(args, "cuda_graphs", False))
+                         cuda_graphs=getattr(args, "cuda_graphs", False),
+                         pipeline=pipeline or DEFAULT_PIPELINE)
     dims = dict(_dim(s) for s in args.dim)
     if args.batch is not None:
         dims["batch"] = args.batch
@@ -345,7 +388,12 @@ def _run(args) -> int:
     from axon.runtime import describe
     from axon.run import check_fits, compare, random_inputs, read_npz, summary
 
-    model, env = _compiled(args)
+    if args.quantized:
+        from axon.quantize_cmd import compiled
+
+        model, env = compiled(args, _compiled)
+    else:
+        model, env = _compiled(args)
     print(describe(model.device), file=sys.stderr)
     if args.weights:
         model.load_weights(args.weights)
@@ -464,6 +512,15 @@ def _stdout(*a, **k) -> None:  # flushed: a run's log is read as it goes
 
 
 def _eval(args) -> int:
+    if (args.checkpoint is None) == (args.quantized is None):
+        raise AxonError("axon eval takes --checkpoint CK (a trainer's checkpoint) or --quantized DIR "
+                        "(written by axon quantize), one of them")
+    if args.quantized:
+        from axon import quantize_cmd
+
+        metrics = quantize_cmd.evaluate(args, dict(_override(s) for s in args.set))
+        print("  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        return 0
     trainer = _trainer(args, log=lambda *a, **k: None, claim_folder=False, settings_from=args.checkpoint)
     trainer.load_params(args.checkpoint)
     metrics = trainer.validate()
@@ -497,6 +554,14 @@ def _bench(args) -> int:
         bench.plot(record, args.plot)
         print(f"chart written to {args.plot}")
     return 0
+
+
+def _quantize(args) -> int:
+    from axon import quantize_cmd
+
+    if args.batch is not None and args.batch < 1:
+        raise AxonError(f"--batch must be at least 1, got {args.batch}")
+    return quantize_cmd.command(args, dict(_override(s) for s in args.set))
 
 
 def _passes(args) -> int:
@@ -549,9 +614,9 @@ def _override(text: str, flag: str = "--set") -> tuple[str, object]:
     raise AxonError(f"{flag} {name}: '{value}' is not an int, a float, true or false")
 
 
-COMPILING = ("run", "compile", "train", "eval", "bench")  # the commands that generate kernels
+COMPILING = ("run", "compile", "train", "eval", "bench", "quantize")  # the commands that generate kernels
 _COMMANDS = {"check": _check, "show": _show, "run": _run, "compile": _compile, "train": _train,
-             "eval": _eval, "passes": _passes, "bench": _bench}
+             "eval": _eval, "passes": _passes, "bench": _bench, "quantize": _quantize}
 
 if __name__ == "__main__":
     sys.exit(main())
