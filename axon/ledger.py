@@ -248,7 +248,7 @@ def write(record: dict, json_path: Path, png_path: Path) -> None:
 
 
 def plot(record: dict, path: Path) -> None:
-    """Bytes before and after, one pair of bars per layer (float fallbacks hatched)."""
+    """Bytes before and after, one pair of bars per layer (float fallbacks orange)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,18 +262,19 @@ def plot(record: dict, path: Path) -> None:
     ys = range(len(rows))
     before = [r["bytes_before"] / 1024 for r in rows]
     after = [r["bytes_after"] / 1024 for r in rows]
-    ax.barh([y + 0.2 for y in ys], before, height=0.4, color="tab:gray", label="float (before)")
-    bars = ax.barh([y - 0.2 for y in ys], after, height=0.4, color="tab:blue", label="quantized (after)")
-    for bar, r in zip(bars, rows):
-        if r["kind"] == "float":
-            bar.set_color("tab:orange")
-            bar.set_hatch("//")
+    from matplotlib.patches import Patch
+
+    ax.barh([y + 0.2 for y in ys], before, height=0.4, color="tab:gray")
+    colors = ["tab:orange" if r["kind"] == "float" else "tab:blue" for r in rows]
+    ax.barh([y - 0.2 for y in ys], after, height=0.4, color=colors)
+    ax.legend(handles=[Patch(color="tab:gray", label="before (float)"),
+                       Patch(color="tab:blue", label="after: quantized"),
+                       Patch(color="tab:orange", label="after: left float")], loc="lower right", fontsize=7)
     ax.set_yticks(list(ys), [f"{r['layer']} ({r['kind']})" for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("KiB")
     mode = record["mode"] + (f" g{record['group']}" if record["mode"] == "int4-weight" else "")
-    ax.set_title(f"{record['model']}: weight bytes per layer, {mode} (orange: left float)", fontsize=9)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(f"{record['model']}: weight bytes per layer, {mode}", fontsize=9)
     fig.tight_layout()
     try:
         atomic_write(path, writer=lambda tmp: fig.savefig(tmp, format="png"))
