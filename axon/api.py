@@ -110,30 +110,7 @@ class CompiledModel:
         section is read (its optimizer state is left). Names, shapes and dtypes must match; when they
         do not, an AxonError names the file and lists what is missing, unexpected or different, and
         the parameters are left as they were."""
-        from axon.runtime.safetensors import load, load_metadata
-
-        weights, stray, trained = parameters_of(load(path))
-        problems = []
-        missing = [name for name in self.graph.params if name not in weights]
-        if missing:
-            problems.append(f"missing {_names(missing)}")
-        unexpected = [PARAM_SECTION * trained + n for n in weights if n not in self.graph.params] + stray
-        if unexpected:
-            problems.append(f"unexpected {_names(unexpected)}")
-        for name, node in self.graph.params.items():
-            t = weights.get(name)
-            if t is not None and (tuple(t.shape) != tuple(node.shape) or t.dtype != node.dtype.torch):
-                problems.append(f"'{name}' is {_type_of(t)}, the model wants {node.type}")
-        if problems:
-            what = "a trainer checkpoint, whose param/ section" if trained else "its tensors"
-            hint = None
-            if trained:
-                model = load_metadata(path).get("model")
-                if model and model != self.graph.name:
-                    hint = f"it is a checkpoint of model '{model}'"
-            raise AxonError(f"{path}: weights do not fit {self.graph.name} ({what} has "
-                            f"{len(weights)} parameters, the model {len(self.graph.params)}): "
-                            + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""), hint=hint)
+        weights = fitting_weights(self.graph, path)
         if self.graphs is not None:  # the parameters are the graphs' static buffers: filled in place
             with torch.no_grad():
                 for name, t in self.params.items():
@@ -145,6 +122,37 @@ class CompiledModel:
         from axon.runtime.safetensors import save
 
         save(self.params, path)
+
+
+def fitting_weights(graph: Graph, path: str | Path) -> dict[str, torch.Tensor]:
+    """The parameters of `graph` read from a safetensors file (plain parameter names, or a trainer's
+    checkpoint's `param/` section), on the CPU; an AxonError naming the file and what is missing,
+    unexpected or of another shape or dtype when they do not fit."""
+    from axon.runtime.safetensors import load, load_metadata
+
+    weights, stray, trained = parameters_of(load(path))
+    problems = []
+    missing = [name for name in graph.params if name not in weights]
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    unexpected = [PARAM_SECTION * trained + n for n in weights if n not in graph.params] + stray
+    if unexpected:
+        problems.append(f"unexpected {_names(unexpected)}")
+    for name, node in graph.params.items():
+        t = weights.get(name)
+        if t is not None and (tuple(t.shape) != tuple(node.shape) or t.dtype != node.dtype.torch):
+            problems.append(f"'{name}' is {_type_of(t)}, the model wants {node.type}")
+    if problems:
+        what = "a trainer checkpoint, whose param/ section" if trained else "its tensors"
+        hint = None
+        if trained:
+            model = load_metadata(path).get("model")
+            if model and model != graph.name:
+                hint = f"it is a checkpoint of model '{model}'"
+        raise AxonError(f"{path}: weights do not fit {graph.name} ({what} has "
+                        f"{len(weights)} parameters, the model {len(graph.params)}): "
+                        + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""), hint=hint)
+    return weights
 
 
 PARAM_SECTION, STATE_SECTION = "param/", "state/"  # a trainer checkpoint's sections (`axon.trainer`)

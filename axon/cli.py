@@ -28,6 +28,12 @@
                                              --precision: mixed precision as torch.autocast (+ GradScaler
                                              for f16)
     axon eval FILE --checkpoint CK           the validation metrics of a saved model
+    axon quantize FILE --mode int8-weight|int4-weight [--group 64] [--weights W] [--skip NAME ...] --out DIR
+                                             weight-only quantization: DIR/quantized.safetensors, and a
+                                             ledger (ledger.json, ledger.png, printed) of each layer's
+                                             bytes, error and kernels, validation before and after
+    axon run FILE --quantized DIR            run (axon eval FILE --quantized DIR: validate) the model
+                                             quantized, with the weights `axon quantize` wrote
     axon passes                              the passes there are, with what each is for
     axon bench FILE [--mode forward|train|kernels|host] [--json OUT.json] [--plot OUT.png] [--no-compile]
                     [--cuda-graphs]
@@ -95,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", default=None, metavar="W.safetensors",
                    help="parameters by name, or a trainer's best.safetensors or checkpoint.safetensors "
                         "(default: the model's initializers)")
+    r.add_argument("--quantized", default=None, metavar="DIR",
+                   help="run the model through the quantize pass, with the weights `axon quantize` "
+                        "wrote to DIR")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
     r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
@@ -139,7 +148,13 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="validation metrics of a checkpoint")
     _train_args(v)
-    v.add_argument("--checkpoint", required=True, metavar="CK", help="a checkpoint written by axon train")
+    v.add_argument("--checkpoint", default=None, metavar="CK", help="a checkpoint written by axon train")
+    v.add_argument("--quantized", default=None, metavar="DIR",
+                   help="instead: the model quantized, with the weights `axon quantize` wrote to DIR")
+
+    from axon.quantize_cmd import add_parser as _quantize_parser
+
+    _quantize_parser(sub)
 
     sub.add_parser("passes", help="list the passes")
 
@@ -229,14 +244,16 @@ def _check(args) -> int:
     return 0
 
 
-def _compiled(args):
+def _compiled(args, pipeline: str | None = None, hparams: dict | None = None):
     import axon
+    from axon.passes.manager import DEFAULT_PIPELINE
     from axon.run import bind_dims
 
-    hparams = dict(override(s) for s in args.set)
+    hparams = {**(hparams or {}), **dict(override(s) for s in args.set)}
     model = axon.compile(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                          loss=args.loss, device=args.device, seed=args.seed,
-                         cuda_graphs=getattr(args, "cuda_graphs", False))
+                         cuda_graphs=getattr(args, "cuda_graphs", False),
+                         pipeline=pipeline or DEFAULT_PIPELINE)
     dims = dict(dim(s) for s in args.dim)
     if args.batch is not None:
         dims["batch"] = args.batch
@@ -247,7 +264,12 @@ def _run(args) -> int:
     from axon.runtime import describe
     from axon.run import check_fits, compare, random_inputs, read_npz, summary
 
-    model, env = _compiled(args)
+    if args.quantized:
+        from axon.quantize_cmd import compiled
+
+        model, env = compiled(args, _compiled)
+    else:
+        model, env = _compiled(args)
     print(describe(model.device), file=sys.stderr)
     if args.weights:
         model.load_weights(args.weights)
@@ -374,6 +396,15 @@ def _stdout(*a, **k) -> None:  # flushed: a run's log is read as it goes
 
 
 def _eval(args) -> int:
+    if (args.checkpoint is None) == (args.quantized is None):
+        raise AxonError("axon eval takes --checkpoint CK (a trainer's checkpoint) or --quantized DIR "
+                        "(written by axon quantize), one of them")
+    if args.quantized:
+        from axon import quantize_cmd
+
+        metrics = quantize_cmd.evaluate(args, dict(override(s) for s in args.set))
+        print("  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        return 0
     trainer = _trainer(args, log=lambda *a, **k: None, claim_folder=False, settings_from=args.checkpoint)
     trainer.load_params(args.checkpoint)
     metrics = trainer.validate()
@@ -402,6 +433,14 @@ def _bench(args) -> int:
     return 0
 
 
+def _quantize(args) -> int:
+    from axon import quantize_cmd
+
+    if args.batch is not None and args.batch < 1:
+        raise AxonError(f"--batch must be at least 1, got {args.batch}")
+    return quantize_cmd.command(args, dict(override(s) for s in args.set))
+
+
 def _passes(args) -> int:
     from axon.passes.manager import DEFAULT_PIPELINE, registered_passes
 
@@ -412,9 +451,9 @@ def _passes(args) -> int:
     return 0
 
 
-COMPILING = ("run", "compile", "train", "eval", "bench")  # the commands that generate kernels
+COMPILING = ("run", "compile", "train", "eval", "bench", "quantize")  # the commands that generate kernels
 _COMMANDS = {"check": _check, "show": show, "run": _run, "compile": _compile, "train": _train,
-             "eval": _eval, "passes": _passes, "bench": _bench}
+             "eval": _eval, "passes": _passes, "bench": _bench, "quantize": _quantize}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -329,24 +329,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Mean loss (and accuracy) over the validation split, dropout off."""
-        split = self.data.val
-        n = datasets.num_examples(split)
-        total, correct, counted = 0.0, 0.0, 0
-        for start in range(0, n, self.batch):
-            part = {k: v[start:start + self.batch] for k, v in split.items()}
-            feeds = {k: v.to(self.eval_exe.device) for k, v in self.binding.feed(part).items()}
-            if SEED_INPUT in self.eval_exe.graph.inputs:
-                feeds[SEED_INPUT] = torch.tensor(0, dtype=torch.int64, device=self.eval_exe.device)
-            out = self.eval_exe(feeds, self.params)
-            rows = len(part["inputs"])
-            total += float(out["loss"]) * rows
-            if self.binding.output in out:
-                c, k = report.correct(out[self.binding.output], feeds[self.binding.labels])
-                correct, counted = correct + c, counted + k
-        result = {"loss": total / n}
-        if counted:
-            result["acc"] = correct / counted
-        return result
+        return validate(self.eval_exe, self.params, self.data.val, self.binding, self.batch)
 
     def _early_stop(self, val: dict[str, float]) -> None:
         p, es = self.progress, self.spec.early_stop
@@ -402,6 +385,34 @@ class Trainer:
         atomic_write(self.out_dir / METRICS, json.dumps(record, indent=1, default=str) + "\n")
         if p.history:
             report.plot(p.history, self.out_dir / "curve.png", f"{self.spec.model} on {self.data.name}")
+
+
+def eval_feeds(exe, binding: Binding, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The evaluation graph's inputs for a slice of a split: data, labels, and seed 0 (dropout is off)."""
+    feeds = {k: v.to(exe.device) for k, v in binding.feed(part).items()}
+    if SEED_INPUT in exe.graph.inputs:
+        feeds[SEED_INPUT] = torch.tensor(0, dtype=torch.int64, device=exe.device)
+    return feeds
+
+
+def validate(exe, params: dict[str, torch.Tensor], split: dict[str, torch.Tensor], binding: Binding,
+             batch: int) -> dict[str, float]:
+    """Mean loss (and accuracy) of the evaluation executable `exe` over `split`, `batch` rows a call."""
+    n = datasets.num_examples(split)
+    total, correct, counted = 0.0, 0.0, 0
+    for start in range(0, n, batch):
+        part = {k: v[start:start + batch] for k, v in split.items()}
+        feeds = eval_feeds(exe, binding, part)
+        out = exe(feeds, params)
+        rows = len(part["inputs"])
+        total += float(out["loss"]) * rows
+        if binding.output in out:
+            c, k = report.correct(out[binding.output], feeds[binding.labels])
+            correct, counted = correct + c, counted + k
+    result = {"loss": total / n}
+    if counted:
+        result["acc"] = correct / counted
+    return result
 
 
 def _saved_run(path: Path) -> dict | None:

@@ -1,0 +1,88 @@
+"""Float weights to the parameters `quantize{...}` declares: `<name>.q` (codes) and `<name>.scale`.
+
+The scale is amax / qmax over each channel or group (amax of |w|, divided in f32; an all-zero channel
+gets the smallest scale the IR accepts, 2**-126, and codes 0). The codes are computed by the reference
+evaluator running the IR's own `quantize` (and `pack_int4`), so they are exactly what the graph's ops
+define: q = clamp(rint(fl(w * fl(1 / scale))), -qmax, qmax).
+
+>>> import torch
+>>> from axon.passes.quantize import Layer, QMAX
+>>> layer = Layer("w", "matmul", (2, 2), kind="int8", axis=1, q_shape=(2, 2), q_dtype="i8",
+...               scale_shape=(1, 2))
+>>> out = convert([layer], {"w": torch.tensor([[1.0, -0.5], [0.25, 2.0]])})
+>>> out["w.q"].tolist(), [round(v * 127, 4) for v in out["w.scale"][0].tolist()]
+([[127, -32], [32, 127]], [1.0, 2.0])
+"""
+from __future__ import annotations
+
+import torch
+
+from axon.ir import DType, GraphBuilder, evaluate
+from axon.ir.op_quant import SMALLEST_SCALE
+
+from .quantize import QMAX, Layer, QuantizeError, dequantized
+
+MODE_OF = {"int8": "int8-weight", "int4": "int4-weight"}
+
+
+def qmax(layer: Layer) -> int:
+    return QMAX[MODE_OF[layer.kind]]
+
+
+def view(layer: Layer, w: torch.Tensor) -> torch.Tensor:
+    """The float parameter as the op reads it (through its permute), contiguous."""
+    return (w.permute(layer.perm) if layer.perm else w).contiguous()
+
+
+def scales(layer: Layer, w: torch.Tensor) -> torch.Tensor:
+    """amax(|w|) / qmax per channel (group 1) or per group along `layer.axis`, f32, of the scale's shape."""
+    a, g = layer.axis, layer.group
+    x = w.to(torch.float32).abs()
+    if g == 1:
+        amax = x.amax(dim=[d for d in range(x.dim()) if d != a], keepdim=True)
+    else:
+        split = (*x.shape[:a], x.shape[a] // g, g, *x.shape[a + 1:])
+        amax = x.reshape(split).amax(dim=a + 1)
+    s = (amax / qmax(layer)).clamp_min(SMALLEST_SCALE)
+    assert tuple(s.shape) == layer.scale_shape, (s.shape, layer)
+    return s.contiguous()
+
+
+def codes(layer: Layer, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The stored codes of `w` (as the op reads it) under `scale`, by the evaluator's quantize."""
+    b = GraphBuilder("convert")
+    wp = b.param("w", DType.F32, tuple(w.shape))
+    sp = b.param("s", DType.F32, tuple(scale.shape))
+    m = qmax(layer)
+    q = b.quantize(wp, sp, dtype=DType.I8, axis=layer.axis, group=layer.group if layer.group > 1 else None,
+                   qmin=-m, qmax=m)
+    b.output("q", b.pack_int4(q) if layer.kind == "int4" else q)
+    return evaluate(b.build(), {}, {"w": w.to(torch.float32), "s": scale})["q"]
+
+
+def convert(layers: list[Layer], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`<name>.q` and `<name>.scale` for each quantized layer, from its float parameter in `params`."""
+    out: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        if not layer.quantized:
+            continue
+        w = params[layer.name].detach().cpu()
+        if tuple(w.shape) != layer.shape:
+            raise QuantizeError(f"'{layer.name}' is {list(w.shape)}, the model's is {list(layer.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            bad = int((~torch.isfinite(w)).sum())
+            raise QuantizeError(f"'{layer.name}' holds {bad} NaN or infinite value(s): it cannot be "
+                                f"quantized",
+                                hint="the weights are broken; retrain, or skip the layer with --skip")
+        w = view(layer, w)
+        s = scales(layer, w)
+        out[layer.q_name] = codes(layer, w, s)
+        out[layer.scale_name] = s
+    return out
+
+
+def dequantize(layer: Layer, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The weight the graph computes from `q` and `scale` (the evaluator's unpack_int4 and dequantize)."""
+    b = GraphBuilder("dequantize")
+    b.output("w", dequantized(b, layer))
+    return evaluate(b.build(), {}, {layer.q_name: q, layer.scale_name: scale})["w"]
