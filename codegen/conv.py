@@ -35,7 +35,9 @@ from . import configs as gpu
 from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, contiguous_strides, meta_view
+from .expr import helper_sources, helpers_called
 from .ops_triton import cast, dot, dot_helpers, program_id, tl_dtype
+from .prologue import WeightPrologue
 from .target import Target
 
 MIN_TILE = 16           # tl.dot's smallest block in every dimension
@@ -65,7 +67,10 @@ class Conv2dKernel:
     def __post_init__(self):
         self.node = next(n for n in self.group.nodes if n.op == OpKind.CONV2D)
         self.x, self.w = self.group.inputs[:2]
-        self.epilogue = Epilogue(self.group, self.node, 2)
+        # a weight dequantized in the K loop: w is then its codes, and its scale (zero point) follow
+        self.prologue = WeightPrologue(self.group, self.target, conv=True) if self.group.prologue else None
+        operands = 2 + (self.prologue.extra if self.prologue else 0)
+        self.epilogue = Epilogue(self.group, self.node, operands, skip=self.group.prologue)
         self.attrs = self.node.attrs
         self.dtype = self.node.dtype
         if not self.dtype.is_float:
@@ -81,19 +86,25 @@ class Conv2dKernel:
         sizes = ["H", "W", "C_G", "O_G", "OH", "OW", "KH", "KW", "M", "K"]
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
         body = self._tile() + self._loop()
-        helpers: list[str] = []
+        ptrs = ["x_ptr", "w_ptr"]
+        helpers: set[str] = set()
+        if self.prologue:
+            ptrs += self.prologue.pointers()
+            strides[8:8] = self.prologue.strides()  # after the weight's
+            helpers |= helpers_called(body)
         if self.epilogue.trivial:
-            ptrs = ["x_ptr", "w_ptr", "out_ptr"]
+            ptrs += ["out_ptr"]
             body += self._store("acc")
         else:
-            ptrs = ["x_ptr", "w_ptr"] + self.epilogue.pointers()
+            ptrs += self.epilogue.pointers()
             strides += self.epilogue.strides()
             lines, em = self._fused_store("acc")
             body += lines
-            helpers = em.helper_source()
+            helpers |= em.helpers
         args = ",\n    ".join(ptrs + strides + sizes + blocks)
         a = self.attrs
-        types = f"x {self.x.node.type} * w {self.w.node.type} -> {self.node.type}"
+        w_type = self.node.inputs[1].type if self.prologue else self.w.node.type
+        types = f"x {self.x.node.type} * w {w_type} -> {self.node.type}"
         head = "\n".join(f"#   {line}" for line in self.group.labels)
         return "\n".join([
             f"# Conv2d kernel (implicit GEMM): {types},",
@@ -102,8 +113,9 @@ class Conv2dKernel:
             "# Per group: rows m = (n, oh, ow), columns = the group's output channels,",
             "# reduction k = (c, kh, kw).",
             "import triton\nimport triton.language as tl\n",
-            *helpers,
-            *(dot_helpers(self.dtype, self.target) if self.uses_dot else []),
+            *helper_sources(helpers),
+            *[h for h in (dot_helpers(self.dtype, self.target) if self.uses_dot else [])
+              if h not in helper_sources(helpers)],
             f"\n@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in self._geometry() + body],
         ]) + "\n"
@@ -145,7 +157,8 @@ class Conv2dKernel:
         """The K loop: gather an input block (zeros in the padding), load a weight block, accumulate."""
         acc_t = tl_dtype(self.acc)
         offs_k = "(k + tl.arange(0, BLOCK_K)).to(tl.int64)" if self.wide else "k + tl.arange(0, BLOCK_K)"
-        lines = [
+        lines = self.prologue.hoisted() if self.prologue else []
+        lines += [
             f"# accumulate over k = (c, kh, kw), BLOCK_K at a time, in {self.acc}",
             f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
             "for k in range(0, K, BLOCK_K):",
@@ -165,8 +178,12 @@ class Conv2dKernel:
             "                + iw * x_stride_w, mask=x_mask, other=0)",
             "    w_mask = k_mask[:, None] & oc_mask[None, :]",
             "    w_k = c * w_stride_c + kh * w_stride_h + kw * w_stride_w",
-            "    b = tl.load(w_ptr + w_k[:, None] + oc[None, :] * w_stride_o, mask=w_mask, other=0)",
         ]
+        if self.prologue:
+            lines += [f"    {line}" for line in self.prologue.block("b")]
+        else:
+            lines.append("    b = tl.load(w_ptr + w_k[:, None] + oc[None, :] * w_stride_o, mask=w_mask, "
+                         "other=0)")
         if self.uses_dot:
             lines.append(f"    acc = {dot('a', 'b', self.dtype, self.target, acc='acc')}")
         else:
@@ -210,19 +227,21 @@ class Conv2dKernel:
                                f"are more than grid axis 1 takes ({MAX_GROUPS})")
         o_g = o // groups
         m, k = n * oh * ow, c_g * kh * kw
+        p_args, p_strides = self.prologue.prepare(env) if self.prologue else ([], [])
         meta = self.blocks(m, o_g, k)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(o_g, meta["BLOCK_N"]), groups)
         configs = self.configs(meta)
         meta = configs[0] if configs else meta
         if self.epilogue.trivial:
-            scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape),
+            scalars = (*x_view.stride(), *w_view.stride(), *p_strides, *contiguous_strides(shape),
                        h, w, c_g, o_g, oh, ow, kh, kw, m, k)
-            return Launch(grid, (x_arg, w_arg), (self.node,), scalars, meta, configs)
+            return Launch(grid, (x_arg, w_arg, *p_args), (self.node,), scalars, meta, configs)
         extra, more = self.epilogue.prepare(env)
         more = [s for group in more for s in group]
-        scalars = (*x_view.stride(), *w_view.stride(), *contiguous_strides(shape), *more,
+        scalars = (*x_view.stride(), *w_view.stride(), *p_strides, *contiguous_strides(shape), *more,
                    h, w, c_g, o_g, oh, ow, kh, kw, m, k)
-        return Launch(grid, (x_arg, w_arg, *extra), tuple(self.group.outputs), scalars, meta, configs)
+        return Launch(grid, (x_arg, w_arg, *p_args, *extra), tuple(self.group.outputs), scalars, meta,
+                      configs)
 
     def configs(self, blocks: dict[str, int]) -> tuple[dict, ...]:
         """On a GPU: `blocks` with each (warps, stages) to try, the first the default (none in the
@@ -233,7 +252,8 @@ class Conv2dKernel:
                            gathered=blocks["BLOCK_M"] * blocks["BLOCK_K"])
 
     def _values(self) -> int:
-        return 2 if self.epilogue.trivial else self.epilogue.values
+        values = 2 if self.epilogue.trivial else self.epilogue.values
+        return values + (self.prologue.values if self.prologue else 0)
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
         """Block sizes for the per-group (m x k) @ (k x n) product: BLOCK_M and BLOCK_N the next power of
@@ -256,9 +276,12 @@ class Conv2dKernel:
         if not self.interpreted:
             kind = gpu.dot_kind(self.dtype, self.target)
             block_m, block_n = gpu.tile(m, n, self._values(), kind)
-            block_k = fit_k(GPU_BLOCK_K[kind])
+            # an f32 weight dequantized on FMA units holds the block in registers: half the K block
+            block_k = fit_k(GPU_BLOCK_K[kind] // (2 if self.prologue and kind == "fma" else 1))
             # the gathered input block's index tiles live in registers: keep it to GATHER_BLOCK elements
-            while block_m * block_k > GATHER_BLOCK and max(block_m, block_k) > low:
+            # (half with a weight prologue: the codes and their scales are registers too)
+            gather = GATHER_BLOCK // (2 if self.prologue else 1)
+            while block_m * block_k > gather and max(block_m, block_k) > low:
                 if block_k > 32 or block_m <= low:
                     block_k //= 2
                 else:

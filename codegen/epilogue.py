@@ -24,12 +24,13 @@ class Epilogue:
     group: KernelGroup
     node: Node           # the template's node (matmul, conv2d)
     operands: int        # how many of the group's inputs the template itself reads
+    skip: tuple = ()     # members the template computes itself (a matmul's weight prologue)
 
     def __post_init__(self):
         self.space = tuple(self.node.shape)
         self.rank = len(self.space)
         self.extra = list(self.group.inputs[self.operands:])
-        self.nodes = [n for n in self.group.nodes if n is not self.node]
+        self.nodes = [n for n in self.group.nodes if n is not self.node and n not in self.skip]
         self.seeds = [a for a in self.extra if any(m.op.value == "rand" and m.inputs[0] is a.node
                                                    for m in self.nodes)]
         self.rands = [m for m in self.nodes if m.op.value == "rand"]

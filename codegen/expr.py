@@ -46,7 +46,7 @@ class Emitter:
 
     def emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
         lines = self._emit(n, var, names)
-        self.helpers.update(h for h in HELPERS for line in lines if _calls(h, line))
+        self.helpers.update(helpers_called(lines))
         return lines
 
     def _emit(self, n: Node, var: str, names: dict[Node, str]) -> list[str]:
@@ -128,13 +128,23 @@ class Emitter:
 
     def helper_source(self) -> list[str]:
         """The helpers the lines call, and those they call in turn."""
-        need, stack = set(), list(self.helpers)
-        while stack:
-            h = stack.pop()
-            if h not in need:
-                need.add(h)
-                stack += [o for o in HELPERS if o != h and _calls(o, HELPERS[h])]
-        return [HELPERS[h] for h in sorted(need)]
+        return helper_sources(self.helpers)
+
+
+def helpers_called(lines: list[str]) -> set[str]:
+    """The helpers (`HELPERS`) that `lines` call."""
+    return {h for h in HELPERS for line in lines if _calls(h, line)}
+
+
+def helper_sources(names) -> list[str]:
+    """The source of helpers `names` and of those they call in turn, in a fixed order."""
+    need, stack = set(), list(names)
+    while stack:
+        h = stack.pop()
+        if h not in need:
+            need.add(h)
+            stack += [o for o in HELPERS if o != h and _calls(o, HELPERS[h])]
+    return [HELPERS[h] for h in sorted(need)]
 
 
 def _calls(helper: str, text: str) -> bool:

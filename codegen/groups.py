@@ -83,6 +83,7 @@ class KernelGroup:
     space: tuple = ()             # the iteration space (fused groups; else the output's shape)
     axes: tuple[int, ...] = ()    # reduce: the reduced axes of `space`
     persistent: bool = False      # reduce: whole rows in one block
+    prologue: tuple[Node, ...] = ()  # matmul: the members computing its right operand in the K loop
 
 
 def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
@@ -98,12 +99,14 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
         members = fg.members(index)
         inside = set(members)
         first = [m for m in fg.nodes if m.op in TEMPLATES][:1] if fg.kind != "reduce" else []
-        # a template's operands come first, by position; then what the other members read (an
-        # epilogue loads its operands over the output tile, even one the template also reads)
-        operands = [_access(i, owned) for m in first for i in m.inputs]
+        # a template's operands come first, by position (a prologue's in place of the value it computes);
+        # then what the other members read (an epilogue loads its operands over the output tile, even one
+        # the template also reads)
+        prologue = [p for m in first for p in _prologue(m, fg)]
+        operands = [a for m in first for i in m.inputs for a in _template_reads(i, prologue, owned)]
         others: dict[Access, None] = {}  # an ordered set: a kernel may read hundreds of values
         for m in members:
-            if m not in first:
+            if m not in first and m not in prologue:
                 for i, a in zip(m.inputs, reads_of(m, lambda v: _access(v, owned))):
                     if i not in inside:
                         others.setdefault(a)
@@ -114,18 +117,38 @@ def fused_groups(graph: Graph, fused) -> list[KernelGroup]:
             # a permute/expand/slice copy reads its operand through itself: the load is the movement
             (a,) = reads
             reads = [Access(a.buffer, (*a.view, members[0]))]
-        plans.append((fg, members, reads))
-    stored = {a.buffer for _, _, reads in plans for a in reads} | outputs
+        plans.append((fg, members, reads, tuple(prologue)))
+    stored = {a.buffer for _, _, reads, _ in plans for a in reads} | outputs
     result = []
-    for fg, members, reads in plans:
+    for fg, members, reads, prologue in plans:
         outs = tuple(n for n in sorted(fg.nodes, key=index.__getitem__) if n in stored)
         if not outs:  # dead code (nothing reads it, no output names it): no kernel
             continue
         labels = tuple(_label(n, index) for n in members)
         kind = "pointwise" if fg.kind == "copy" else fg.kind
         result.append(KernelGroup(kind, tuple(members), tuple(reads), outs, labels, tuple(fg.space),
-                                  tuple(fg.axes), fg.persistent))
+                                  tuple(fg.axes), fg.persistent, prologue))
     return result
+
+
+def _prologue(m: Node, fg) -> list[Node]:
+    """The members of `fg` computing template `m`'s weight (its right operand) in its K loop
+    (`passes.fusion.prologue`): a local dequantize it reads, and the unpack_int4 under it."""
+    if m.op not in (K.MATMUL, K.CONV2D) or m.inputs[1].op != K.DEQUANTIZE or m.inputs[1] not in fg.local:
+        return []
+    d = m.inputs[1]
+    return [d.inputs[0], d] if d.inputs[0] in fg.local else [d]
+
+
+def _template_reads(v: Node, prologue: list[Node], owned: set[Node]) -> list[Access]:
+    """How a template reads its operand `v`: as a stored value, or, for a weight its prologue computes,
+    the stored codes (packed, under an unpack_int4), the scale and the zero point."""
+    if v not in prologue:
+        return [_access(v, owned)]
+    codes = v.inputs[0]
+    if codes in prologue:
+        codes = codes.inputs[0]
+    return [_access(codes, owned)] + [_access(s, owned) for s in v.inputs[1:]]
 
 
 def _access(v: Node, owned: set[Node]) -> Access:

@@ -29,7 +29,9 @@ from . import configs as gpu
 from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, meta_view
+from .expr import helper_sources, helpers_called
 from .ops_triton import cast, dot, dot_helpers, program_id, tl_dtype
+from .prologue import WeightPrologue
 from .target import Target
 
 GROUP_M = 8              # tile-rows per group of the program order (L2 reuse)
@@ -50,7 +52,10 @@ class MatmulKernel:
     def __post_init__(self):
         self.node = next(n for n in self.group.nodes if n.op == OpKind.MATMUL)
         self.a, self.b = self.group.inputs[:2]
-        self.epilogue = Epilogue(self.group, self.node, 2)
+        # a weight dequantized in the K loop: b is then its codes, and its scale (zero point) follow
+        self.prologue = WeightPrologue(self.group, self.target) if self.group.prologue else None
+        operands = 2 + (self.prologue.extra if self.prologue else 0)
+        self.epilogue = Epilogue(self.group, self.node, operands, skip=self.group.prologue)
         self.dtype = self.node.dtype
         self.batch_rank = len(self.node.shape) - 2
         self.uses_dot = self.dtype.is_float and self.dtype != DType.F64
@@ -64,24 +69,30 @@ class MatmulKernel:
         sizes = [f"batch{d}" for d in batch] + ["M", "N", "K"]
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")]
         body = self._tile() + self._batch() + self._loop()
-        helpers = []
+        ptrs = ["a_ptr", "b_ptr"]
+        helpers = set()
+        if self.prologue:
+            ptrs += self.prologue.pointers()
+            strides += self.prologue.strides()
+            helpers |= helpers_called(body)
         if self.epilogue.trivial:
-            ptrs = ["a_ptr", "b_ptr", "out_ptr"]
+            ptrs += ["out_ptr"]
             body += self._store("acc")
         else:
-            ptrs = ["a_ptr", "b_ptr"] + self.epilogue.pointers()
+            ptrs += self.epilogue.pointers()
             strides += self.epilogue.strides()
             lines, em = self._fused_store("acc")
             body += lines
-            helpers = em.helper_source()
+            helpers |= em.helpers
         args = ",\n    ".join(ptrs + strides + sizes + blocks)
         head = "\n".join(f"#   {line}" for line in self.group.labels)
-        types = f"{self.a.node.type} @ {self.b.node.type} -> {self.node.type}"
+        b_type = self.node.inputs[1].type if self.prologue else self.b.node.type
+        types = f"{self.a.node.type} @ {b_type} -> {self.node.type}"
         return "\n".join([
             f"# Matmul kernel: {types}, computing:\n{head}",
             "import triton\nimport triton.language as tl\n",
-            *helpers,
-            *dot_helpers(self.dtype, self.target),
+            *helper_sources(helpers),
+            *[h for h in dot_helpers(self.dtype, self.target) if h not in helper_sources(helpers)],
             f"@triton.jit\ndef {self.name}(\n    {args},\n):",
             *[f"    {line}" for line in body],
         ]) + "\n"
@@ -124,7 +135,8 @@ class MatmulKernel:
         """The K loop: load an A and a B block (zeros outside the matrices), accumulate their product."""
         acc_t = tl_dtype(self.acc)
         offs_k = "(k + tl.arange(0, BLOCK_K)).to(tl.int64)" if self.wide else "k + tl.arange(0, BLOCK_K)"
-        lines = [
+        lines = self.prologue.hoisted() if self.prologue else []
+        lines += [
             f"# accumulate over K, BLOCK_K at a time, in {self.acc}",
             f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
             "for k in range(0, K, BLOCK_K):",
@@ -134,9 +146,13 @@ class MatmulKernel:
             "    b_mask = k_mask[:, None] & n_mask[None, :]",
             "    a = tl.load(a_ptr + a_batch + offs_m[:, None] * a_stride_m + offs_k[None, :] * a_stride_k,",
             "                mask=a_mask, other=0)",
-            "    b = tl.load(b_ptr + b_batch + offs_k[:, None] * b_stride_k + offs_n[None, :] * b_stride_n,",
-            "                mask=b_mask, other=0)",
         ]
+        if self.prologue:
+            lines += [f"    {line}" for line in self.prologue.block("b")]
+        else:
+            lines += ["    b = tl.load(b_ptr + b_batch + offs_k[:, None] * b_stride_k"
+                      " + offs_n[None, :] * b_stride_n,",
+                      "                mask=b_mask, other=0)"]
         if self.uses_dot:
             lines.append(f"    acc = {dot('a', 'b', self.dtype, self.target, acc='acc')}")
         else:
@@ -184,22 +200,28 @@ class MatmulKernel:
                                f"{n_batch} matrices is more than grid axis 1 takes ({MAX_BATCH})")
         operand = [broadcast_strides(v.shape[:-2], v.stride()[:-2], batch) + list(v.stride()[-2:])
                    for v in (a_view, b_view)]
+        if self.prologue:  # the codes (a weight matrix: the same for every batch element)
+            operand[1] = [0] * len(batch) + list(b_view.stride())
+            p_args, p_strides = self.prologue.prepare(env)
+            b_arg = (b_arg, *p_args)
+        else:
+            b_arg, p_strides = (b_arg,), []
         extra, more = self.epilogue.prepare(env) if not self.epilogue.trivial else ([], [])
         iota = any(n.op == OpKind.IOTA for n in self.group.nodes)  # reads batch/row coordinates directly
         if not iota and _foldable(batch, m, operand, more):
             # b is one matrix and everything else walks the batch as rows: one [batch*M, K] @ [K, N]
             batch, m, n_batch = (1,) * len(batch), m * n_batch, 1
-        strides = [s for group in operand + more for s in group]
         meta = self.blocks(m, n, k)
         configs = self.configs(meta, k)
         meta = configs[0] if configs else meta
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), n_batch)
-        if self.epilogue.trivial:
-            return Launch(grid, (a_arg, b_arg), (self.node,), (*strides, *batch, m, n, k), meta, configs)
         a_strides, b_strides = operand
         more_flat = [s for group in more for s in group]
-        return Launch(grid, (a_arg, b_arg, *extra), tuple(self.group.outputs),
-                      (*a_strides, *b_strides, *more_flat, *batch, m, n, k), meta, configs)
+        if self.epilogue.trivial:
+            return Launch(grid, (a_arg, *b_arg), (self.node,),
+                          (*a_strides, *b_strides, *p_strides, *batch, m, n, k), meta, configs)
+        return Launch(grid, (a_arg, *b_arg, *extra), tuple(self.group.outputs),
+                      (*a_strides, *b_strides, *p_strides, *more_flat, *batch, m, n, k), meta, configs)
 
     def blocks(self, m: int, n: int, k: int) -> dict[str, int]:
         """The block sizes for an (m x k) @ (k x n) product: in the interpreter each the next power of two
@@ -221,7 +243,8 @@ class MatmulKernel:
         return gpu.configs(blocks, k, self._values(), self.dtype, self.target)
 
     def _values(self) -> int:
-        return 2 if self.epilogue.trivial else self.epilogue.values
+        values = 2 if self.epilogue.trivial else self.epilogue.values
+        return values + (self.prologue.values if self.prologue else 0)
 
 
 def _foldable(batch, m: int, operand: list[list[int]], more: list[list[int]]) -> bool:

@@ -74,8 +74,10 @@ other values keep their low 4 bits (wrap). unpack_int4 reverses it, sign-extendi
 
 Lowering: the three affine ops are in `ELEMENTWISE`, so they fuse as elementwise ops do (pointwise
 kernels, both sides of a reduction, matmul and conv2d epilogues); a per-group scale or zero point is read
-at coordinate // group (`codegen.groups.Access.group`). The matmul template has no prologue, so
-`dequantize(w) -> matmul` is two kernels. pack_int4 and unpack_int4 are index kernels of their own.
+at coordinate // group (`codegen.groups.Access.group`). A stored weight's `[unpack_int4 ->] dequantize`
+read by matmuls (or conv2d) is their prologue: dequantized block by block in the K loop, never stored
+(`passes/fusion/prologue.py`, `codegen/prologue.py`). Elsewhere pack_int4 and unpack_int4 are index
+kernels of their own.
 """
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ of one of its producers or starts a group of its own:
   A gather along the reduced axis with one index per row (cross-entropy's label) joins a persistent
   group too.
 - matmul, conv2d: the template plus an epilogue of elementwise ops over its output tile (bias,
-  activation, residual add, scaling).
+  activation, residual add, scaling), and a prologue computing a quantized weight operand block by block
+  in the K loop (`dequantize` of stored codes, `unpack_int4` of packed ones: `prologue.py`), claimed
+  before the walk, so the float weight is never stored.
 - attention: `softmax(f(q @ k)) @ v` (f: a scale, a causal mask from iota comparisons, a stored mask or bias
   loaded over the tile) is claimed before the walk as one kernel with an online softmax that never stores
   the scores, when nothing outside reads the scores or probabilities. Where the graph holds its gradient in

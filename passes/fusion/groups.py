@@ -79,6 +79,7 @@ class Fusion:
     graph: Graph
     groups: list[FusedGroup]      # in launch order
     refusals: list[Refusal]
+    prologues: frozenset = frozenset()  # dequantized weights computed inside their matmuls (`prologue`)
 
     def report(self, why_not: bool = False) -> str:
         """The groups (one line per kernel with its members), and with `why_not` every refusal."""
@@ -87,6 +88,9 @@ class Fusion:
                  f"computed nodes"]
         for k, g in enumerate(self.groups):
             owned = ", ".join(f"%{index[n]} {n.op}" for n in g.nodes)
+            pro = [m for m in g.local if m in self.prologues]
+            if pro:
+                owned += f" (prologue: {', '.join(f'%{index[m]} {m.op}' for m in pro)})"
             extra = f" over axes {list(g.axes)}" + (" (persistent)" if g.persistent else " (looped)") \
                 if g.kind == "reduce" and any(n.op in FUSED_REDUCE for n in g.nodes) else ""
             lines.append(f"  k{k} {g.kind}{extra} [{', '.join(map(str, g.space))}]: {owned}")

@@ -16,9 +16,10 @@ from .groups import (ATTENTION, BUFFER_SOURCES, EPILOGUE_TEMPLATES, FOLDED_MOVEM
                      broadcast_shapes, first_of, fits_row, fmt_shape, is_single, keep1, row_level,
                      too_many_passes)
 from .merge import MergeGroups
+from .prologue import ClaimPrologue
 
 
-class Fuser(ClaimAttention, MergeGroups):
+class Fuser(ClaimAttention, ClaimPrologue, MergeGroups):
     def __init__(self, graph: Graph, forbidden: set[Node]):
         self.graph = graph
         self.forbidden = forbidden
@@ -35,9 +36,11 @@ class Fuser(ClaimAttention, MergeGroups):
         self.views: set[Node] = set()      # folded into readers
         self.contiguous: set[Node] = set()
         self.rows = RowPasses(self.index, self.users, self.views, self.owner)
+        self.prologues: set[Node] = set()  # dequantized weights computed in their matmuls' K loops
 
     def run(self) -> Fusion:
         claimed = self._claim_attention()
+        claimed |= self._claim_prologues(claimed)
         for n in self.graph.nodes:
             if n not in claimed:
                 self._place(n)
@@ -47,7 +50,7 @@ class Fuser(ClaimAttention, MergeGroups):
         members = {g: set(g.nodes) for g in self.groups}
         self.refusals = [r for r in self.refusals if r.producer not in self.local and not (
             self.owner.get(r.producer) is not None and r.consumer in members[self.owner[r.producer]])]
-        return Fusion(self.graph, self._ordered(), self.refusals)
+        return Fusion(self.graph, self._ordered(), self.refusals, frozenset(self.prologues))
 
     # --- classification ------------------------------------------------------------------------------
     def _place(self, n: Node) -> None:
