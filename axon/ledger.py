@@ -4,7 +4,9 @@ For every float parameter of rank >= 2: bytes before and after, how it is stored
 group, or float with the reason), what runs it (the kernels the fusion plan makes of the dequantized
 weight and its matmul), and for a quantized layer its relative output error ||y_q - y|| / ||y||: the
 layer's op applied to the float model's own activations on one validation batch (so one layer's error
-does not include the layers before it), with the float weight (y) and with the dequantized one (y_q).
+does not include the layers before it), with the float weight (y) and with the dequantized one (y_q), or,
+for int8-dynamic and fp8 layers, as the quantized model computes it (the activations quantized per row,
+codes times codes, rescaled).
 For the whole model: the validation loss and accuracy of the float and of the quantized model, measured
 as `axon eval` does (the train block's data and seed, the evaluation graph, compiled kernels).
 """
@@ -19,9 +21,9 @@ import torch
 
 from axon import data as datasets
 from axon.driver import executable, kernel_groups, load_ast, load_graph, optimize
-from axon.ir import Graph, GraphBuilder, OpKind, evaluate
+from axon.ir import DType, Graph, GraphBuilder, OpKind, evaluate
 from axon.passes.quant_weights import dequantize, view
-from axon.passes.quantize import Layer, weight_uses
+from axon.passes.quantize import DYNAMIC, Layer, dynamic_matmul, weight_uses
 
 K = OpKind
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -124,11 +126,24 @@ def layer_errors(graph: Graph, layers: list[Layer], params, qparams, inputs) -> 
         num = den = 0.0
         for name, site, tap in taps:
             if name == layer.name:
-                y, yq = (_apply(site, acts[tap], weight).double() for weight in (w, wq))
+                y = _apply(site, acts[tap], w).double()
+                yq = _dynamic(layer, site, acts[tap], qparams) if layer.kind in DYNAMIC \
+                    else _apply(site, acts[tap], wq).double()
                 num += float(((yq - y) ** 2).sum())
                 den += float((y ** 2).sum())
         errors[layer.name] = math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
     return errors
+
+
+def _dynamic(layer: Layer, site, a: torch.Tensor, qparams) -> torch.Tensor:
+    """The quantized model's matmul for a dynamic layer on activations `a` (the reference evaluator)."""
+    b = GraphBuilder("layer")
+    x = b.input("a", site.inputs[0].dtype, tuple(a.shape))
+    q = b.param(layer.q_name, DType.from_torch(qparams[layer.q_name].dtype), layer.q_shape)
+    s = b.param(layer.scale_name, DType.F32, layer.scale_shape)
+    b.output("y", dynamic_matmul(b, layer, x, (q, s)))
+    params = {layer.q_name: qparams[layer.q_name], layer.scale_name: qparams[layer.scale_name]}
+    return evaluate(b.build(), {"a": a}, params)["y"].double()
 
 
 def _apply(site, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -158,15 +173,35 @@ def what_runs(qgraph: Graph, layers: list[Layer]) -> dict[str, str]:
             nxt = [u for n in frontier for u in users[n] if u not in chain]
             chain += nxt
             frontier = [u for u in nxt if u.op in (K.UNPACK_INT4, K.DEQUANTIZE)]
+        rows = _row_quantization([n for n in chain if n.op == K.QMATMUL])
         parts = []
         for g in groups:
             ops = [n.op.value for n in g.nodes if n in chain and n.op != K.PARAM]
+            row_ops = [n.op.value for n in g.nodes if n in rows]
+            if row_ops:
+                parts.append("x per row: " + " + ".join(dict.fromkeys(row_ops)))
             if ops:
-                parts.append(" + ".join(dict.fromkeys(ops)))
-        fused = len(parts) == 1
-        out[layer.name] = (f"fused: {parts[0]} in one kernel" if fused
-                           else f"{len(parts)} kernels: " + " -> ".join(parts) + " (not fused)")
+                parts.append(" + ".join(dict.fromkeys(ops)) + (" (codes x codes, rescaled in the epilogue)"
+                                                               if rows else ""))
+        if len(parts) == 1:
+            out[layer.name] = f"fused: {parts[0]} in one kernel"
+        else:
+            out[layer.name] = f"{len(parts)} kernels: " + " -> ".join(parts) + \
+                ("" if rows else " (not fused)")
     return out
+
+
+def _row_quantization(qmatmuls) -> set:
+    """The nodes quantizing the activations of `qmatmuls` per row: the quantize under the left operand
+    (through reshapes) and the scale computation feeding it (amax, divide, clamp, casts)."""
+    found, stack = set(), [m.inputs[0] for m in qmatmuls]
+    while stack:
+        n = stack.pop()
+        if n in found or n.op not in (K.RESHAPE, K.QUANTIZE, K.MAXIMUM, K.DIV, K.MAX, K.MIN, K.NEG, K.CAST):
+            continue
+        found.add(n)
+        stack += list(n.inputs[1:] if n.op == K.QUANTIZE else n.inputs)
+    return found
 
 
 def measure(setup: Setup, settings, layers: list[Layer], params, qgraph: Graph, qparams, origin: str) -> dict:

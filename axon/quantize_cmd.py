@@ -91,7 +91,9 @@ def add_parser(sub) -> None:
                    help="override a hyper-parameter (an int, a float, true or false)")
     q.add_argument("--mode", required=True, choices=MODES,
                    help="int8-weight: i8 codes, a scale per output channel; int4-weight: two codes a byte, "
-                        "a scale per --group elements along the contraction axis")
+                        "a scale per --group elements along the contraction axis; int8-dynamic: int8 "
+                        "weights, activations quantized per row at run time, i8 x i8 -> i32 matmuls; "
+                        "fp8: the same with e4m3 codes (fp8 tensor cores, sm_89+)")
     q.add_argument("--group", type=int, default=64, choices=GROUPS,
                    help="int4-weight group size (default 64)")
     q.add_argument("--weights", default=None, metavar="W.safetensors",

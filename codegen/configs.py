@@ -39,7 +39,7 @@ K_STAGES = {
 
 def dot_kind(dtype: DType, target: Target) -> str:
     """How a product of `dtype` operands is computed: tensor cores, f32 FMAs, or the broadcast loop."""
-    if dtype in (DType.F16, DType.BF16):
+    if dtype in (DType.F16, DType.BF16, DType.I8) or dtype.is_fp8:  # (i8, fp8: qmatmul's codes)
         return "tensor"
     if dtype == DType.F32:
         return "tf32" if target.dot_precision == "tf32" else "fma"

@@ -17,6 +17,7 @@ from axon.ir.shapes import concrete
 from .expr import Emitter, broadcast_axes
 from .groups import KernelGroup
 from .launch import broadcast_strides, contiguous_strides, layout_strides, meta_view
+from .ops_triton import full_tile
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Epilogue:
             body += em.emit(n, var, names)
             names[n] = var
         for k, o in enumerate(self.group.outputs):
-            v = f"{names[o]} + tl.zeros({tile}, {names[o]}.dtype)"
+            v = full_tile(names[o], tile, o.dtype)
             if o in self.partial:
                 where = " & ".join([f"({mask})"] + [f"({coord(d)} == 0)" for d in self.partial[o]])
                 body.append(f"tl.store(out{k}_ptr + {em.index(f'out{k}_stride')}, {v}, mask={where})")

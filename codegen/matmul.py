@@ -30,7 +30,7 @@ from .epilogue import Epilogue
 from .groups import CodegenError, KernelGroup
 from .launch import Launch, broadcast_strides, meta_view
 from .expr import helper_sources, helpers_called
-from .ops_triton import cast, dot, dot_helpers, program_id, tl_dtype
+from .ops_triton import cast, dot, dot_helpers, program_id, qdot, tl_dtype
 from .prologue import WeightPrologue
 from .target import Target
 
@@ -50,7 +50,7 @@ class MatmulKernel:
     target: Target = Target()
 
     def __post_init__(self):
-        self.node = next(n for n in self.group.nodes if n.op == OpKind.MATMUL)
+        self.node = next(n for n in self.group.nodes if n.op in (OpKind.MATMUL, OpKind.QMATMUL))
         self.a, self.b = self.group.inputs[:2]
         # a weight dequantized in the K loop: b is then its codes, and its scale (zero point) follow
         self.prologue = WeightPrologue(self.group, self.target) if self.group.prologue else None
@@ -58,8 +58,16 @@ class MatmulKernel:
         self.epilogue = Epilogue(self.group, self.node, operands, skip=self.group.prologue)
         self.dtype = self.node.dtype
         self.batch_rank = len(self.node.shape) - 2
-        self.uses_dot = self.dtype.is_float and self.dtype != DType.F64
-        self.acc = DType.F32 if self.uses_dot else (DType.F64 if self.dtype == DType.F64 else DType.I64)
+        # qmatmul: i8 or fp8 codes into an i32 or f32 accumulator, which is its result
+        self.codes = self.node.inputs[0].dtype if self.node.op == OpKind.QMATMUL else None
+        self.uses_dot = bool(self.codes) or (self.dtype.is_float and self.dtype != DType.F64)
+        self.acc = self.dtype if self.codes else DType.F32 if self.uses_dot else \
+            (DType.F64 if self.dtype == DType.F64 else DType.I64)
+        self.operand = self.codes or self.dtype  # the dtype the dot multiplies (configs, tiles)
+        if self.codes and self.codes.is_fp8 and not self.target.interpreted and self.target.arch < 89:
+            raise CodegenError(f"{self.group.labels[0] if self.group.labels else 'qmatmul'}: fp8 dots need "
+                               f"sm_89 or later (Ada, Hopper), not {self.target.name}; quantize with "
+                               f"int8-dynamic for this GPU")
 
     # --- source --------------------------------------------------------------------------------------
     def source(self) -> str:
@@ -70,11 +78,10 @@ class MatmulKernel:
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")]
         body = self._tile() + self._batch() + self._loop()
         ptrs = ["a_ptr", "b_ptr"]
-        helpers = set()
+        helpers = helpers_called(body)
         if self.prologue:
             ptrs += self.prologue.pointers()
             strides += self.prologue.strides()
-            helpers |= helpers_called(body)
         if self.epilogue.trivial:
             ptrs += ["out_ptr"]
             body += self._store("acc")
@@ -136,6 +143,10 @@ class MatmulKernel:
         acc_t = tl_dtype(self.acc)
         offs_k = "(k + tl.arange(0, BLOCK_K)).to(tl.int64)" if self.wide else "k + tl.arange(0, BLOCK_K)"
         lines = self.prologue.hoisted() if self.prologue else []
+        ap, bp = "a_ptr", "b_ptr"
+        if self.codes and self.codes.is_fp8:  # fp8 codes read as their bytes (see `qdot`)
+            lines.append("# fp8 codes, read as bytes")
+            ap, bp = (f"{p}.to(tl.pointer_type(tl.uint8))" for p in (ap, bp))
         lines += [
             f"# accumulate over K, BLOCK_K at a time, in {self.acc}",
             f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
@@ -144,16 +155,18 @@ class MatmulKernel:
             "    k_mask = offs_k < K",
             "    a_mask = m_mask[:, None] & k_mask[None, :]",
             "    b_mask = k_mask[:, None] & n_mask[None, :]",
-            "    a = tl.load(a_ptr + a_batch + offs_m[:, None] * a_stride_m + offs_k[None, :] * a_stride_k,",
+            f"    a = tl.load({ap} + a_batch + offs_m[:, None] * a_stride_m + offs_k[None, :] * a_stride_k,",
             "                mask=a_mask, other=0)",
         ]
         if self.prologue:
             lines += [f"    {line}" for line in self.prologue.block("b")]
         else:
-            lines += ["    b = tl.load(b_ptr + b_batch + offs_k[:, None] * b_stride_k"
+            lines += [f"    b = tl.load({bp} + b_batch + offs_k[:, None] * b_stride_k"
                       " + offs_n[None, :] * b_stride_n,",
                       "                mask=b_mask, other=0)"]
-        if self.uses_dot:
+        if self.codes:
+            lines.append(f"    acc = {qdot('a', 'b', self.codes, self.target, acc='acc')}")
+        elif self.uses_dot:
             lines.append(f"    acc = {dot('a', 'b', self.dtype, self.target, acc='acc')}")
         else:
             lines += [
@@ -228,7 +241,7 @@ class MatmulKernel:
         of its size, between MIN_TILE and INTERPRETER_TILE; on a GPU the tile `configs.tile` picks for
         the kind of dot and the epilogue's size, BLOCK_K coming with each config (`configs`)."""
         if not self.target.interpreted:
-            kind = gpu.dot_kind(self.dtype, self.target)
+            kind = gpu.dot_kind(self.operand, self.target)
             bm, bn = gpu.tile(m, n, self._values(), kind)
             return {"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": GROUP_M}
         return {"BLOCK_M": _tile(m, INTERPRETER_TILE), "BLOCK_N": _tile(n, INTERPRETER_TILE),
@@ -240,7 +253,7 @@ class MatmulKernel:
         the interpreter: its blocks are fixed)."""
         if self.target.interpreted:
             return ()
-        return gpu.configs(blocks, k, self._values(), self.dtype, self.target)
+        return gpu.configs(blocks, k, self._values(), self.operand, self.target)
 
     def _values(self) -> int:
         values = 2 if self.epilogue.trivial else self.epilogue.values

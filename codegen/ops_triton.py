@@ -127,6 +127,28 @@ def dot(a: str, b: str, dtype: DType, target, acc: str | None = None) -> str:
     return f"tl.dot({operands[0]}, {operands[1]}{acc_arg}{precision})"
 
 
+def full_tile(value: str, shape: str, dtype: DType) -> str:
+    """`value` (a tile of `dtype`, or a smaller one) broadcast to the tile `shape` for a store: by adding
+    zeros, and for fp8, which has no arithmetic on a GPU, by adding them to its bytes."""
+    if dtype.is_fp8:
+        return (f"({value}.to(tl.uint8, bitcast=True) + tl.zeros({shape}, tl.uint8))"
+                f".to({tl_dtype(dtype)}, bitcast=True)")
+    return f"{value} + tl.zeros({shape}, {value}.dtype)"
+
+
+def qdot(a: str, b: str, codes: DType, target, acc: str) -> str:
+    """`tl.dot` of code tiles (`qmatmul`, ir/op_qmatmul.py) into `acc`: i8 x i8 into i32 (IMMA / wgmma
+    s8), fp8 x fp8 into f32. fp8 tiles arrive as their bytes (u8: the interpreter cannot make an fp8
+    zero for masked lanes): on a GPU (sm_89+: `MatmulKernel` refuses older ones, whose Triton has no
+    e4m3 type) they are fp8 again for the tensor cores; in the interpreter, widened exactly to f32."""
+    if codes == DType.I8:
+        return f"tl.dot({a}, {b}, {acc})"
+    if target.interpreted:
+        return f'tl.dot({FP8_TO_F32[codes]}({a}), {FP8_TO_F32[codes]}({b}), {acc}, input_precision="ieee")'
+    fp8 = tl_dtype(codes)
+    return f"tl.dot({a}.to({fp8}, bitcast=True), {b}.to({fp8}, bitcast=True), {acc})"
+
+
 def dot_helpers(dtype: DType, target) -> list[str]:
     """The helper functions `dot` calls for `dtype` on `target` (their source, for the kernel file)."""
     return [HELPERS["_bf16_operand"]] if dtype == DType.BF16 and target.interpreted else []

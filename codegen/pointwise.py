@@ -19,7 +19,7 @@ from .expr import Emitter, broadcast_axes
 from .groups import Access, KernelGroup
 from .launch import (ArgView, Launch, broadcast_strides, contiguous_strides, fitted, group_values,
                      layout_strides, meta_view, warps)
-from .ops_triton import program_id
+from .ops_triton import full_tile, program_id
 from .target import Target
 
 K = OpKind
@@ -94,7 +94,7 @@ class PointwiseKernel:
                 body += em.emit(n, var, names)
             names[n] = var
         for k, o in enumerate(self.outs):
-            value = f"{names[o]} + tl.zeros([BLOCK], {names[o]}.dtype)" if o in self.partial else names[o]
+            value = full_tile(names[o], "[BLOCK]", o.dtype) if o in self.partial else names[o]
             if o in self.partial:
                 where = " & ".join(["mask"] + [f"(i{d} == 0)" for d in self.partial[o]])
                 body.append(f"tl.store(out{k}_ptr + {em.index(f'out{k}_stride') if self.rank else '0'}, "

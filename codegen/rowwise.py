@@ -29,7 +29,7 @@ from .expr import Emitter, broadcast_axes
 from .groups import KernelGroup
 from .launch import (Launch, broadcast_strides, contiguous_strides, fitted, group_values, meta_view,
                      warps)
-from .ops_triton import INF, NAN, cast, program_id, tl_dtype
+from .ops_triton import INF, NAN, cast, full_tile, program_id, tl_dtype
 from .target import Target
 
 K = OpKind
@@ -308,14 +308,14 @@ class RowKernel:
             if full:
                 bmask = " & ".join(["mask"] + [f"({self._coord(d)} == 0)" for d in
                                                broadcast_axes(o.shape, self.space)])
-                value = f"{value} + tl.zeros([BLOCK_ROWS, BLOCK_COLS], {value}.dtype)"
+                value = full_tile(value, "[BLOCK_ROWS, BLOCK_COLS]", o.dtype)
                 lines.append(f"tl.store(out{k}_ptr + {self._offset(f'out{k}_stride', range(self.rank))}, "
                              f"{value}, mask={bmask})")
             else:
                 dims = [] if o.op in REDUCTIONS or o.op == K.GATHER else \
                     [d for d in broadcast_axes(o.shape, self.row_shape) if d not in self.axes]
                 bmask = " & ".join(["row_mask[:, None]"] + [f"({self._coord(d)} == 0)" for d in dims])
-                value = f"{value} + tl.zeros([BLOCK_ROWS, 1], {value}.dtype)"
+                value = full_tile(value, "[BLOCK_ROWS, 1]", o.dtype)
                 lines.append(f"tl.store(out{k}_ptr + {self._offset(f'out{k}_stride', self.kept)}, "
                              f"{value}, mask={bmask})")
         return lines

@@ -3,8 +3,8 @@ and the reference evaluator. Imports nothing else of Axon.
 """
 # the op families register their facts (shape rule, evaluation, gradient) in `ops.OPS` on import; the
 # graph builder reads that table, and imports none of them (their gradient rules build graphs)
-from . import (op_elementwise, op_linalg, op_movement, op_quant, op_reduce,  # noqa: F401  (registration)
-               op_source)
+from . import (op_elementwise, op_linalg, op_movement, op_qmatmul, op_quant,  # noqa: F401  (registration)
+               op_reduce, op_source)
 from .dtypes import DType, promote
 from .errors import (AxonError, EvalError, IRDTypeError, IRShapeError, IRSyntaxError, IRTypeError, PassError,
                      Span, VerifyError)

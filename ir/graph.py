@@ -327,6 +327,10 @@ class GraphBuilder:
         a, b = self._promoted(a, b)
         return self.node(K.MATMUL, (a, b))
 
+    def qmatmul(self, a: Node, b: Node) -> Node:
+        """Codes times codes with a wide accumulator (op_qmatmul.py): i8 -> i32, fp8 -> f32."""
+        return self.node(K.QMATMUL, (a, b))
+
     def conv2d(self, x: Node, w: Node, stride=1, padding=0, dilation=1, groups: int = 1) -> Node:
         x, w = self._promoted(x, w, float_only=True)
         attrs = Conv2dAttrs(_pair(stride), _pair(padding), _pair(dilation), _int(groups, "conv2d groups"))

@@ -22,7 +22,7 @@ from axon.ir.op_quant import SMALLEST_SCALE
 
 from .quantize import QMAX, Layer, QuantizeError, dequantized
 
-MODE_OF = {"int8": "int8-weight", "int4": "int4-weight"}
+MODE_OF = {"int8": "int8-weight", "int4": "int4-weight", "dyn8": "int8-dynamic", "fp8": "fp8"}
 
 
 def qmax(layer: Layer) -> int:
@@ -54,8 +54,11 @@ def codes(layer: Layer, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     wp = b.param("w", DType.F32, tuple(w.shape))
     sp = b.param("s", DType.F32, tuple(scale.shape))
     m = qmax(layer)
-    q = b.quantize(wp, sp, dtype=DType.I8, axis=layer.axis, group=layer.group if layer.group > 1 else None,
-                   qmin=-m, qmax=m)
+    group = layer.group if layer.group > 1 else None
+    if layer.kind == "fp8":  # e4m3, saturating at +-448
+        q = b.quantize(wp, sp, dtype=DType.F8E4M3, axis=layer.axis, group=group)
+    else:
+        q = b.quantize(wp, sp, dtype=DType.I8, axis=layer.axis, group=group, qmin=-m, qmax=m)
     b.output("q", b.pack_int4(q) if layer.kind == "int4" else q)
     return evaluate(b.build(), {}, {"w": w.to(torch.float32), "s": scale})["q"]
 

@@ -1,5 +1,6 @@
-"""Weight-only quantization: float weights of matmuls (and conv2d) stored as integer codes and a scale,
-dequantized in the graph where the weight is used.
+"""Quantization: float weights of matmuls (and conv2d) stored as integer or fp8 codes and a scale;
+weight-only (dequantized where the weight is used), or with the activations quantized per row at run time
+so the matmul itself multiplies codes (`qmatmul`, ir/op_qmatmul.py).
 
     param %fc.w: f32[64, 128]                          param %fc.w.q: i8[64, 128]
     %0 = matmul(%x, %fc.w)        quantize{mode=      param %fc.w.scale: f32[1, 128] = ones()
@@ -8,6 +9,12 @@ dequantized in the graph where the weight is used.
 
 int8-weight   i8 codes in [-127, 127], one scale per output channel (axis 1 of the [K, N] operand; axis 0,
               the output channels, of a conv2d weight [O, C, kh, kw]).
+int8-dynamic  the weight as int8-weight; a matmul's activations x[..., M, K] quantized per row at run
+              time (scale amax(|x|) / 127 over K), codes times codes in i32 on the tensor cores, the
+              scales applied to the accumulator: cast(qmatmul(quantize(x, sx), w.q), f32) * sx * w.scale
+              (the cast and multiplies are the kernel's epilogue). conv2d weights: as int8-weight.
+fp8           the same with e4m3 codes: weight scale amax / 448 per output channel, activations per row,
+              qmatmul in f32 (fp8 tensor cores, sm_89+). conv2d stays float.
 int4-weight   codes in [-7, 7], one scale per `group` (32, 64 or 128) consecutive elements along the
               contraction axis K; two codes a byte along the last axis (N: output channels), as
               `unpack_int4` reads them: `<name>.q` is u8[K, N / 2], `<name>.scale` f32[K / group, N], and
@@ -33,11 +40,15 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from axon.ir import AxonError, DType, Graph, GraphBuilder, Init, Node, OpKind, PassError
+from axon.ir.op_quant import SMALLEST_SCALE
+from axon.ir.shapes import numel
 
 from .manager import register_pass
 
 K = OpKind
-QMAX = {"int8-weight": 127, "int4-weight": 7}  # symmetric codes [-qmax, qmax]
+QMAX = {"int8-weight": 127, "int4-weight": 7, "int8-dynamic": 127, "fp8": 448}  # codes in [-qmax, qmax]
+KIND = {"int8-weight": "int8", "int4-weight": "int4", "int8-dynamic": "dyn8", "fp8": "fp8"}
+DYNAMIC = frozenset({"dyn8", "fp8"})  # layers whose matmul multiplies codes (activations quantized too)
 MODES = tuple(QMAX)
 GROUPS = (32, 64, 128)
 MIN_SIZE = 1024  # weights with fewer elements stay float (their scales would cost as much as they save)
@@ -51,7 +62,8 @@ class QuantizeError(AxonError):
 
 @dataclass(frozen=True)
 class Layer:
-    """What the pass does to one float weight: `kind` 'int8', 'int4' or 'float' (then `reason`)."""
+    """What the pass does to one float weight: `kind` 'int8', 'int4' (weight-only), 'dyn8', 'fp8' (codes
+    times codes), or 'float' (then `reason`)."""
 
     name: str                     # the float parameter
     op: str                       # the op using it: matmul, conv2d, or what else reads it
@@ -186,6 +198,8 @@ def check_options(mode: str, group: int, min_size: int) -> None:
 
 def _why_not(base: Layer, op: OpKind, perm, mode: str, group: int) -> str:
     shape = tuple(base.shape[p] for p in perm)
+    if op == K.CONV2D and mode == "fp8":
+        return "no fp8 conv2d kernel: conv2d stays float under fp8 (int8-weight quantizes it)"
     if op == K.CONV2D:
         return ("int4 packs pairs along the last axis, a conv2d weight's kernel width: conv2d stays float "
                 "under int4-weight (int8-weight quantizes it)")
@@ -204,15 +218,19 @@ def _quantized(base: Layer, op: OpKind, perm, mode: str, group: int) -> Layer | 
     common = dict(name=base.name, op=base.op, shape=base.shape, dtype=base.dtype, sites=base.sites,
                   bytes_before=base.bytes_before, perm=() if ident else perm)
     if op == K.CONV2D:
-        if mode != "int8-weight":
+        if mode not in ("int8-weight", "int8-dynamic"):
             return None
         scale = (shape[0],) + (1,) * (len(shape) - 1)
-        return _sized(Layer(**common, kind="int8", axis=0, q_shape=shape, q_dtype="i8", scale_shape=scale))
+        note = "" if mode == "int8-weight" else "weight-only: no dynamic int8 conv2d kernel"
+        return _sized(Layer(**common, kind="int8", reason=note, axis=0, q_shape=shape, q_dtype="i8",
+                            scale_shape=scale))
     if len(shape) != 2:
         return None
     k, n = shape
-    if mode == "int8-weight":
-        return _sized(Layer(**common, kind="int8", axis=1, q_shape=shape, q_dtype="i8", scale_shape=(1, n)))
+    if mode != "int4-weight":
+        q_dtype = "f8e4m3" if mode == "fp8" else "i8"
+        return _sized(Layer(**common, kind=KIND[mode], axis=1, q_shape=shape, q_dtype=q_dtype,
+                            scale_shape=(1, n)))
     note = ""
     if k < group:
         group, note = k, f"K={k} is smaller than the group: one group spans K"
@@ -227,39 +245,68 @@ def _sized(layer: Layer) -> Layer:
     return Layer(**{**asdict(layer), "bytes_after": after})
 
 
-def dequantized(b: GraphBuilder, layer: Layer) -> Node:
-    """The weight as the op reads it: `<name>.q` and `<name>.scale` declared, dequantized (unpacked)."""
+def stored(b: GraphBuilder, layer: Layer) -> tuple[Node, Node]:
+    """`<name>.q` and `<name>.scale`, declared."""
     q = b.param(layer.q_name, DType.parse(layer.q_dtype), layer.q_shape)
-    scale = b.param(layer.scale_name, DType.F32, layer.scale_shape, Init("ones"))
+    return q, b.param(layer.scale_name, DType.F32, layer.scale_shape, Init("ones"))
+
+
+def dequantized(b: GraphBuilder, layer: Layer, weights: tuple[Node, Node] | None = None) -> Node:
+    """The weight as the op reads it: `<name>.q` and `<name>.scale` (declared unless given), dequantized
+    (unpacked)."""
+    q, scale = weights or stored(b, layer)
     codes = b.unpack_int4(q) if layer.kind == "int4" else q
     return b.dequantize(codes, scale, dtype=DType.parse(layer.dtype), axis=layer.axis,
                         group=layer.group if layer.group > 1 else None)
 
 
+def dynamic_matmul(b: GraphBuilder, layer: Layer, x: Node, weights: tuple[Node, Node]) -> Node:
+    """x @ w for a 'dyn8' or 'fp8' layer: x quantized per row (over its last axis, the contraction),
+    codes times the stored codes (`qmatmul`), both scales applied to the accumulator, in x's dtype."""
+    q, w_scale = weights
+    dtype, shape = x.dtype, tuple(x.shape)
+    fp8 = layer.kind == "fp8"
+    qmax = QMAX["fp8" if fp8 else "int8-dynamic"]
+    rows = x if len(shape) == 2 else b.reshape(x, (numel(shape[:-1]), shape[-1]))  # [rows, K]
+    # amax(|x|) per row as max(max(x), -min(x)): two reductions reading x, so no elementwise op over
+    # the whole of x joins (and is stored by) the kernel that produces x
+    amax = b.maximum(b.max(rows, (1,), keepdim=True), b.neg(b.min(rows, (1,), keepdim=True)))
+    amax = amax if dtype == DType.F32 else b.cast(amax, DType.F32)
+    sx = b.maximum(b.div(amax, float(qmax)), SMALLEST_SCALE)  # an all-zero row: the smallest scale
+    if fp8:
+        qx = b.quantize(rows, sx, dtype=DType.F8E4M3, axis=0)
+    else:
+        qx = b.quantize(rows, sx, dtype=DType.I8, axis=0, qmin=-qmax, qmax=qmax)
+    if len(shape) != 2:  # views of the stored codes and scales, read by the matmul kernel in place
+        qx, sx = b.reshape(qx, shape), b.reshape(sx, shape[:-1] + (1,))
+    acc = b.qmatmul(qx, q)
+    y = b.mul(b.mul(acc if fp8 else b.cast(acc, DType.F32), sx), w_scale)
+    return y if dtype == DType.F32 else b.cast(y, dtype)
+
+
 def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Graph:
-    """`graph` with the quantized layers' weights replaced by their dequantized codes."""
-    chosen = {layer.name: layer for layer in layers if layer.quantized}
-    uses = weight_uses(graph)
-    absorbed: set[Node] = set()   # the float parameters and the permutes over them: not rebuilt
-    operand_of: dict[Node, Layer] = {}
-    for name, layer in chosen.items():
-        absorbed.add(graph.params[name])
-        for node in uses[name].operands:
-            operand_of[node] = layer
-    for node in graph.nodes:  # permute chains from a chosen parameter are absorbed too
-        if node.op == K.PERMUTE and node.inputs[0] in absorbed and node not in operand_of:
-            absorbed.add(node)
+    """`graph` with the quantized layers' weights replaced by their dequantized codes (and, for dynamic
+    layers, their matmuls by codes-times-codes ones)."""
+    operand_of, absorbed = _operands(graph, layers)
     b = GraphBuilder(graph.name)
     mapping: dict[Node, Node] = {}
     made: dict[str, Node] = {}
+    weights: dict[str, tuple[Node, Node]] = {}
     for node in graph.nodes:
-        if node in operand_of:
-            layer = operand_of[node]
-            if layer.name not in made:
-                made[layer.name] = dequantized(b, layer)
+        layer = operand_of.get(node)
+        if layer is not None:
+            if layer.name not in weights:
+                weights[layer.name] = stored(b, layer)
                 if stats is not None:
                     stats[f"{layer.kind} weights"] += 1
-            mapping[node] = made[layer.name]
+            if layer.kind not in DYNAMIC:
+                if layer.name not in made:
+                    made[layer.name] = dequantized(b, layer, weights[layer.name])
+                mapping[node] = made[layer.name]
+            continue
+        layer = operand_of.get(node.inputs[1]) if node.op == K.MATMUL else None
+        if layer is not None and layer.kind in DYNAMIC:
+            mapping[node] = dynamic_matmul(b, layer, mapping[node.inputs[0]], weights[layer.name])
         elif node not in absorbed:
             mapping[node] = b.node(node.op, [mapping[i] for i in node.inputs], node.attrs)
     for name, node in graph.outputs.items():
@@ -271,6 +318,23 @@ def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Gr
     return b.build()
 
 
+def _operands(graph: Graph, layers: list[Layer]) -> tuple[dict[Node, Layer], set[Node]]:
+    """The nodes the quantized layers' ops read as weights (the parameter or a permute of it), and the
+    nodes not rebuilt (the float parameters and the permutes over them)."""
+    uses = weight_uses(graph)
+    absorbed: set[Node] = set()
+    operand_of: dict[Node, Layer] = {}
+    for layer in layers:
+        if layer.quantized:
+            absorbed.add(graph.params[layer.name])
+            for node in uses[layer.name].operands:
+                operand_of[node] = layer
+    for node in graph.nodes:  # permute chains from a chosen parameter are absorbed too
+        if node.op == K.PERMUTE and node.inputs[0] in absorbed and node not in operand_of:
+            absorbed.add(node)
+    return operand_of, absorbed
+
+
 def parse_skip(text: str) -> tuple[str, ...]:
     """`skip=a|b.*` as names and glob patterns."""
     return tuple(s.strip() for s in text.split("|") if s.strip())
@@ -279,7 +343,8 @@ def parse_skip(text: str) -> tuple[str, ...]:
 @register_pass
 @dataclass(frozen=True)
 class Quantize:
-    """Store matmul/conv2d weights as int8 (per channel) or int4 (per group) codes, dequantized in place."""
+    """Store matmul/conv2d weights as int8 (per channel), int4 (per group) or fp8 codes, dequantized in
+    place (weight-only) or multiplied as codes with activations quantized per row (int8-dynamic, fp8)."""
 
     name: ClassVar[str] = "quantize"
     mode: str = "int8-weight"

@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -9,8 +10,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # Generated kernels go to a fresh cache per run, never the user's ~/.cache/axon; so do Triton's compiles
 # (the sm_90 sweep of test_aot.py), never the user's ~/.triton/cache: each run compiles from cold, as CI.
-os.environ.setdefault("AXON_CACHE_DIR", tempfile.mkdtemp(prefix="axon-test-kernels-"))
-os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="axon-test-triton-"))
+# Both are removed when the session ends (a run leaves nothing behind in /tmp).
+_MADE = []
+for _var, _prefix in (("AXON_CACHE_DIR", "axon-test-kernels-"), ("TRITON_CACHE_DIR", "axon-test-triton-")):
+    if _var not in os.environ:
+        os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
+        _MADE.append(os.environ[_var])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for folder in _MADE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
