@@ -23,7 +23,7 @@ from axon import data as datasets
 from axon.driver import executable, kernel_groups, load_ast, load_graph, optimize
 from axon.ir import DType, Graph, GraphBuilder, OpKind, evaluate
 from axon.passes.quant_weights import dequantize, view
-from axon.passes.quantize import DYNAMIC, Layer, dynamic_matmul, weight_uses
+from axon.passes.quantize import CODES, Layer, codes_matmul, weight_uses
 
 K = OpKind
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -127,7 +127,7 @@ def layer_errors(graph: Graph, layers: list[Layer], params, qparams, inputs) -> 
         for name, site, tap in taps:
             if name == layer.name:
                 y = _apply(site, acts[tap], w).double()
-                yq = _dynamic(layer, site, acts[tap], qparams) if layer.kind in DYNAMIC \
+                yq = _dynamic(layer, site, acts[tap], qparams) if layer.kind in CODES \
                     else _apply(site, acts[tap], wq).double()
                 num += float(((yq - y) ** 2).sum())
                 den += float((y ** 2).sum())
@@ -141,8 +141,10 @@ def _dynamic(layer: Layer, site, a: torch.Tensor, qparams) -> torch.Tensor:
     x = b.input("a", site.inputs[0].dtype, tuple(a.shape))
     q = b.param(layer.q_name, DType.from_torch(qparams[layer.q_name].dtype), layer.q_shape)
     s = b.param(layer.scale_name, DType.F32, layer.scale_shape)
-    b.output("y", dynamic_matmul(b, layer, x, (q, s)))
-    params = {layer.q_name: qparams[layer.q_name], layer.scale_name: qparams[layer.scale_name]}
+    weights = (q, s) + ((b.param(layer.in_scale_name, DType.F32, ()),) if layer.kind == "st8" else ())
+    b.output("y", codes_matmul(b, layer, x, weights))
+    names = [layer.q_name, layer.scale_name] + ([layer.in_scale_name] if layer.kind == "st8" else [])
+    params = {name: qparams[name] for name in names}
     return evaluate(b.build(), {"a": a}, params)["y"].double()
 
 

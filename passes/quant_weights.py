@@ -15,6 +15,8 @@ define: q = clamp(rint(fl(w * fl(1 / scale))), -qmax, qmax).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from axon.ir import DType, GraphBuilder, evaluate
@@ -22,7 +24,8 @@ from axon.ir.op_quant import SMALLEST_SCALE
 
 from .quantize import QMAX, Layer, QuantizeError, dequantized
 
-MODE_OF = {"int8": "int8-weight", "int4": "int4-weight", "dyn8": "int8-dynamic", "fp8": "fp8"}
+MODE_OF = {"int8": "int8-weight", "int4": "int4-weight", "dyn8": "int8-dynamic", "st8": "int8-static",
+           "fp8": "fp8"}
 
 
 def qmax(layer: Layer) -> int:
@@ -63,9 +66,17 @@ def codes(layer: Layer, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return evaluate(b.build(), {}, {"w": w.to(torch.float32), "s": scale})["q"]
 
 
-def convert(layers: list[Layer], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`<name>.q` and `<name>.scale` for each quantized layer, from its float parameter in `params`."""
+def convert(layers: list[Layer], params: dict[str, torch.Tensor],
+            act_amax: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """`<name>.q` and `<name>.scale` for each quantized layer, from its float parameter in `params`; for
+    int8-static layers also `<name>.in_scale`, amax / 127 of the activations the layer reads, from
+    `act_amax` (calibration: `runtime/calibrate.py`)."""
     out: dict[str, torch.Tensor] = {}
+    missing = [layer.name for layer in layers if layer.kind == "st8" and layer.name not in (act_amax or {})]
+    if missing:
+        raise QuantizeError(f"int8-static needs the range of each layer's activations, measured on "
+                            f"calibration data; none for {', '.join(missing)}",
+                            hint="calibrate with --calibrate N (batches of the train block's data)")
     for layer in layers:
         if not layer.quantized:
             continue
@@ -81,7 +92,19 @@ def convert(layers: list[Layer], params: dict[str, torch.Tensor]) -> dict[str, t
         s = scales(layer, w)
         out[layer.q_name] = codes(layer, w, s)
         out[layer.scale_name] = s
+        if layer.kind == "st8":
+            out[layer.in_scale_name] = activation_scale(layer.name, act_amax[layer.name])
     return out
+
+
+def activation_scale(name: str, amax: float) -> torch.Tensor:
+    """The int8 scale of activations ranging over [-amax, amax]: amax / 127 (0-d, f32), at least the
+    smallest scale the IR accepts (an all-zero calibration range); a range that is not finite refused."""
+    if not math.isfinite(amax) or amax < 0:
+        raise QuantizeError(f"'{name}': the calibrated activation range is {amax}: the calibration data "
+                            f"produced NaN or infinite activations",
+                            hint="check the data, or skip the layer with --skip")
+    return torch.tensor(max(amax / QMAX["int8-static"], SMALLEST_SCALE), dtype=torch.float32)
 
 
 def dequantize(layer: Layer, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

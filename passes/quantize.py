@@ -13,8 +13,12 @@ int8-dynamic  the weight as int8-weight; a matmul's activations x[..., M, K] qua
               time (scale amax(|x|) / 127 over K), codes times codes in i32 on the tensor cores, the
               scales applied to the accumulator: cast(qmatmul(quantize(x, sx), w.q), f32) * sx * w.scale
               (the cast and multiplies are the kernel's epilogue). conv2d weights: as int8-weight.
-fp8           the same with e4m3 codes: weight scale amax / 448 per output channel, activations per row,
-              qmatmul in f32 (fp8 tensor cores, sm_89+). conv2d stays float.
+int8-static   the weight as int8-weight; a matmul's activations quantized by one calibrated scale
+              (`<name>.in_scale`, measured over training batches by `axon quantize --calibrate`): the
+              quantize is elementwise, so it joins the kernel that produces x (its epilogue) and int8
+              flows between layers. conv2d weights: as int8-weight.
+fp8           the same as int8-dynamic with e4m3 codes: weight scale amax / 448 per output channel,
+              activations per row, qmatmul in f32 (fp8 tensor cores, sm_89+). conv2d stays float.
 int4-weight   codes in [-7, 7], one scale per `group` (32, 64 or 128) consecutive elements along the
               contraction axis K; two codes a byte along the last axis (N: output channels), as
               `unpack_int4` reads them: `<name>.q` is u8[K, N / 2], `<name>.scale` f32[K / group, N], and
@@ -39,67 +43,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
-from axon.ir import AxonError, DType, Graph, GraphBuilder, Init, Node, OpKind, PassError
-from axon.ir.op_quant import SMALLEST_SCALE
-from axon.ir.shapes import numel
+from axon.ir import Graph, GraphBuilder, Node, OpKind, PassError
 
 from .manager import register_pass
+from .quant_forms import (CODES, GROUPS, IN_SCALE_SUFFIX, KIND, MIN_SIZE, MODES, Q_SUFFIX, QMAX,  # noqa: F401
+                          SCALE_SUFFIX,
+                          Layer, QuantizeError, codes_matmul, dequantized, stored)
 
 K = OpKind
-QMAX = {"int8-weight": 127, "int4-weight": 7, "int8-dynamic": 127, "fp8": 448}  # codes in [-qmax, qmax]
-KIND = {"int8-weight": "int8", "int4-weight": "int4", "int8-dynamic": "dyn8", "fp8": "fp8"}
-DYNAMIC = frozenset({"dyn8", "fp8"})  # layers whose matmul multiplies codes (activations quantized too)
-MODES = tuple(QMAX)
-GROUPS = (32, 64, 128)
-MIN_SIZE = 1024  # weights with fewer elements stay float (their scales would cost as much as they save)
-Q_SUFFIX, SCALE_SUFFIX = ".q", ".scale"
-
-
-class QuantizeError(AxonError):
-    """Weights that cannot be quantized as asked (non-finite values, a wrong shape), or quantized
-    weights that do not fit the model."""
-
-
-@dataclass(frozen=True)
-class Layer:
-    """What the pass does to one float weight: `kind` 'int8', 'int4' (weight-only), 'dyn8', 'fp8' (codes
-    times codes), or 'float' (then `reason`)."""
-
-    name: str                     # the float parameter
-    op: str                       # the op using it: matmul, conv2d, or what else reads it
-    shape: tuple[int, ...]        # the float parameter's shape
-    dtype: str = "f32"            # the float parameter's dtype (and the dequantized weight's)
-    kind: str = "float"
-    reason: str = ""              # why it stays float (or a note on how it was quantized)
-    perm: tuple[int, ...] = ()    # the view the op reads the parameter through (quantized: applied)
-    axis: int | None = None       # dequantize's axis on the stored layout
-    group: int = 1                # elements per scale along `axis` (1: per channel)
-    q_shape: tuple[int, ...] = ()
-    q_dtype: str = ""
-    scale_shape: tuple[int, ...] = ()
-    bytes_before: int = 0
-    bytes_after: int = 0
-    sites: int = 0                # how many matmul/conv2d nodes read it
-
-    @property
-    def quantized(self) -> bool:
-        return self.kind != "float"
-
-    @property
-    def q_name(self) -> str:
-        return self.name + Q_SUFFIX
-
-    @property
-    def scale_name(self) -> str:
-        return self.name + SCALE_SUFFIX
-
-    @property
-    def weight_shape(self) -> tuple[int, ...]:
-        """The shape the op reads (the parameter through its view)."""
-        return tuple(self.shape[p] for p in self.perm) if self.perm else self.shape
-
-    def record(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -174,8 +125,9 @@ def plan(graph: Graph, mode: str, group: int = 64, skip: tuple[str, ...] = (),
             layers.append(fallback("skipped by name"))
         elif math.prod(shape) < min_size:
             layers.append(fallback(f"{math.prod(shape)} elements, fewer than min_size={min_size}"))
-        elif any(P in graph.params for P in (name + Q_SUFFIX, name + SCALE_SUFFIX)):
-            layers.append(fallback(f"'{name}{Q_SUFFIX}' or '{name}{SCALE_SUFFIX}' already names a parameter"))
+        elif any(P in graph.params for P in (name + Q_SUFFIX, name + SCALE_SUFFIX, name + IN_SCALE_SUFFIX)):
+            layers.append(fallback(f"'{name}{Q_SUFFIX}', '{name}{SCALE_SUFFIX}' or '{name}{IN_SCALE_SUFFIX}' "
+                                   f"already names a parameter"))
         else:
             (perm,) = u.perms
             layers.append(_quantized(base, u.sites[0].op, perm, mode, group) or fallback(_why_not(
@@ -218,10 +170,10 @@ def _quantized(base: Layer, op: OpKind, perm, mode: str, group: int) -> Layer | 
     common = dict(name=base.name, op=base.op, shape=base.shape, dtype=base.dtype, sites=base.sites,
                   bytes_before=base.bytes_before, perm=() if ident else perm)
     if op == K.CONV2D:
-        if mode not in ("int8-weight", "int8-dynamic"):
+        if mode not in ("int8-weight", "int8-dynamic", "int8-static"):
             return None
         scale = (shape[0],) + (1,) * (len(shape) - 1)
-        note = "" if mode == "int8-weight" else "weight-only: no dynamic int8 conv2d kernel"
+        note = "" if mode == "int8-weight" else "weight-only: the conv2d kernel reads float activations"
         return _sized(Layer(**common, kind="int8", reason=note, axis=0, q_shape=shape, q_dtype="i8",
                             scale_shape=scale))
     if len(shape) != 2:
@@ -241,47 +193,9 @@ def _quantized(base: Layer, op: OpKind, perm, mode: str, group: int) -> Layer | 
 
 
 def _sized(layer: Layer) -> Layer:
-    after = math.prod(layer.q_shape) + 4 * math.prod(layer.scale_shape)  # i8/u8 codes, f32 scales
+    after = math.prod(layer.q_shape) + 4 * math.prod(layer.scale_shape)  # i8/u8/fp8 codes, f32 scales
+    after += 4 if layer.kind == "st8" else 0  # the activations' scale
     return Layer(**{**asdict(layer), "bytes_after": after})
-
-
-def stored(b: GraphBuilder, layer: Layer) -> tuple[Node, Node]:
-    """`<name>.q` and `<name>.scale`, declared."""
-    q = b.param(layer.q_name, DType.parse(layer.q_dtype), layer.q_shape)
-    return q, b.param(layer.scale_name, DType.F32, layer.scale_shape, Init("ones"))
-
-
-def dequantized(b: GraphBuilder, layer: Layer, weights: tuple[Node, Node] | None = None) -> Node:
-    """The weight as the op reads it: `<name>.q` and `<name>.scale` (declared unless given), dequantized
-    (unpacked)."""
-    q, scale = weights or stored(b, layer)
-    codes = b.unpack_int4(q) if layer.kind == "int4" else q
-    return b.dequantize(codes, scale, dtype=DType.parse(layer.dtype), axis=layer.axis,
-                        group=layer.group if layer.group > 1 else None)
-
-
-def dynamic_matmul(b: GraphBuilder, layer: Layer, x: Node, weights: tuple[Node, Node]) -> Node:
-    """x @ w for a 'dyn8' or 'fp8' layer: x quantized per row (over its last axis, the contraction),
-    codes times the stored codes (`qmatmul`), both scales applied to the accumulator, in x's dtype."""
-    q, w_scale = weights
-    dtype, shape = x.dtype, tuple(x.shape)
-    fp8 = layer.kind == "fp8"
-    qmax = QMAX["fp8" if fp8 else "int8-dynamic"]
-    rows = x if len(shape) == 2 else b.reshape(x, (numel(shape[:-1]), shape[-1]))  # [rows, K]
-    # amax(|x|) per row as max(max(x), -min(x)): two reductions reading x, so no elementwise op over
-    # the whole of x joins (and is stored by) the kernel that produces x
-    amax = b.maximum(b.max(rows, (1,), keepdim=True), b.neg(b.min(rows, (1,), keepdim=True)))
-    amax = amax if dtype == DType.F32 else b.cast(amax, DType.F32)
-    sx = b.maximum(b.div(amax, float(qmax)), SMALLEST_SCALE)  # an all-zero row: the smallest scale
-    if fp8:
-        qx = b.quantize(rows, sx, dtype=DType.F8E4M3, axis=0)
-    else:
-        qx = b.quantize(rows, sx, dtype=DType.I8, axis=0, qmin=-qmax, qmax=qmax)
-    if len(shape) != 2:  # views of the stored codes and scales, read by the matmul kernel in place
-        qx, sx = b.reshape(qx, shape), b.reshape(sx, shape[:-1] + (1,))
-    acc = b.qmatmul(qx, q)
-    y = b.mul(b.mul(acc if fp8 else b.cast(acc, DType.F32), sx), w_scale)
-    return y if dtype == DType.F32 else b.cast(y, dtype)
 
 
 def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Graph:
@@ -291,7 +205,7 @@ def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Gr
     b = GraphBuilder(graph.name)
     mapping: dict[Node, Node] = {}
     made: dict[str, Node] = {}
-    weights: dict[str, tuple[Node, Node]] = {}
+    weights: dict[str, tuple[Node, ...]] = {}
     for node in graph.nodes:
         layer = operand_of.get(node)
         if layer is not None:
@@ -299,14 +213,14 @@ def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Gr
                 weights[layer.name] = stored(b, layer)
                 if stats is not None:
                     stats[f"{layer.kind} weights"] += 1
-            if layer.kind not in DYNAMIC:
+            if layer.kind not in CODES:
                 if layer.name not in made:
                     made[layer.name] = dequantized(b, layer, weights[layer.name])
                 mapping[node] = made[layer.name]
             continue
         layer = operand_of.get(node.inputs[1]) if node.op == K.MATMUL else None
-        if layer is not None and layer.kind in DYNAMIC:
-            mapping[node] = dynamic_matmul(b, layer, mapping[node.inputs[0]], weights[layer.name])
+        if layer is not None and layer.kind in CODES:
+            mapping[node] = codes_matmul(b, layer, mapping[node.inputs[0]], weights[layer.name])
         elif node not in absorbed:
             mapping[node] = b.node(node.op, [mapping[i] for i in node.inputs], node.attrs)
     for name, node in graph.outputs.items():

@@ -134,3 +134,45 @@ def test_quantized_gpt_runs_codes_on_sm90_tensor_cores(mode):
     if mode == "fp8":
         with pytest.raises(AxonError, match="fp8 dots need sm_89"):
             aot.launches_for(kernel_groups(q), env, parse("sm_80"))
+
+
+def two_layers(dtype=DType.F32):
+    b = GraphBuilder("mlp")
+    x = b.input("x", dtype, (9, 40))
+    h = b.relu(b.add(b.matmul(x, b.param("h.w", dtype, (40, 24))), b.param("h.b", dtype, (24,))))
+    b.output("y", b.add(b.matmul(h, b.param("o.w", dtype, (24, 10))), b.param("o.b", dtype, (10,))))
+    return b.build()
+
+
+def test_int8_static_quantizes_in_the_producers_epilogue_so_int8_flows_between_layers(gen):
+    g = two_layers()
+    params = {"h.w": torch.randn(40, 24, generator=gen), "h.b": torch.randn(24, generator=gen),
+              "o.w": torch.randn(24, 10, generator=gen), "o.b": torch.randn(10, generator=gen)}
+    x = torch.randn(9, 40, generator=gen)
+    p = Quantize("int8-static", min_size=0)
+    layers = p.plan(g)
+    assert [layer.kind for layer in layers] == ["st8", "st8"]
+    with pytest.raises(AxonError, match="calibration"):
+        convert(layers, params)
+    h = torch.relu(x @ params["h.w"] + params["h.b"])
+    amax = {"h.w": float(x.abs().max()), "o.w": float(h.abs().max())}  # min-max over this one batch
+    q = p.run(g)
+    qparams = {**{k: params[k] for k in ("h.b", "o.b")}, **convert(layers, params, amax)}
+    assert float(qparams["o.w.in_scale"]) == pytest.approx(amax["o.w"] / 127)
+    # torch: one scale per activation tensor, per-channel weights, exact integer products
+    out = x
+    for name, bias, relu in (("h", params["h.b"], True), ("o", params["o.b"], False)):
+        sx, sw = qparams[f"{name}.w.in_scale"], qparams[f"{name}.w.scale"]
+        qx = torch.round(out * (1 / sx)).clamp(-127, 127)
+        out = (qx.long() @ qparams[f"{name}.w.q"].long()).float() * sx * sw + bias
+        out = torch.relu(out) if relu else out
+    ref = evaluate(q, {"x": x}, qparams)["y"]
+    torch.testing.assert_close(ref, out, rtol=1e-5, atol=1e-5)
+    plan = fuse(q)
+    exe = Executable(q, kernel_groups=fused_groups(q, plan.groups))
+    torch.testing.assert_close(exe({"x": x}, qparams)["y"], ref, rtol=1e-5, atol=1e-5)
+    # x's quantize is a kernel; layer 1's matmul stores h as int8 codes (its epilogue quantizes), which
+    # layer 2's matmul reads: no float h in memory
+    assert [gr.kind for gr in plan.groups] == ["pointwise", "matmul", "matmul"], plan.report()
+    between = [pl.node for pl in exe.memory_plan({}).buffers]
+    assert [n.dtype for n in between if hasattr(n, "dtype")] == [DType.I8, DType.I8]
