@@ -97,6 +97,21 @@ class Setup:
         return inputs, f"the first validation batch ({len(part['inputs'])} examples)"
 
 
+    def sizes(self, graph: Graph) -> dict[str, int]:
+        """The symbolic sizes of `graph` at one measured batch (its inputs' shapes), for the GPU compile."""
+        from axon.ir import Sym
+        from axon.run import bind_dims
+
+        inputs, _ = self.sample()
+        given = {}
+        for name, node in graph.inputs.items():
+            if name in inputs:
+                for d, size in zip(node.shape, inputs[name].shape):
+                    if isinstance(d, Sym):
+                        given[str(d)] = int(size)
+        return bind_dims(graph, {k: v for k, v in given.items() if k in _symbols(graph)})
+
+
 def _symbols(graph: Graph) -> list[str]:
     from axon.run import symbols
 
@@ -206,11 +221,18 @@ def _row_quantization(qmatmuls) -> set:
     return found
 
 
-def measure(setup: Setup, settings, layers: list[Layer], params, qgraph: Graph, qparams, origin: str) -> dict:
-    """The ledger as a JSON-ready dict."""
+def measure(setup: Setup, settings, layers: list[Layer], params, qgraph: Graph, qparams, origin: str,
+            target=None) -> dict:
+    """The ledger as a JSON-ready dict; with `target` (a GPU `Target`), what each quantized layer's
+    kernels compile to there (`ledger_target`)."""
     inputs, where = setup.sample()
     errors = layer_errors(setup.graph, layers, params, qparams, inputs)
     runs = what_runs(qgraph, layers)
+    compiled = {}
+    if target is not None:
+        from axon.ledger_target import compiled_for
+
+        compiled = compiled_for(qgraph, layers, setup.sizes(qgraph), target)
     rows = []
     for layer in layers:
         kind = layer.kind + (f" g{layer.group}" if layer.kind == "int4" else "")
@@ -222,12 +244,12 @@ def measure(setup: Setup, settings, layers: list[Layer], params, qgraph: Graph, 
             how = f"float: {layer.reason}"
         rows.append({"layer": layer.name, "op": layer.op, "shape": list(layer.weight_shape), "kind": kind,
                      "bytes_before": layer.bytes_before, "bytes_after": layer.bytes_after,
-                     "rel_error": errors.get(layer.name), "runs": how,
+                     "rel_error": errors.get(layer.name), "runs": how, "compiled": compiled.get(layer.name),
                      "note": layer.reason if layer.quantized else "", "plan": layer.record()})
     before = sum(math.prod(n.shape) * n.dtype.itemsize for n in setup.graph.params.values())
     after = sum(t.numel() * t.element_size() for t in qparams.values())
     record = {"model": setup.graph.name, "file": setup.file, **settings.record(), "weights": origin,
-              "error_batch": where, "layers": rows,
+              "error_batch": where, "layers": rows, "target": target.name if target is not None else None,
               "params_bytes": {"before": before, "after": after},
               "layer_bytes": {"before": sum(r["bytes_before"] for r in rows),
                               "after": sum(r["bytes_after"] for r in rows)},
@@ -251,8 +273,9 @@ def format_table(record: dict) -> str:
         ratio = f" ({r['bytes_after'] / r['bytes_before']:.0%})" if r["kind"] != "float" else ""
         err = "-" if r["rel_error"] is None else f"{r['rel_error']:.2e}"
         note = f" [{r['note']}]" if r["note"] else ""
+        on = f" | {record.get('target')}: {r['compiled']}" if r.get("compiled") else ""
         rows.append((r["layer"], r["op"], "x".join(map(str, r["shape"])), r["kind"],
-                     f"{r['bytes_before']:,} -> {r['bytes_after']:,}{ratio}", err, r["runs"] + note))
+                     f"{r['bytes_before']:,} -> {r['bytes_after']:,}{ratio}", err, r["runs"] + note + on))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
     mode = record["mode"] + (f", group {record['group']}" if record["mode"] == "int4-weight" else "")

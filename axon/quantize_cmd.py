@@ -109,6 +109,10 @@ def add_parser(sub) -> None:
     q.add_argument("--batch", type=int, default=None, help="validation batch (default: the train block's)")
     q.add_argument("--seed", type=int, default=None, help="override the data split's seed")
     q.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
+    q.add_argument("--target", default="sm_90", metavar="sm_NN|none",
+                   help="also compile each quantized layer's kernels ahead of time for this GPU and show "
+                        "their tensor-core instructions, registers and spills (default sm_90; no GPU "
+                        "needed); 'none' skips it")
 
 
 def read(folder: str | Path) -> Quantized:
@@ -167,6 +171,7 @@ def fit(q: Quantized, graph: Graph, device=None) -> dict[str, torch.Tensor]:
 def command(args, hparams: dict) -> int:
     from axon import ledger
     from axon.passes.quant_weights import convert
+    from axon.codegen.target import parse as parse_target
     from axon.runtime.safetensors import save
 
     settings = Settings(args.mode, args.group, tuple(args.skip), args.min_size)
@@ -202,7 +207,8 @@ def command(args, hparams: dict) -> int:
     meta = {META_FORMAT: FORMAT, META_MODEL: graph.name, META_PASS: json.dumps(settings.record()),
             META_RUN: json.dumps(run, sort_keys=True)}
     save(qparams, out / QUANTIZED, meta)
-    record = ledger.measure(setup, settings, layers, params, qgraph, qparams, origin)
+    target = None if args.target == "none" else parse_target(args.target)
+    record = ledger.measure(setup, settings, layers, params, qgraph, qparams, origin, target)
     ledger.write(record, out / LEDGER_JSON, out / LEDGER_PNG)
     print(ledger.format_table(record))
     print(f"written: {out / QUANTIZED}, {out / LEDGER_JSON}, {out / LEDGER_PNG}")

@@ -57,6 +57,7 @@ class Row:
     num_warps: int = 0
     tensor_cores: str = ""     # wgmma, tcgen05, mma or none
     tc_instructions: int = 0
+    tc_types: str = ""         # the tensor-core instructions' operand types (bf16, tf32, s8, e4m3)
     occupancy: float = 0.0     # resident warps / the SM's maximum
     blocks_per_sm: int = 0
     compile_s: float = 0.0
@@ -78,6 +79,9 @@ class Row:
         return ""
 
 
+RESULTS = 3  # the worker's result format (2: tensor-core operand types): older saved results are stale
+
+
 @dataclass
 class Job:
     row: Row
@@ -94,7 +98,7 @@ class Job:
                 "repeat": self.repeat}
 
     def key(self, target: Target) -> str:
-        body = {**self.payload(target), "path": self.path.name}
+        body = {**self.payload(target), "path": self.path.name, "results": RESULTS}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:40]
 
 
@@ -243,6 +247,7 @@ def _fill(row: Row, result: dict, target: Target) -> None:
     for name in ("regs", "stack", "spill_stores", "spill_loads", "shared", "num_warps", "tensor_cores",
                  "tc_instructions", "compile_s", "launch_us"):
         setattr(row, name, result.get(name))
+    row.tc_types = result.get("tc_types", "")
     row.blocks_per_sm, row.occupancy = occupancy(row.regs, row.shared, row.num_warps, target)
 
 
@@ -346,7 +351,8 @@ def format_table(rows: list[Row], target: Target, title: str = "") -> str:
                           status))
             continue
         spill = f"{r.stack}B" + (f" ({r.spill_stores} st)" if r.spill_stores else "") if r.spills else "-"
-        tc = r.tensor_cores if r.tensor_cores == "none" else f"{r.tensor_cores} x{r.tc_instructions}"
+        tc = r.tensor_cores if r.tensor_cores == "none" else \
+            f"{r.tensor_cores} x{r.tc_instructions}" + (f" {r.tc_types}" if r.tc_types else "")
         status = ("pruned: " + r.pruned) if r.pruned else ("default" if r.default else "ok")
         compile_s = "cached" if r.cached else f"{r.compile_s:.2f}s"
         first = (str(r.index), r.kind, what) if r.default else ("", "", "")

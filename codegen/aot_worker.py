@@ -157,14 +157,18 @@ def kernel(path: str, name: str):
     return getattr(_MODULES[path], name)
 
 
-def tensor_cores(ptx: str) -> tuple[str, int]:
-    """Which tensor-core instructions the PTX uses, and how many: wgmma (sm_90), tcgen05 (sm_100), mma."""
-    for kind, pattern in (("wgmma", r"\bwgmma\.mma_async"), ("tcgen05", r"\btcgen05\.mma"),
-                          ("mma", r"\bmma\.sync")):
-        count = len(re.findall(pattern, ptx))
-        if count:
-            return kind, count
-    return "none", 0
+def tensor_cores(ptx: str) -> tuple[str, int, str]:
+    """Which tensor-core instructions the PTX uses, how many, and the type of their A operands (bf16,
+    tf32, s8, e4m3, ...): wgmma (sm_90: `.f32.bf16.bf16`, the A type second), tcgen05 (sm_100), mma
+    (`.s32.s8.s8.s32`, the A type third from the end)."""
+    for kind, pattern, at in (("wgmma", r"\bwgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+((?:\.\w+)+)", 1),
+                              ("tcgen05", r"\btcgen05\.mma()", None),
+                              ("mma", r"\bmma\.sync\.aligned\.m\d+n\d+k\d+\.row\.col((?:\.\w+)+)", -3)):
+        found = re.findall(pattern, ptx)
+        if found:
+            types = {t.split(".")[1:][at] for t in found if at is not None and len(t.split(".")) > 3}
+            return kind, len(found), ",".join(sorted(types))
+    return "none", 0, ""
 
 
 def run(job: dict, drv: StandInDriver) -> dict:
@@ -183,14 +187,15 @@ def run(job: dict, drv: StandInDriver) -> dict:
     if not drv.launched and all(job["grid"]):
         raise RuntimeError("the kernel compiled but was not launched")
     figures = drv.figures or resources(compiled.asm["cubin"])
-    kind, count = tensor_cores(compiled.asm["ptx"])
+    kind, count, types = tensor_cores(compiled.asm["ptx"])
     launch_us = launch_cost(fn, args, job) if job.get("repeat") else None
     return {"ok": True, "launch_us": launch_us, "regs": figures.get("reg", 0),
             "stack": figures.get("stack", 0),
             "local": figures.get("local", 0), "spill_stores": figures.get("spill_stores", 0),
             "spill_loads": figures.get("spill_loads", 0), "shared": compiled.metadata.shared,
             "num_warps": compiled.metadata.num_warps, "num_stages": compiled.metadata.num_stages,
-            "tensor_cores": kind, "tc_instructions": count, "compile_s": round(seconds, 4)}
+            "tensor_cores": kind, "tc_instructions": count, "tc_types": types,
+            "compile_s": round(seconds, 4)}
 
 
 def launch_cost(fn, args, job: dict) -> float:

@@ -176,3 +176,33 @@ def test_int8_static_quantizes_in_the_producers_epilogue_so_int8_flows_between_l
     assert [gr.kind for gr in plan.groups] == ["pointwise", "matmul", "matmul"], plan.report()
     between = [pl.node for pl in exe.memory_plan({}).buffers]
     assert [n.dtype for n in between if hasattr(n, "dtype")] == [DType.I8, DType.I8]
+
+
+def test_the_ledger_says_what_each_layer_compiles_to_on_sm90(capsys, tmp_path):
+    """`axon quantize --mode int8-dynamic`: the ledger's rows name the kernels (row quantization, then
+    codes times codes) and, from the ahead-of-time compile, the sm_90 instructions: wgmma on s8."""
+    import json
+
+    from test_quantize_pass import TINY
+
+    from axon.cli import main
+    from axon.driver import graph_of
+    from axon.ir import init_params
+    from axon.runtime.safetensors import save
+
+    src = tmp_path / "tiny.axon"
+    src.write_text(TINY)
+    g, _ = optimize(graph_of(src, loss=True), out=QUIET)
+    gen = torch.Generator().manual_seed(5)
+    save({k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in init_params(g).items()},
+         tmp_path / "w.safetensors")
+    code = main(["quantize", str(src), "--mode", "int8-dynamic", "--weights", str(tmp_path / "w.safetensors"),
+                 "--out", str(tmp_path / "q"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    ledger = json.loads((tmp_path / "q" / "ledger.json").read_text())
+    assert ledger["target"] == "sm_90"
+    (row,) = [r for r in ledger["layers"] if r["kind"] == "dyn8"]
+    assert "x per row" in row["runs"] and "qmatmul" in row["runs"]
+    assert row["compiled"].startswith("wgmma s8") and "spilled" not in row["compiled"], row
+    assert "sm_90: wgmma s8" in out
