@@ -257,8 +257,7 @@ def parse_skip(text: str) -> tuple[str, ...]:
 @register_pass
 @dataclass(frozen=True)
 class Quantize:
-    """Store matmul/conv2d weights as int8 (per channel), int4 (per group) or fp8 codes, dequantized in
-    place (weight-only) or multiplied as codes with activations quantized per row (int8-dynamic, fp8)."""
+    """Store matmul/conv2d weights as int8, int4 or fp8 codes; dequantize them, or multiply codes."""
 
     name: ClassVar[str] = "quantize"
     mode: str = "int8-weight"

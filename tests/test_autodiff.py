@@ -217,6 +217,13 @@ def _int4_case(gen):  # pack_int4 and unpack_int4: integers, no gradient
                torch.randint(-8, 8, (5, 8), generator=gen, dtype=torch.int8))
 
 
+def _qmatmul_case(gen):  # codes times codes: integers, no gradient (QAT trains through fake_quantize)
+    check_grad(lambda b, x, a, w: b.mul(b.cast(b.qmatmul(a, w), D.F64), x),
+               lambda x, a, w: (a.long() @ w.long()).double() * x, f64(gen, 5, 3),
+               torch.randint(-127, 128, (5, 7), generator=gen, dtype=torch.int8),
+               torch.randint(-127, 128, (7, 3), generator=gen, dtype=torch.int8))
+
+
 CASES = {
     **{k: _unary_case(k) for k in _UNARY},
     **{k: _binary_case(k) for k in _BINARY},
@@ -265,7 +272,7 @@ CASES = {
                                    lambda x: x * torch.arange(7, dtype=x.dtype), f64(gen, 3, 5, 7)),
     K.RAND: _rand_case,
     K.QUANTIZE: _quantize_case, K.DEQUANTIZE: _dequantize_case, K.FAKE_QUANTIZE: _fake_quantize_case,
-    K.PACK_INT4: _int4_case, K.UNPACK_INT4: _int4_case,
+    K.PACK_INT4: _int4_case, K.UNPACK_INT4: _int4_case, K.QMATMUL: _qmatmul_case,
 }
 
 

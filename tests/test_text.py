@@ -126,7 +126,9 @@ def quant_graph():
     b.output("c", b.fake_quantize(x, cs, None, DType.I8, axis=1, qmin=-127))
     w4 = b.quantize(x, gs, None, DType.I8, axis=1, group=32, bits=4)
     b.output("p", b.unpack_int4(b.pack_int4(w4), DType.I8))
-    b.output("f8", b.quantize(x, 0.5, dtype=DType.F8E5M2))
+    f8 = b.quantize(x, 0.5, dtype=DType.F8E5M2)
+    b.output("f8", f8)
+    b.output("qmm", b.qmatmul(b.reshape(f8, (64, BATCH)), f8))  # fp8 codes -> f32
     return b.build()
 
 
