@@ -23,7 +23,7 @@ from axon import data as datasets
 from axon.driver import executable, kernel_groups, load_ast, load_graph, optimize
 from axon.ir import DType, Graph, GraphBuilder, OpKind, evaluate
 from axon.passes.quant_weights import dequantize, view
-from axon.passes.quantize import CODES, Layer, codes_matmul, weight_uses
+from axon.passes.quantize import CODES, Layer, QuantizeError, codes_matmul, weight_uses
 
 K = OpKind
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -78,6 +78,23 @@ class Setup:
         exe = executable(graph, self.device)
         params = {k: v.to(exe.device) for k, v in params.items() if k in graph.params}
         return validate(exe, params, self.validation, self.binding, self.batch)
+
+    def calibration(self, count: int):
+        """The inputs of the first `count` batches of the training split (its order: the split is
+        shuffled once by the data set's seed), for calibrating activation ranges."""
+        from axon.trainer import SEED_INPUT
+
+        if self.data is None:
+            raise QuantizeError(f"{self.file}: int8-static calibrates on the train block's data, and this "
+                                f"model has no train block",
+                                hint="add a train block, or use --mode int8-dynamic (no calibration)")
+        split = self.data.train
+        n = datasets.num_examples(split)
+        for start in range(0, min(n, count * self.batch), self.batch):
+            inputs = self.binding.feed({k: v[start:start + self.batch] for k, v in split.items()})
+            if SEED_INPUT in self.graph.inputs:
+                inputs[SEED_INPUT] = torch.tensor(0, dtype=torch.int64)
+            yield inputs
 
     def sample(self) -> tuple[dict[str, torch.Tensor], str]:
         """Inputs of one batch for measuring layer errors: the first validation batch, or random inputs
@@ -195,7 +212,11 @@ def what_runs(qgraph: Graph, layers: list[Layer]) -> dict[str, str]:
         for g in groups:
             ops = [n.op.value for n in g.nodes if n in chain and n.op != K.PARAM]
             row_ops = [n.op.value for n in g.nodes if n in rows]
-            if row_ops:
+            if row_ops and layer.kind == "st8":
+                host = [n for n in g.nodes if n not in rows]
+                parts.append("x quantized" + (f" in the epilogue of its producer ({g.kind} kernel)" if host
+                                              else " by a kernel of its own"))
+            elif row_ops:
                 parts.append("x per row: " + " + ".join(dict.fromkeys(row_ops)))
             if ops:
                 parts.append(" + ".join(dict.fromkeys(ops)) + (" (codes x codes, rescaled in the epilogue)"
@@ -294,6 +315,20 @@ def format_table(record: dict) -> str:
         lines.append(f"validation ({v['examples']} examples): loss {b['loss']:.4f} -> {a['loss']:.4f} "
                      f"({v['loss_increase']:+.4f} nats){acc}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_calibration(c: dict) -> str:
+    """The int8-static calibration: per layer the largest |x| seen, the range taken, the scale and the
+    share of the values clipped."""
+    how = c["method"] + (f" {c['percentile']}" if "percentile" in c else "")
+    lines = [f"calibration: {how} over {c['batches']} training batch(es) of {c['batch']}"]
+    rows = [("layer input", "max |x|", "range", "scale", "clipped")]
+    for name, r in c["layers"].items():
+        rows.append((name, f"{r['amax']:.4g}", f"{r['threshold']:.4g}", f"{r['scale']:.4g}",
+                     f"{r['clipped']:.3%}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
 
 
 def _ratio(d: dict) -> str:

@@ -109,6 +109,14 @@ def add_parser(sub) -> None:
     q.add_argument("--batch", type=int, default=None, help="validation batch (default: the train block's)")
     q.add_argument("--seed", type=int, default=None, help="override the data split's seed")
     q.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
+    q.add_argument("--calibrate", type=int, default=16, metavar="N",
+                   help="int8-static: batches of the train block's training split to measure each "
+                        "layer's activation range on (default 16)")
+    q.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"),
+                   help="int8-static: the range from the largest |x| seen (minmax), a percentile of |x| "
+                        "(percentile), or the KL-divergence minimum of TensorRT (entropy)")
+    q.add_argument("--percentile", type=float, default=99.99, metavar="P",
+                   help="the percentile --method percentile takes (default 99.99)")
     q.add_argument("--target", default="sm_90", metavar="sm_NN|none",
                    help="also compile each quantized layer's kernels ahead of time for this GPU and show "
                         "their tensor-core instructions, registers and spills (default sm_90; no GPU "
@@ -200,7 +208,9 @@ def command(args, hparams: dict) -> int:
         origin = f"the initializers (seed {setup.seed}): no --weights given"
         print(f"note: no --weights: quantizing {origin.split(':')[0]}")
     layers = settings.make_pass().plan(graph)
-    qparams = {**params, **convert(layers, params)}
+    act_amax, calibration = _calibrate(args, setup, layers, params) if settings.mode == "int8-static" \
+        else (None, None)
+    qparams = {**params, **convert(layers, params, act_amax)}
     qparams = {n: qparams[n].detach().cpu().contiguous() for n in qgraph.params}
     out.mkdir(parents=True, exist_ok=True)
     run = {"seed": setup.seed, "batch": setup.batch, "hparams": hparams}
@@ -209,10 +219,37 @@ def command(args, hparams: dict) -> int:
     save(qparams, out / QUANTIZED, meta)
     target = None if args.target == "none" else parse_target(args.target)
     record = ledger.measure(setup, settings, layers, params, qgraph, qparams, origin, target)
+    if calibration:
+        record["calibration"] = calibration
+        print(ledger.format_calibration(calibration))
     ledger.write(record, out / LEDGER_JSON, out / LEDGER_PNG)
     print(ledger.format_table(record))
     print(f"written: {out / QUANTIZED}, {out / LEDGER_JSON}, {out / LEDGER_PNG}")
     return 0
+
+
+def _calibrate(args, setup, layers, params) -> tuple[dict[str, float], dict]:
+    """int8-static: each layer's activation range over `--calibrate` training batches by `--method`."""
+    from axon.passes.quantize import weight_uses
+    from axon.runtime.calibrate import calibrate
+
+    if args.calibrate < 1:
+        raise QuantizeError(f"--calibrate {args.calibrate}: int8-static needs at least one batch of "
+                            f"calibration data")
+    uses = weight_uses(setup.graph)
+    taps = {layer.name: [site.inputs[0] for site in uses[layer.name].sites]
+            for layer in layers if layer.kind == "st8"}
+    observers = calibrate(setup.graph, params, taps, setup.calibration(args.calibrate), args.method,
+                          args.percentile)
+    rows = {}
+    for name, o in observers.items():
+        t = o.threshold()
+        rows[name] = {"amax": o.amax, "threshold": t, "scale": t / 127, "clipped": o.clipped(t),
+                      "values": o.count}
+    batches = min(args.calibrate, -(-len(next(iter(setup.data.train.values()))) // setup.batch))
+    record = {"method": args.method, "batches": batches, "batch": setup.batch, "layers": rows,
+              **({"percentile": args.percentile} if args.method == "percentile" else {})}
+    return {name: r["threshold"] for name, r in rows.items()}, record
 
 
 def _origin(weights: str | Path) -> dict:

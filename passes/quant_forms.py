@@ -79,10 +79,15 @@ class Layer:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
+def dequantized_params(b: GraphBuilder, layer: Layer) -> tuple[Node, Node]:
+    """`<name>.q` and `<name>.scale`, declared."""
+    return (b.param(layer.q_name, DType.parse(layer.q_dtype), layer.q_shape),
+            b.param(layer.scale_name, DType.F32, layer.scale_shape, Init("ones")))
+
+
 def stored(b: GraphBuilder, layer: Layer) -> tuple[Node, ...]:
     """`<name>.q` and `<name>.scale` (and, for st8, `<name>.in_scale`), declared."""
-    q = b.param(layer.q_name, DType.parse(layer.q_dtype), layer.q_shape)
-    out = (q, b.param(layer.scale_name, DType.F32, layer.scale_shape, Init("ones")))
+    out = dequantized_params(b, layer)
     if layer.kind == "st8":
         out += (b.param(layer.in_scale_name, DType.F32, (), Init("ones")),)
     return out
@@ -91,7 +96,7 @@ def stored(b: GraphBuilder, layer: Layer) -> tuple[Node, ...]:
 def dequantized(b: GraphBuilder, layer: Layer, weights: tuple[Node, ...] | None = None) -> Node:
     """The weight as the op reads it: `<name>.q` and `<name>.scale` (declared unless given), dequantized
     (unpacked)."""
-    q, scale = (weights or stored(b, layer))[:2]
+    q, scale = (weights or dequantized_params(b, layer))[:2]
     codes = b.unpack_int4(q) if layer.kind == "int4" else q
     return b.dequantize(codes, scale, dtype=DType.parse(layer.dtype), axis=layer.axis,
                         group=layer.group if layer.group > 1 else None)
