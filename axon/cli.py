@@ -145,6 +145,16 @@ def _parser() -> argparse.ArgumentParser:
     _precision_arg(t, "f32 (default), or mixed precision as torch.autocast: f32 master weights, matmul, "
                       "conv and attention in bf16/f16, softmax, norms and the loss in f32; f16 with dynamic "
                       "loss scaling as GradScaler (a resumed run keeps its precision)", PRECISIONS)
+    t.add_argument("--qat", default=None, metavar="MODE",
+                   choices=("int8-weight", "int4-weight", "int8-dynamic", "int8-static", "fp8"),
+                   help="quantization-aware training: the weights (int8-dynamic, fp8: and the activations "
+                        "per row) fake-quantized where `axon quantize --mode MODE` will quantize them, "
+                        "gradients straight through (a resumed run keeps it)")
+    t.add_argument("--qat-group", type=int, default=64, choices=(32, 64, 128), metavar="G",
+                   help="--qat int4-weight: the group size (default 64)")
+    t.add_argument("--init", default=None, metavar="W.safetensors",
+                   help="start from these parameters (a trainer's best/checkpoint file, or plain ones) with "
+                        "fresh optimizer state: fine-tuning, e.g. --qat from a float model")
 
     v = sub.add_parser("eval", help="validation metrics of a checkpoint")
     _train_args(v)
@@ -355,7 +365,11 @@ def _trainer(args, **extra):
             raise AxonError(f"--{name} must be at least 1, got {value}")
     trainer = Trainer(args.file, args.model, hparams=hparams or None, device=args.device, out_dir=args.out,
                       epochs=args.epochs, batch=args.batch, seed=args.seed, log=extra.pop("log", _stdout),
-                      precision=getattr(args, "precision", None), **extra)
+                      precision=getattr(args, "precision", None),
+                      qat={"mode": args.qat, "group": args.qat_group} if getattr(args, "qat", None)
+                      else None,
+                      init=getattr(args, "init", None),
+                      **extra)
     print(describe(trainer.step_exe.device), file=sys.stderr)
     print(trainer.data.summary())
     graphed = " (replayed as a CUDA graph)" if trainer.step_call is not trainer.step_exe else ""

@@ -34,6 +34,7 @@ from axon.frontend.builtins import UPDATE_PREFIX
 from axon.passes.autocast import PRECISIONS, autocast
 from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE, SCALED_LOSS, keep_if, scale_loss, unscale
+from axon.passes.qat import QAT
 from axon.codegen.files import atomic_write
 from axon.ir.text import print_graph
 from axon.runtime import checkpoint, report, runs
@@ -53,6 +54,20 @@ class TrainError(AxonError):
 
 
 # --- the compiled graphs -----------------------------------------------------------------------------
+def qat_settings(qat: dict | None) -> dict | None:
+    """`--qat`'s options checked: {"mode": ..., "group": ...} (passes/qat.py), or None."""
+    if not qat:
+        return None
+    from axon.passes.qat import QAT_MODES
+    from axon.passes.quantize import GROUPS
+
+    mode, group = qat.get("mode"), qat.get("group", 64)
+    if mode not in QAT_MODES or group not in GROUPS or set(qat) - {"mode", "group"}:
+        raise TrainError(f"quantization-aware training takes a mode ({', '.join(QAT_MODES)}) and a group "
+                         f"({', '.join(map(str, GROUPS))}), got {qat}")
+    return {"mode": mode, "group": group}
+
+
 def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32") -> Graph:
     """Forward, loss, backward and the optimizer update of every parameter, as one graph (in mixed
     precision for "bf16" or "f16"; f16 with loss scaling and a skipped step on inf/NaN)."""
@@ -128,7 +143,8 @@ class Trainer:
                  batch: int | None = None, seed: int | None = None, checkpoint_every: int = 0,
                  log=print, cuda_graphs: bool = False, resume: bool = False, overwrite: bool = False,
                  checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
-                 settings_from: str | Path | None = None, precision: str | None = None):
+                 settings_from: str | Path | None = None, precision: str | None = None,
+                 qat: dict | None = None, init: str | Path | None = None):
         from axon.frontend import train_spec, training_graph
 
         if precision is not None and precision not in PRECISIONS:
@@ -157,9 +173,13 @@ class Trainer:
             batch = batch or saved.get("batch")
             seed = seed if seed is not None else saved.get("seed")
             precision = precision or saved.get("precision")
+            qat = qat or saved.get("qat")
             hparams = {**(saved.get("hparams") or {}), **(hparams or {})}
         loss_graph, spec = training_graph(module, model, hparams=hparams or None)
         eval_graph, _ = training_graph(module, model, hparams=hparams or None, training=False)
+        self.qat = qat_settings(qat)
+        if self.qat:  # quantization-aware: the weights (activations) through the codes deployed
+            loss_graph, eval_graph = (QAT(**self.qat).run(g) for g in (loss_graph, eval_graph))
         self.spec = spec
         self.resume = resume
         self.checkpoint_on_interrupt = checkpoint_on_interrupt
@@ -184,7 +204,8 @@ class Trainer:
             "data": {"name": spec.data.name, **options}, "batch": self.batch, "seed": self.seed,
             "epochs": self.epochs, "optimizer": self.optimizer, "early_stop": spec.early_stop,
             "schedule_steps": steps if self.schedule.kind == "cosine" else None,  # spans the whole run
-            "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision}
+            "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision,
+            "qat": self.qat, "init": str(init) if init else None}
         self.step_exe = executable(step, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:
@@ -193,6 +214,11 @@ class Trainer:
         self.eval_exe = executable(evaluate_graph, self.step_exe.device)
         self.compile_s = time.perf_counter() - t0
         self.params = {k: v.to(self.step_exe.device) for k, v in init_params(step, self.seed).items()}
+        if init and not resume:  # fine-tuning (QAT from a float model): these parameters, fresh state
+            from axon.api import fitting_weights
+
+            start = fitting_weights(eval_graph, init)
+            self.params.update({k: v.to(self.step_exe.device) for k, v in start.items()})
         self.states = {name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=self.step_exe.device)
                        for name, n in step.inputs.items() if name.startswith("state.")}
         self.progress = Progress()

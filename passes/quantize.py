@@ -201,7 +201,7 @@ def _sized(layer: Layer) -> Layer:
 def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Graph:
     """`graph` with the quantized layers' weights replaced by their dequantized codes (and, for dynamic
     layers, their matmuls by codes-times-codes ones)."""
-    operand_of, absorbed = _operands(graph, layers)
+    operand_of, absorbed = weight_operands(graph, layers)
     b = GraphBuilder(graph.name)
     mapping: dict[Node, Node] = {}
     made: dict[str, Node] = {}
@@ -232,7 +232,7 @@ def apply(graph: Graph, layers: list[Layer], stats: Counter | None = None) -> Gr
     return b.build()
 
 
-def _operands(graph: Graph, layers: list[Layer]) -> tuple[dict[Node, Layer], set[Node]]:
+def weight_operands(graph: Graph, layers: list[Layer]) -> tuple[dict[Node, Layer], set[Node]]:
     """The nodes the quantized layers' ops read as weights (the parameter or a permute of it), and the
     nodes not rebuilt (the float parameters and the permutes over them)."""
     uses = weight_uses(graph)

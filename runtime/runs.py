@@ -180,6 +180,7 @@ MAY_CHANGE = {
     "early_stop": "early stopping decides with other settings from here on",
     "checkpoint_every": "checkpoints are written at another interval",
     "device": "the run continues on another device",
+    "init": "the starting parameters matter only at the start: a resumed run continues from its checkpoint",
 }
 SAME_STEP = {"source", "hparams"}  # harmless where the training step compiles the same, else they break
 BREAKS = {
@@ -193,9 +194,10 @@ BREAKS = {
     "optimizer": "the optimizer or its settings differ",
     "schedule_steps": "the learning-rate schedule spans the whole run, so it depends on the epochs",
     "precision": "the step computes in another precision (f32, or mixed with bf16 or f16 dots)",
+    "qat": "quantization-aware training fake-quantizes other weights, or none (--qat)",
 }
 # what a record written before a key existed means by its absence
-ABSENT = {"precision": "f32"}
+ABSENT = {"precision": "f32", "qat": None}
 
 
 def normal(record: dict) -> dict:
