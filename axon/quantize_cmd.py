@@ -89,33 +89,35 @@ def add_parser(sub) -> None:
     q.add_argument("--model", default=None, help="the model to quantize (default: the file's only one)")
     q.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a hyper-parameter (an int, a float, true or false)")
-    q.add_argument("--mode", required=True, choices=MODES,
-                   help="int8-weight: i8 codes, a scale per output channel; int4-weight: two codes a byte, "
+    q.add_argument("--mode", default=None, choices=MODES,
+                   help="(default: the file's quantize block) int8-weight: i8 codes, a scale per output "
+                        "channel; "
+                        "int4-weight: two codes a byte, "
                         "a scale per --group elements along the contraction axis; int8-dynamic: int8 "
                         "weights, activations quantized per row at run time, i8 x i8 -> i32 matmuls; "
                         "fp8: the same with e4m3 codes (fp8 tensor cores, sm_89+)")
-    q.add_argument("--group", type=int, default=64, choices=GROUPS,
+    q.add_argument("--group", type=int, default=None, choices=GROUPS,
                    help="int4-weight group size (default 64)")
     q.add_argument("--weights", default=None, metavar="W.safetensors",
                    help="the float weights: a trainer's best.safetensors or checkpoint.safetensors (its "
                         "run's seed and batch then pick the validation data), or plain parameters "
                         "(default: the initializers)")
-    q.add_argument("--skip", nargs="+", action="extend", default=[], metavar="NAME",
+    q.add_argument("--skip", nargs="+", action="extend", default=None, metavar="NAME",
                    help="layers left float: a parameter name, its layer (`logits`) or a glob (`block.*.up*`)")
-    q.add_argument("--min-size", type=int, default=MIN_SIZE, metavar="N",
+    q.add_argument("--min-size", type=int, default=None, metavar="N",
                    help=f"weights of fewer elements stay float (default {MIN_SIZE})")
     q.add_argument("--out", required=True, metavar="DIR",
                    help="the folder quantized.safetensors and the ledger go to")
     q.add_argument("--batch", type=int, default=None, help="validation batch (default: the train block's)")
     q.add_argument("--seed", type=int, default=None, help="override the data split's seed")
     q.add_argument("--device", default=None, help="'cuda' or 'cpu' (default: CUDA when present)")
-    q.add_argument("--calibrate", type=int, default=16, metavar="N",
+    q.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="int8-static: batches of the train block's training split to measure each "
                         "layer's activation range on (default 16)")
-    q.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"),
+    q.add_argument("--method", default=None, choices=("minmax", "percentile", "entropy"),
                    help="int8-static: the range from the largest |x| seen (minmax), a percentile of |x| "
                         "(percentile), or the KL-divergence minimum of TensorRT (entropy)")
-    q.add_argument("--percentile", type=float, default=99.99, metavar="P",
+    q.add_argument("--percentile", type=float, default=None, metavar="P",
                    help="the percentile --method percentile takes (default 99.99)")
     q.add_argument("--target", default="sm_90", metavar="sm_NN|none",
                    help="also compile each quantized layer's kernels ahead of time for this GPU and show "
@@ -182,6 +184,7 @@ def command(args, hparams: dict) -> int:
     from axon.codegen.target import parse as parse_target
     from axon.runtime.safetensors import save
 
+    _defaults(args)
     settings = Settings(args.mode, args.group, tuple(args.skip), args.min_size)
     settings.make_pass()
     if args.min_size < 0:
@@ -226,6 +229,30 @@ def command(args, hparams: dict) -> int:
     print(ledger.format_table(record))
     print(f"written: {out / QUANTIZED}, {out / LEDGER_JSON}, {out / LEDGER_PNG}")
     return 0
+
+
+DEFAULTS = {"group": 64, "skip": [], "min_size": MIN_SIZE, "calibrate": 16, "method": "minmax",
+            "percentile": 99.99}
+
+
+def _defaults(args) -> None:
+    """Settings the command line leaves out, from the file's `quantize` block, else the defaults; the
+    mode from one of them."""
+    spec = None
+    if str(args.file).endswith(".axon"):
+        from axon.driver import load_ast
+        from axon.frontend import quantize_spec
+
+        spec = quantize_spec(load_ast(args.file), args.model)
+    for name, default in {"mode": None, **DEFAULTS}.items():
+        if getattr(args, name) is None:
+            given = getattr(spec, name, None) if spec is not None else None
+            setattr(args, name, list(given) if name == "skip" and given is not None else
+                    given if given is not None else default)
+    if args.mode is None:
+        raise QuantizeError(f"{args.file}: no quantization mode: give --mode, or `mode = ...` in a "
+                            f"`quantize` block for the model",
+                            hint=f"the modes: {', '.join(MODES)}")
 
 
 def _calibrate(args, setup, layers, params) -> tuple[dict[str, float], dict]:

@@ -24,12 +24,14 @@ from .errors import (ArityError, AxonImportError, AxonNameError, AxonSyntaxError
                      AxonValueError, ShapeError)
 from .parser import parse
 from .program import Program, load_program, read_source
+from .quantize_block import QuantizeSpec, check_quantize_def
 from .train import TrainSpec, add_loss, check_train, check_train_def
 
 __all__ = [
     "ArityError", "AxonImportError", "AxonNameError", "AxonSyntaxError", "AxonTypeError",
-    "AxonValueError", "Program", "ShapeError", "TrainSpec", "ast", "compile_source", "elaborate",
-    "load", "load_program", "parse", "read_axon", "train_spec", "training_graph",
+    "AxonValueError", "Program", "QuantizeSpec", "ShapeError", "TrainSpec", "ast", "compile_source",
+    "elaborate", "load", "load_program", "parse", "quantize_spec", "read_axon", "train_spec",
+    "training_graph",
 ]
 
 
@@ -44,6 +46,8 @@ def elaborate(module: ast.Module, model: str | None = None, *, hparams: dict | N
     name = _pick_model(program, model)
     for td in program.user.trains.values():  # checked now, run by the training driver later
         check_train_def(program, td)
+    for qd in program.user.quantizes.values():  # checked now, used by `axon quantize` later
+        check_quantize_def(program, qd)
     return Elaborator(program, training=training).model(name, hparams)
 
 
@@ -93,6 +97,13 @@ def train_spec(module: ast.Module, model: str | None = None) -> TrainSpec | None
     program = load_program(module)
     name = _pick_model(program, model)
     return check_train(program, name)
+
+
+def quantize_spec(module: ast.Module, model: str | None = None) -> QuantizeSpec | None:
+    """The checked `quantize` block for a model of the module (None when it has none)."""
+    program = load_program(module)
+    specs = {name: check_quantize_def(program, qd) for name, qd in program.user.quantizes.items()}
+    return specs.get(_pick_model(program, model))
 
 
 def _pick_model(program: Program, model: str | None) -> str:

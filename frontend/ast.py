@@ -248,12 +248,22 @@ class TrainDef:
 
 
 @_node
+class QuantizeDef:
+    """`quantize Model { mode = "int8-dynamic" ... }`: how `axon quantize` quantizes the model by default."""
+
+    span: Span
+    model: str
+    model_span: Span
+    items: tuple[TrainItem, ...]
+
+
+@_node
 class Import:
     span: Span
     path: str
 
 
-Item = Union[Import, FnDef, ModelDef, TrainDef]
+Item = Union[Import, FnDef, ModelDef, TrainDef, QuantizeDef]
 
 
 @_node

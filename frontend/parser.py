@@ -38,7 +38,8 @@ _GROUPS = (
                      "GT", "GE", "EQ", "NE", "AND", "OR"}),
     ("an expression", {"INT", "FLOAT", "STRING", "TRUE", "FALSE", "LPAR", "LSQB", "MINUS", "PLUS",
                        "NOT", "NAME"}),
-    ("a definition ('fn', 'model', 'train' or 'import')", {"FN", "MODEL", "TRAIN", "IMPORT"}),
+    ("a definition ('fn', 'model', 'train', 'quantize' or 'import')", {"FN", "MODEL", "TRAIN", "QUANTIZE",
+                                                                       "IMPORT"}),
 )
 _COMPARE = {"LT", "LE", "GT", "GE", "EQ", "NE"}
 
@@ -131,6 +132,9 @@ class AstBuilder(Transformer):
 
     def train_def(self, meta, ch):
         return A.TrainDef(self.span(meta), str(ch[0]), self.tok(ch[0]), tuple(ch[1:]))
+
+    def quantize_def(self, meta, ch):
+        return A.QuantizeDef(self.span(meta), str(ch[0]), self.tok(ch[0]), tuple(ch[1:]))
 
     def train_set(self, meta, ch):
         return A.TrainItem(self.span(meta), str(ch[0]), ch[1], False)

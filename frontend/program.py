@@ -29,19 +29,23 @@ class Namespace:
     fns: dict[str, A.FnDef] = field(default_factory=dict)
     models: dict[str, A.ModelDef] = field(default_factory=dict)
     trains: dict[str, A.TrainDef] = field(default_factory=dict)
+    quantizes: dict[str, A.QuantizeDef] = field(default_factory=dict)
 
     def add(self, item) -> None:
         if isinstance(item, A.TrainDef):
             key, prev, what = item.model, self.trains.get(item.model), "a train block for "
+        elif isinstance(item, A.QuantizeDef):
+            key, prev, what = item.model, self.quantizes.get(item.model), "a quantize block for "
         else:
             key, what = item.name, ""
             prev = self.fns.get(key) or self.models.get(key)
         if prev is not None:
             raise AxonNameError(f"{what}'{key}' is defined twice", item.span,
                                 notes=[Note("first defined here", prev.span)])
-        if not isinstance(item, A.TrainDef):
+        if not isinstance(item, (A.TrainDef, A.QuantizeDef)):
             check_params(item)
-        table = {A.FnDef: self.fns, A.ModelDef: self.models, A.TrainDef: self.trains}[type(item)]
+        table = {A.FnDef: self.fns, A.ModelDef: self.models, A.TrainDef: self.trains,
+                 A.QuantizeDef: self.quantizes}[type(item)]
         table[key] = item
 
 
