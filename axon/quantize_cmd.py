@@ -17,7 +17,7 @@ layers' errors are measured on random inputs and no validation is reported.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -119,6 +119,12 @@ def add_parser(sub) -> None:
                         "(percentile), or the KL-divergence minimum of TensorRT (entropy)")
     q.add_argument("--percentile", type=float, default=None, metavar="P",
                    help="the percentile --method percentile takes (default 99.99)")
+    q.add_argument("--sensitivity", action="store_true",
+                   help="also quantize each layer alone and rank the layers by what that costs (accuracy "
+                        "points, or nats of validation loss for a model without accuracy): printed, in "
+                        "ledger.json and sensitivity.png")
+    q.add_argument("--max-drop", type=float, default=None, metavar="X",
+                   help="leave float the layers that cost more than X alone (implies --sensitivity)")
     q.add_argument("--target", default="sm_90", metavar="sm_NN|none",
                    help="also compile each quantized layer's kernels ahead of time for this GPU and show "
                         "their tensor-core instructions, registers and spills (default sm_90; no GPU "
@@ -213,21 +219,38 @@ def command(args, hparams: dict) -> int:
     layers = settings.make_pass().plan(graph)
     act_amax, calibration = _calibrate(args, setup, layers, params) if settings.mode == "int8-static" \
         else (None, None)
+    sens = None
+    if args.sensitivity or args.max_drop is not None:
+        from axon import sensitivity
+
+        sens = sensitivity.rank(setup, settings, layers, params, act_amax)
+        print(sensitivity.format_ranking(sens, args.max_drop))
+        costly = sensitivity.over(sens, args.max_drop) if args.max_drop is not None else {}
+        if costly:  # quantized again with them left float
+            settings = replace(settings, skip=tuple(settings.skip) + tuple(costly))
+            qgraph = setup.quantized(settings)
+            layers = sensitivity.skipped_layers(layers, costly, args.max_drop, sens["unit"])
     qparams = {**params, **convert(layers, params, act_amax)}
     qparams = {n: qparams[n].detach().cpu().contiguous() for n in qgraph.params}
     out.mkdir(parents=True, exist_ok=True)
+    if sens is not None:
+        sens["max_drop"] = args.max_drop
+        sensitivity.plot(sens, out / "sensitivity.png", args.max_drop)
     run = {"seed": setup.seed, "batch": setup.batch, "hparams": hparams}
     meta = {META_FORMAT: FORMAT, META_MODEL: graph.name, META_PASS: json.dumps(settings.record()),
             META_RUN: json.dumps(run, sort_keys=True)}
     save(qparams, out / QUANTIZED, meta)
     target = None if args.target == "none" else parse_target(args.target)
     record = ledger.measure(setup, settings, layers, params, qgraph, qparams, origin, target)
+    if sens is not None:
+        record["sensitivity"] = sens
     if calibration:
         record["calibration"] = calibration
         print(ledger.format_calibration(calibration))
     ledger.write(record, out / LEDGER_JSON, out / LEDGER_PNG)
     print(ledger.format_table(record))
-    print(f"written: {out / QUANTIZED}, {out / LEDGER_JSON}, {out / LEDGER_PNG}")
+    extra = f", {out / 'sensitivity.png'}" if sens is not None else ""
+    print(f"written: {out / QUANTIZED}, {out / LEDGER_JSON}, {out / LEDGER_PNG}{extra}")
     return 0
 
 

@@ -87,3 +87,36 @@ def test_axon_quantize_takes_the_blocks_settings_and_the_command_line_wins(tmp_p
     plain = write(tmp_path, "")
     assert main(["quantize", str(plain), "--out", str(tmp_path / "c"), "--target", "none"]) == 1
     assert "no quantization mode" in capsys.readouterr().err
+
+
+def test_sensitivity_ranks_each_layer_alone_and_max_drop_leaves_the_costly_float(tmp_path, capsys):
+    """Each row's metrics are those of the model with that layer alone quantized (checked against
+    `axon quantize --skip` of the other layer and `axon eval --quantized`); --max-drop below every cost
+    leaves every layer float, above every cost none."""
+    path = write(tmp_path, "")
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    weights = str(tmp_path / "run" / "best.safetensors")
+    common = ["--mode", "int4-weight", "--group", "32", "--min-size", "0", "--weights", weights,
+              "--target", "none"]
+    assert main(["quantize", str(path), *common, "--sensitivity", "--out", str(tmp_path / "s")]) == 0
+    sens = json.loads((tmp_path / "s" / "ledger.json").read_text())["sensitivity"]
+    assert (tmp_path / "s" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    costs = [r["cost"] for r in sens["layers"]]
+    assert costs == sorted(costs, reverse=True)
+    assert {r["layer"] for r in sens["layers"]} == {"h.w", "logits.w"}
+    for r in sens["layers"]:
+        other = ({"h.w", "logits.w"} - {r["layer"]}).pop()
+        out = tmp_path / f"only-{r['layer']}"
+        assert main(["quantize", str(path), *common, "--skip", other, "--out", str(out)]) == 0
+        after = json.loads((out / "ledger.json").read_text())["validation"]["after"]
+        assert after["acc"] == pytest.approx(r["val_acc"]) and after["loss"] == pytest.approx(r["val_loss"])
+        assert r["cost"] == pytest.approx((sens["float"]["acc"] - after["acc"]) * 100)
+    low = min(costs) - 1
+    assert main(["quantize", str(path), *common, "--max-drop", str(low), "--out",
+                 str(tmp_path / "all")]) == 0
+    rows = json.loads((tmp_path / "all" / "ledger.json").read_text())["layers"]
+    assert all(r["kind"] == "float" and "sensitivity: costs" in r["runs"] for r in rows if r["op"] == "matmul")
+    assert main(["quantize", str(path), *common, "--max-drop", str(max(costs) + 1), "--out",
+                 str(tmp_path / "none")]) == 0
+    rows = json.loads((tmp_path / "none" / "ledger.json").read_text())["layers"]
+    assert all(r["kind"] != "float" for r in rows if r["op"] == "matmul")
