@@ -115,7 +115,8 @@ def test_sensitivity_ranks_each_layer_alone_and_max_drop_leaves_the_costly_float
     assert main(["quantize", str(path), *common, "--max-drop", str(low), "--out",
                  str(tmp_path / "all")]) == 0
     rows = json.loads((tmp_path / "all" / "ledger.json").read_text())["layers"]
-    assert all(r["kind"] == "float" and "sensitivity: costs" in r["runs"] for r in rows if r["op"] == "matmul")
+    assert all(r["kind"] == "float" and "sensitivity: costs" in r["runs"]
+               for r in rows if r["op"] == "matmul")
     assert main(["quantize", str(path), *common, "--max-drop", str(max(costs) + 1), "--out",
                  str(tmp_path / "none")]) == 0
     rows = json.loads((tmp_path / "none" / "ledger.json").read_text())["layers"]
