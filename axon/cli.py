@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
                       "cores, softmax and the loss in f32); with --step, the mixed-precision training step")
     e.add_argument("--tf32", action="store_true",
                    help="f32 dots on TF32 tensor cores (torch.set_float32_matmul_precision('high'))")
+    e.add_argument("--quantized", default=None, metavar="DIR",
+                   help="--target: the model quantized as `axon quantize` wrote it to DIR (its pass "
+                        "settings): the table shows the quantized kernels (wgmma s8/e4m3 for codes x codes)")
     e.add_argument("--json", default=None, metavar="OUT.json", help="--target: write the table as JSON")
     e.add_argument("--workers", type=int, default=None, help="--target: compile processes (default: cores)")
     e.add_argument("--cold", action="store_true",
@@ -329,9 +332,19 @@ def _aot_graph(args):
         raise AxonError("--dtype runs the whole model in 16 bits and --precision mixes 16-bit dots with f32 "
                         "master weights: give one of them")
     args.pipeline = None
+    quantized = getattr(args, "quantized", None)
+    if quantized and args.step:
+        raise AxonError("--quantized compiles the quantized model's forward; a training step trains float "
+                        "weights (for quantization-aware training: axon train --qat)")
     g, dims = shown_graph(args)
     if args.dtype:
         g, _ = optimize(g, f"dtype{{to={args.dtype}}},fold,simplify,cse,dce", out=lambda *a, **k: None)
+    if quantized:
+        from axon.passes.manager import format_pass
+        from axon.quantize_cmd import read
+
+        p = format_pass(read(quantized).settings.make_pass())
+        g, _ = optimize(g, f"{p},fold,simplify,cse,dce", out=lambda *a, **k: None)
     if args.batch is None and "batch" not in dims:
         dims["batch"] = _train_batch(args) or 64
     dims = {**{s: 32 for s in _symbols(g)}, **dims}
