@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", default=None, metavar="OUT.json", help="write the record as JSON")
     bn.add_argument("--plot", default=None, metavar="OUT.png", help="write a comparison bar chart")
     bn.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    bn.add_argument("--quantized", default=None, metavar="DIR",
+                    help="--mode forward: also time the model as `axon quantize` wrote it to DIR (weight "
+                         "bytes and kernel counts of both in the record)")
     bn.add_argument("--cuda-graphs", action="store_true",
                     help="forward/train: replay Axon's launch list as a CUDA graph, against torch.compile "
                          "in mode 'reduce-overhead' (its CUDA graphs)")
@@ -445,7 +448,8 @@ def _bench(args) -> int:
     settings = bench.Settings(file=args.file, model=args.model, hparams=dict(override(s) for s in args.set),
                               mode=args.mode, batch=args.batch, dims=dict(dim(s) for s in args.dim),
                               repeats=args.repeats, warmup=args.warmup, device=args.device,
-                              compile=not args.no_compile, seed=args.seed, cuda_graphs=args.cuda_graphs)
+                              compile=not args.no_compile, seed=args.seed, cuda_graphs=args.cuda_graphs,
+                              quantized=args.quantized)
     if args.plot and args.mode == "host":  # before any measuring
         raise bench.BenchError("--plot draws the timed modes (forward, train, kernels); --mode host prints "
                                "its table")

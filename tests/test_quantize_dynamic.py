@@ -206,3 +206,31 @@ def test_the_ledger_says_what_each_layer_compiles_to_on_sm90(capsys, tmp_path):
     assert "x per row" in row["runs"] and "qmatmul" in row["runs"]
     assert row["compiled"].startswith("wgmma s8") and "spilled" not in row["compiled"], row
     assert "sm_90: wgmma s8" in out
+
+
+def test_bench_times_the_quantized_model_beside_the_float_one(capsys, tmp_path):
+    """`axon bench FILE --quantized DIR`: a second row, its kernels checked against the quantized graph's
+    reference evaluator, with both models' weight bytes and kernel counts; other modes are refused."""
+    import json
+
+    from test_quantize_pass import TINY
+
+    from axon.cli import main
+
+    src = tmp_path / "tiny.axon"
+    src.write_text(TINY)
+    assert main(["quantize", str(src), "--mode", "int8-dynamic", "--out", str(tmp_path / "q"),
+                 "--device", "cpu", "--target", "none"]) == 0
+    code = main(["bench", str(src), "--quantized", str(tmp_path / "q"), "--no-compile", "--repeats", "1",
+                 "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    base, quant = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert quant["case"] == "Tiny int8-dynamic" and quant["check"]["ok"]
+    assert "reference evaluator" in quant["check"]["against"]
+    q = quant["quantized"]
+    assert q["weight_bytes"]["quantized"] < q["weight_bytes"]["float"] / 2
+    assert q["kernels"] == {"float": base["impls"]["axon"]["kernels"], "quantized": 3}
+    assert quant["flops"] == base["flops"]
+    code = main(["bench", str(src), "--mode", "train", "--quantized", str(tmp_path / "q"), "--device", "cpu"])
+    assert code != 0 and "--mode forward" in capsys.readouterr().err

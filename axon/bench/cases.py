@@ -63,7 +63,7 @@ def graph_flops(graph: Graph, env: Mapping[str, int]) -> int:
     """Multiply-adds of the matmuls and convolutions, times two (the rest is noise next to them)."""
     total = 0
     for node in graph.nodes:
-        if node.op == K.MATMUL:
+        if node.op in (K.MATMUL, K.QMATMUL):
             a = concrete(node.inputs[0].shape, env)
             total += 2 * math.prod(concrete(node.shape, env)) * a[-1]
         elif node.op == K.CONV2D:

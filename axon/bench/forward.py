@@ -13,7 +13,57 @@ from .twin import twin, twin_graph
 
 
 def forward_cases(s: Settings, device: torch.device) -> Iterator[Case]:
-    yield forward_case(s, device)
+    case = forward_case(s, device)
+    yield case
+    if s.quantized:
+        yield quantized_case(s, device, case)
+
+
+def quantized_case(s: Settings, device: torch.device, base: Case) -> Case:
+    """The model as `axon quantize` wrote it to `s.quantized`, timed against the same float PyTorch twin
+    as the float model (what quantizing buys over it), its kernels checked against the reference evaluator
+    of the quantized graph (its error against the float model is the ledger's); weight bytes and kernel
+    counts of both."""
+    import axon
+    from axon.ir import evaluate
+    from axon.quantize_cmd import fit, read
+
+    q = read(s.quantized)
+    model = axon.compile(s.file, s.model, hparams={**(q.run.get("hparams") or {}), **s.hparams} or None,
+                         device=device, seed=s.seed, pipeline=q.settings.pipeline)
+    params = fit(q, model.graph, device)
+    env = base.shapes["dims"]
+    from axon.run import random_inputs
+
+    inputs = {k: v.to(device) for k, v in random_inputs(model.graph, env, s.seed).items()}
+    exe = graphed(model.executable, s, adopt=params)
+    got = exe(inputs, params)
+    want = evaluate(model.graph, {k: v.cpu() for k, v in inputs.items()},
+                    {k: v.cpu() for k, v in params.items()})
+    float_bytes = sum(p.dtype.itemsize * _numel(p.shape) for p in base_graph(s).params.values())
+    return Case(f"{model.graph.name} {q.settings.mode}", {"inputs": shapes(inputs), "dims": env},
+                lambda: exe(inputs, params, check_indices=False), base.eager, base.make_compiled,
+                len(model.executable.plan(env).launches), len(exe.kernels),
+                {**agreement(got, want), "against": "the quantized graph's reference evaluator"},
+                flops=graph_flops(model.graph, env),
+                extra={"quantized": {"mode": q.settings.mode, "folder": str(s.quantized),
+                                     "weight_bytes": {"float": float_bytes,
+                                                      "quantized": sum(t.numel() * t.element_size()
+                                                                       for t in params.values())},
+                                     "kernels": {"float": base.kernels, "quantized": len(exe.kernels)}}})
+
+
+def base_graph(s: Settings):
+    from axon.driver import graph_of
+
+    return graph_of(s.file, s.model, hparams=s.hparams or None)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def forward_case(s: Settings, device: torch.device) -> Case:

@@ -45,7 +45,8 @@ def format_table(record: dict) -> str:
     for run_ in record["runs"]:
         ch = run_["check"]
         lines.append(f"check {run_['case']}: max |error| {ch['max_abs_error']:.3g}, relative "
-                     f"{ch['max_rel_error']:.3g} against PyTorch ({len(ch['outputs'])} outputs) "
+                     f"{ch['max_rel_error']:.3g} against {ch.get('against', 'PyTorch')} "
+                     f"({len(ch['outputs'])} outputs) "
                      f"{'ok' if ch['ok'] else 'DISAGREE'}")
     lines.append("vs axon: the implementation's time over Axon's (above 1: Axon is faster); launch: kernels "
                  "per call (Axon's launch list; torch's by the profiler, GPU only)")

@@ -28,6 +28,7 @@ class Settings:
     compile: bool = True
     seed: int = 0
     cuda_graphs: bool = False    # Axon's launch list as a CUDA graph; torch.compile's 'reduce-overhead'
+    quantized: str | None = None  # forward: also the model as `axon quantize` wrote it to this folder
 
     def check(self) -> None:
         """The counts make sense (what each mode takes is `modes.select`'s to check)."""
@@ -37,6 +38,13 @@ class Settings:
                 raise BenchError(f"--{name} must be at least 1, got {value}")
         if self.warmup is not None and self.warmup < 0:
             raise BenchError(f"--warmup must be at least 0, got {self.warmup}")
+        if self.quantized is not None:
+            if self.mode != "forward":
+                raise BenchError(f"--quantized times the quantized model's forward pass: it takes --mode "
+                                 f"forward, not --mode {self.mode}")
+            from axon.quantize_cmd import read
+
+            read(self.quantized)  # a missing or foreign folder before anything is timed
 
 
 def with_defaults(s: Settings, device: torch.device) -> Settings:
