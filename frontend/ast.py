@@ -240,6 +240,14 @@ class TrainItem:
 
 
 @_node
+class SettingsBlock:
+    """`prune { amount = 0.9 ... }` inside a train block: settings of one feature, by name."""
+
+    span: Span
+    items: tuple[TrainItem, ...]
+
+
+@_node
 class TrainDef:
     span: Span
     model: str

@@ -139,6 +139,10 @@ class AstBuilder(Transformer):
     def train_set(self, meta, ch):
         return A.TrainItem(self.span(meta), str(ch[0]), ch[1], False)
 
+    def train_block(self, meta, ch):
+        block = A.SettingsBlock(self.span(meta), tuple(ch[1:]))
+        return A.TrainItem(self.span(meta), str(ch[0]), block, False)
+
     def train_call(self, meta, ch):
         return A.TrainItem(self.span(meta), ch[0].func, ch[0], True)
 

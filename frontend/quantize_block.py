@@ -98,11 +98,15 @@ def _value(it: A.TrainItem):
     return v
 
 
-def _const(e):
+def _const(e, what: str = "a quantize setting"):
+    """The value of a setting given as a literal (a number, string, bool or list of them)."""
     if isinstance(e, (A.Num, A.Str, A.Bool)):
         return e.value
     if isinstance(e, A.Unary) and e.op == "-" and isinstance(e.operand, A.Num):
         return -e.operand.value
     if isinstance(e, A.ListLit):
-        return tuple(_const(i) for i in e.items)
-    raise AxonTypeError("a quantize setting must be a constant (number, string or list)", e.span)
+        return tuple(_const(i, what) for i in e.items)
+    raise AxonTypeError(f"{what} must be a constant (number, string or list)", e.span)
+
+
+constant = _const

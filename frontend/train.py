@@ -24,6 +24,7 @@ from axon.ir.errors import Note, did_you_mean
 from . import ast as A
 from .elaborator import Elaborator, Frame
 from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
+from .prune_block import PruneSpec, check_prune_item
 from .typecheck import ANY_DTYPE, dtype_of
 from .values import INT_LIMIT, Scope, describe, show
 
@@ -62,6 +63,7 @@ class TrainSpec:
     early_stop: CallSpec | None
     seed: int | None
     span: Span
+    prune: PruneSpec | None = None
 
 
 # Every optimizer also takes the gradient clipping and the learning-rate schedule (`axon.optim`).
@@ -86,7 +88,7 @@ APPLIES_WITH = {"step_size": ("schedule", "step"), "gamma": ("schedule", "step")
                 "eta_min": ("schedule", "cosine")}
 OPTION_WORDS = {"lr": "the learning rate", "clip": "the maximum gradient norm 'clip'"}
 MAX_COUNT = 2**31 - 1  # epochs, batch size, patience: beyond this a setting is a typo
-KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed")
+KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed", "prune")
 ALIASES = {"optimizer": "optim"}
 REQUIRED = ("data", "loss", "optim", "epochs")
 
@@ -110,6 +112,9 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
         if key not in KEYS:
             raise AxonNameError(f"unknown train setting '{it.key}'", it.span,
                                 hint=did_you_mean(it.key, KEYS) or f"known: {', '.join(KEYS)}")
+        if isinstance(it.value, A.SettingsBlock) and key != "prune":
+            raise AxonTypeError(f"'{it.key}' takes a value ({it.key} = ...), not a block of settings",
+                                it.span)
         if key in items:
             raise AxonNameError(f"train setting '{it.key}' is given twice", it.span,
                                 notes=[Note("first given here", items[key].span)])
@@ -129,7 +134,7 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
         batch=_count(items["batch"], "batch") if "batch" in items else None,
         early_stop=early,
         seed=_count(items["seed"], "seed", 0, INT_LIMIT - 1) if "seed" in items else None,
-        span=td.span)
+        span=td.span, prune=check_prune_item(items["prune"]) if "prune" in items else None)
 
 
 def _call(it: A.TrainItem, what: str) -> CallSpec:
