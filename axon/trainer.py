@@ -33,6 +33,7 @@ from axon.optim import LR_INPUT, STEP_INPUT, Schedule, make_update
 from axon.frontend.builtins import UPDATE_PREFIX
 from axon.passes.autocast import PRECISIONS, autocast
 from axon.passes.autodiff import GRAD_PREFIX, grad
+from axon.passes.masks import mask_input_name, mask_inputs, masked_gradients, masked_update, prunable
 from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE, SCALED_LOSS, keep_if, scale_loss, unscale
 from axon.passes.qat import QAT
 from axon.codegen.files import atomic_write
@@ -41,6 +42,7 @@ from axon.runtime import checkpoint, report, runs
 from axon.runtime.checkpoint import Progress, section
 from axon.runtime.interrupts import Interrupted, deferred
 from axon.runtime.runs import BEST, CHECKPOINT, METRICS
+from axon.runtime.pruning import Pruner, PruneError, sparsity
 from axon.runtime.safetensors import load
 from axon.runtime.scaler import LossScaler
 
@@ -68,9 +70,11 @@ def qat_settings(qat: dict | None) -> dict | None:
     return {"mode": mode, "group": group}
 
 
-def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32") -> Graph:
+def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32", masked=()) -> Graph:
     """Forward, loss, backward and the optimizer update of every parameter, as one graph (in mixed
-    precision for "bf16" or "f16"; f16 with loss scaling and a skipped step on inf/NaN)."""
+    precision for "bf16" or "f16"; f16 with loss scaling and a skipped step on inf/NaN). The parameters
+    named in `masked` are pruned: a `mask.<name>` input keeps their removed entries zero
+    (`passes/masks.py`)."""
     scaled = precision == "f16"
     loss_graph = autocast(loss_graph, precision)
     g = grad(scale_loss(loss_graph), SCALED_LOSS) if scaled else grad(loss_graph, "loss")
@@ -82,7 +86,10 @@ def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32") -> Gr
     grads = {name: mapping[g.outputs[GRAD_PREFIX + name]] for name in params}
     if scaled:
         grads, found_inf = unscale(b, grads, mapping[g.inputs[LOSS_SCALE]])
+    masks = mask_inputs(b, params, masked)
+    grads = masked_gradients(b, grads, masks)
     new_params, state_inputs, new_states = make_update(b, params, grads, optimizer)
+    new_params, new_states = masked_update(b, masks, new_params, new_states)
     if scaled:  # a skipped step leaves the parameters and the optimizer state as they were
         new_params = keep_if(b, found_inf, params, new_params)
         new_states = keep_if(b, found_inf, state_inputs, new_states)
@@ -95,6 +102,21 @@ def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32") -> Gr
     # the result, not one after each pass (PassManager(verify=True) in the tests names a broken pass).
     step, _ = optimize(Graph(full.nodes, outputs, full.name), verify=False, out=QUIET)
     return verify(step)
+
+
+def pruner(loss_graph: Graph, prune: dict, epochs: int) -> Pruner:
+    """The pruning of a run (a train block's `prune { ... }` record, or `axon prune`'s): the weights of
+    the model's matmuls and convolutions, less those skipped."""
+    layers = [name for name, reason in prunable(loss_graph, tuple(prune.get("skip") or ())).items()
+              if reason is None]
+    if not layers:
+        raise TrainError("pruning was asked for, but no matmul or conv2d weight is left to prune"
+                         + (f" (skip = {prune.get('skip')})" if prune.get("skip") else ""))
+    try:
+        return Pruner(layers, prune["amount"], prune.get("scope", "layer"), prune.get("schedule", "oneshot"),
+                      prune.get("start", 0), prune.get("end"), epochs)
+    except PruneError as e:
+        raise TrainError(str(e.args[0]) if e.args else str(e)) from None
 
 
 def feedback(step: Graph) -> dict[str, str]:
@@ -144,7 +166,7 @@ class Trainer:
                  log=print, cuda_graphs: bool = False, resume: bool = False, overwrite: bool = False,
                  checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
                  settings_from: str | Path | None = None, precision: str | None = None,
-                 qat: dict | None = None, init: str | Path | None = None):
+                 qat: dict | None = None, init: str | Path | None = None, prune: dict | None = None):
         from axon.frontend import train_spec, training_graph
 
         if precision is not None and precision not in PRECISIONS:
@@ -197,7 +219,10 @@ class Trainer:
         steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
         self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
-        step = step_graph(loss_graph, self.optimizer, self.precision)
+        prune = prune if prune is not None else (spec.prune.record() if spec.prune else None)
+        self.pruner = pruner(loss_graph, prune, self.epochs) if prune else None
+        masked = self.pruner.layers if self.pruner else ()
+        step = step_graph(loss_graph, self.optimizer, self.precision, masked)
         self.run = {
             "model": spec.model, "step_graph": hashlib.sha256(print_graph(step).encode()).hexdigest(),
             "source": hashlib.sha256(read_source(path).encode()).hexdigest(), "hparams": hparams or {},
@@ -205,7 +230,8 @@ class Trainer:
             "epochs": self.epochs, "optimizer": self.optimizer, "early_stop": spec.early_stop,
             "schedule_steps": steps if self.schedule.kind == "cosine" else None,  # spans the whole run
             "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision,
-            "qat": self.qat, "init": str(init) if init else None}
+            "qat": self.qat, "init": str(init) if init else None,
+            "prune": self.pruner.record() if self.pruner else None}
         self.step_exe = executable(step, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:
@@ -221,6 +247,7 @@ class Trainer:
             self.params.update({k: v.to(self.step_exe.device) for k, v in start.items()})
         self.states = {name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=self.step_exe.device)
                        for name, n in step.inputs.items() if name.startswith("state.")}
+        self.masks = {n: torch.ones_like(self.params[n]) for n in masked}
         self.progress = Progress()
         # the step as it runs: the executable, or its CUDA graphs, whose static buffers are the parameters
         # and optimizer state, updated in place by each replay
@@ -281,6 +308,13 @@ class Trainer:
         p = self.progress
         n_batches = datasets.num_batches(self.data.train, self.batch)
         t0, seen = time.perf_counter(), 0
+        if self.pruner and p.batch == 0:
+            pruned = self.pruner.update(p.epoch, self.params, self.states, self.masks)
+            if pruned:
+                removed = sum(int((m == 0).sum()) for m in self.masks.values())
+                total = sum(m.numel() for m in self.masks.values())
+                self.log(f"pruned: {removed:,} of the {total:,} weights of {len(self.masks)} layers removed "
+                         f"({sparsity(self.masks):.1%}; this epoch's target {pruned:.1%})")
         for i, batch in datasets.batches(self.data.train, self.batch, self.seed, p.epoch, start=p.batch):
             loss = self._step(batch)
             if not math.isfinite(loss):
@@ -346,6 +380,7 @@ class Trainer:
         if SEED_INPUT in self.step_exe.graph.inputs:
             feeds[SEED_INPUT] = torch.tensor(self.seed * 1_000_003 + t, dtype=torch.int64, device=dev)
         feeds.update(self.states)
+        feeds.update({mask_input_name(n): m for n, m in self.masks.items()})
         out = self.step_call(feeds, self.params)
         self.params = {name: out[NEW + name] for name in self.params}
         self.states = {name: out[NEW + name] for name in self.states}
@@ -378,12 +413,14 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         checkpoint.write(path, self.params, self.states, self.progress, self.run, self.spec.model, self.seed,
-                         self.scaler.state() if self.scaler else None)
+                         self.scaler.state() if self.scaler else None, self.masks)
 
     def restore(self, path: Path) -> None:
         """Parameters, optimizer state and progress from a checkpoint of this model."""
-        ck = checkpoint.read(path, self.spec.model, self.params, self.states, self.step_exe.device)
+        ck = checkpoint.read(path, self.spec.model, self.params, self.states, self.step_exe.device,
+                             self.masks)
         self.params, self.states, self.progress = ck.params, ck.states, ck.progress
+        self.masks = ck.masks
         if self.scaler:
             if ck.scaler is None:
                 raise TrainError(f"--resume: {path} holds no loss scale, which an f16 run keeps")

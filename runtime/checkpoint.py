@@ -1,6 +1,7 @@
 """Checkpoints: a run's parameters, optimizer state, progress and run record in one safetensors file.
 
     param/<name>   each parameter          state/<slot>.<name>   each optimizer state tensor
+    mask/<name>    each pruned parameter's mask (1 keeps an entry, 0 removes it), in a pruned run
     metadata       progress (JSON: `Progress`), run (JSON: `runs.record`), model, seed, and for an f16
                    run scaler (JSON: the loss scale, its good-step count and the steps skipped)
 
@@ -52,12 +53,14 @@ class Checkpoint:
     run: dict | None          # None: written before run records were kept
     meta: dict[str, str]
     scaler: dict | None = None  # the loss scaler's state (`runtime/scaler.py`); None: no loss scaling
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # pruning masks (`runtime/pruning.py`)
 
 
 def write(path: Path, params: dict, states: dict, progress: Progress, run: dict, model: str,
-          seed: int, scaler: dict | None = None) -> None:
+          seed: int, scaler: dict | None = None, masks: dict | None = None) -> None:
     tensors = {f"param/{k}": v for k, v in params.items()}
     tensors.update({f"state/{k}": v for k, v in states.items()})
+    tensors.update({f"mask/{k}": v for k, v in (masks or {}).items()})
     meta = {"progress": json.dumps(progress.__dict__), "run": json.dumps(run, sort_keys=True, default=str),
             "model": model, "seed": str(seed)}
     if scaler is not None:
@@ -89,9 +92,10 @@ def run_record(path: Path, meta: dict[str, str]) -> dict | None:
 
 
 def read(path: Path, model: str, params: dict[str, torch.Tensor], states: dict[str, torch.Tensor],
-         device) -> Checkpoint:
+         device, masks: dict[str, torch.Tensor] | None = None) -> Checkpoint:
     """The checkpoint at `path` for `model`, its tensors checked against `params` and `states` (names,
-    shapes, dtypes) and to be finite."""
+    shapes, dtypes) and to be finite; the masks of a pruned run against `masks` (the pruned parameters:
+    names, shapes, dtypes, and nothing but 0 and 1 in them)."""
     meta = read_meta(path)
     if meta["model"] != model:
         raise CheckpointError(f"{path}: a checkpoint of model '{meta['model']}', not '{model}'")
@@ -105,8 +109,12 @@ def read(path: Path, model: str, params: dict[str, torch.Tensor], states: dict[s
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise CheckpointError(f"{path}: tensor '{prefix}{name}' holds NaN or infinity; "
                                       f"a run cannot continue from it")
+    got_masks = section(tensors, "mask/", masks or {}, path)
+    for name, m in got_masks.items():
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise CheckpointError(f"{path}: mask 'mask/{name}' holds values other than 0 and 1")
     scaler = _scaler(path, meta["scaler"]) if "scaler" in meta else None
-    return Checkpoint(got_params, got_states, progress, run, meta, scaler)
+    return Checkpoint(got_params, got_states, progress, run, meta, scaler, got_masks)
 
 
 def _progress(path: Path, text: str) -> Progress:
