@@ -34,6 +34,9 @@
                                              bytes, error and kernels, validation before and after
     axon run FILE --quantized DIR            run (axon eval FILE --quantized DIR: validate) the model
                                              quantized, with the weights `axon quantize` wrote
+    axon prune FILE --amount A [--weights W] [--finetune E] --out DIR
+                                             magnitude pruning (masks kept while fine-tuning):
+                                             DIR/pruned.safetensors, masks, and a ledger
     axon passes                              the passes there are, with what each is for
     axon bench FILE [--mode forward|train|kernels|host] [--json OUT.json] [--plot OUT.png] [--no-compile]
                     [--cuda-graphs]
@@ -104,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quantized", default=None, metavar="DIR",
                    help="run the model through the quantize pass, with the weights `axon quantize` "
                         "wrote to DIR")
+    r.add_argument("--pruned", default=None, metavar="DIR",
+                   help="run the model as `axon prune` left it in DIR: its structure removed (structured "
+                        "pruning), with the pruned weights")
     r.add_argument("--check", action="store_true",
                    help="also run the reference evaluator and print each output's error (exit 1 if over)")
     r.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
@@ -164,10 +170,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--checkpoint", default=None, metavar="CK", help="a checkpoint written by axon train")
     v.add_argument("--quantized", default=None, metavar="DIR",
                    help="instead: the model quantized, with the weights `axon quantize` wrote to DIR")
+    v.add_argument("--pruned", default=None, metavar="DIR",
+                   help="instead: the model as `axon prune` wrote it to DIR")
 
     from axon.quantize_cmd import add_parser as _quantize_parser
 
     _quantize_parser(sub)
+
+    from axon.prune_cmd import add_parser as _prune_parser
+
+    _prune_parser(sub)
 
     sub.add_parser("passes", help="list the passes")
 
@@ -260,13 +272,15 @@ def _check(args) -> int:
     return 0
 
 
-def _compiled(args, pipeline: str | None = None, hparams: dict | None = None):
+def _compiled(args, pipeline: str | None = None, hparams: dict | None = None, graph=None):
+    """The file's model compiled as the command says (or `graph`, made from it), and its sizes."""
     import axon
     from axon.passes.manager import DEFAULT_PIPELINE
     from axon.run import bind_dims
 
     hparams = {**(hparams or {}), **dict(override(s) for s in args.set)}
-    model = axon.compile(Path(args.file), args.model, hparams=hparams or None, training=args.training,
+    model = axon.compile(graph if graph is not None else Path(args.file), args.model,
+                         hparams=hparams or None, training=args.training,
                          loss=args.loss, device=args.device, seed=args.seed,
                          cuda_graphs=getattr(args, "cuda_graphs", False),
                          pipeline=pipeline or DEFAULT_PIPELINE)
@@ -280,10 +294,16 @@ def _run(args) -> int:
     from axon.runtime import describe
     from axon.run import check_fits, compare, random_inputs, read_npz, summary
 
+    if args.quantized and args.pruned:
+        raise AxonError("--quantized and --pruned each give the model's weights: one of them")
     if args.quantized:
         from axon.quantize_cmd import compiled
 
         model, env = compiled(args, _compiled)
+    elif args.pruned:
+        from axon.prune_cmd import compiled
+
+        model, env = compiled(args, lambda a, g: _compiled(a, graph=g))
     else:
         model, env = _compiled(args)
     print(describe(model.device), file=sys.stderr)
@@ -426,13 +446,15 @@ def _stdout(*a, **k) -> None:  # flushed: a run's log is read as it goes
 
 
 def _eval(args) -> int:
-    if (args.checkpoint is None) == (args.quantized is None):
-        raise AxonError("axon eval takes --checkpoint CK (a trainer's checkpoint) or --quantized DIR "
-                        "(written by axon quantize), one of them")
-    if args.quantized:
-        from axon import quantize_cmd
+    given = [x for x in (args.checkpoint, args.quantized, args.pruned) if x is not None]
+    if len(given) != 1:
+        raise AxonError("axon eval takes --checkpoint CK (a trainer's checkpoint), --quantized DIR (written "
+                        "by axon quantize) or --pruned DIR (written by axon prune), one of them")
+    if args.quantized or args.pruned:
+        from axon import prune_cmd, quantize_cmd
 
-        metrics = quantize_cmd.evaluate(args, dict(override(s) for s in args.set))
+        cmd = quantize_cmd if args.quantized else prune_cmd
+        metrics = cmd.evaluate(args, dict(override(s) for s in args.set))
         print("  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
         return 0
     trainer = _trainer(args, log=lambda *a, **k: None, claim_folder=False, settings_from=args.checkpoint)
@@ -472,6 +494,14 @@ def _quantize(args) -> int:
     return quantize_cmd.command(args, dict(override(s) for s in args.set))
 
 
+def _prune(args) -> int:
+    from axon import prune_cmd
+
+    if args.batch is not None and args.batch < 1:
+        raise AxonError(f"--batch must be at least 1, got {args.batch}")
+    return prune_cmd.command(args, dict(override(s) for s in args.set))
+
+
 def _passes(args) -> int:
     from axon.passes.manager import DEFAULT_PIPELINE, registered_passes
 
@@ -482,9 +512,11 @@ def _passes(args) -> int:
     return 0
 
 
-COMPILING = ("run", "compile", "train", "eval", "bench", "quantize")  # the commands that generate kernels
+# the commands that generate kernels
+COMPILING = ("run", "compile", "train", "eval", "bench", "quantize", "prune")
 _COMMANDS = {"check": _check, "show": show, "run": _run, "compile": _compile, "train": _train,
-             "eval": _eval, "passes": _passes, "bench": _bench, "quantize": _quantize}
+             "eval": _eval, "passes": _passes, "bench": _bench, "quantize": _quantize,
+             "prune": _prune}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,6 +36,7 @@ from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.passes.masks import mask_input_name, mask_inputs, masked_gradients, masked_update, prunable
 from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE, SCALED_LOSS, keep_if, scale_loss, unscale
 from axon.passes.qat import QAT
+from axon.passes.structured import apply as apply_structure
 from axon.codegen.files import atomic_write
 from axon.ir.text import print_graph
 from axon.runtime import checkpoint, report, runs
@@ -166,7 +167,8 @@ class Trainer:
                  log=print, cuda_graphs: bool = False, resume: bool = False, overwrite: bool = False,
                  checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
                  settings_from: str | Path | None = None, precision: str | None = None,
-                 qat: dict | None = None, init: str | Path | None = None, prune: dict | None = None):
+                 qat: dict | None = None, init: str | Path | None = None, prune: dict | None = None,
+                 structure: dict | None = None):
         from axon.frontend import train_spec, training_graph
 
         if precision is not None and precision not in PRECISIONS:
@@ -196,9 +198,12 @@ class Trainer:
             seed = seed if seed is not None else saved.get("seed")
             precision = precision or saved.get("precision")
             qat = qat or saved.get("qat")
+            structure = structure or saved.get("structure")
             hparams = {**(saved.get("hparams") or {}), **(hparams or {})}
         loss_graph, spec = training_graph(module, model, hparams=hparams or None)
         eval_graph, _ = training_graph(module, model, hparams=hparams or None, training=False)
+        if structure:  # structurally pruned: the smaller model (`axon prune --method structured`)
+            loss_graph, eval_graph = (apply_structure(g, structure) for g in (loss_graph, eval_graph))
         self.qat = qat_settings(qat)
         if self.qat:  # quantization-aware: the weights (activations) through the codes deployed
             loss_graph, eval_graph = (QAT(**self.qat).run(g) for g in (loss_graph, eval_graph))
@@ -231,7 +236,7 @@ class Trainer:
             "schedule_steps": steps if self.schedule.kind == "cosine" else None,  # spans the whole run
             "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision,
             "qat": self.qat, "init": str(init) if init else None,
-            "prune": self.pruner.record() if self.pruner else None}
+            "prune": self.pruner.record() if self.pruner else None, "structure": structure}
         self.step_exe = executable(step, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:
@@ -394,6 +399,8 @@ class Trainer:
 
     def _early_stop(self, val: dict[str, float]) -> None:
         p, es = self.progress, self.spec.early_stop
+        if self.pruner and p.epoch < self.pruner.end:
+            return  # while the masks still grow the loss is meant to rise: the best comes after
         metric = (es.get("metric") if es else None) or "val_loss"
         higher = metric in ("val_acc", "acc", "accuracy")
         value = val.get("acc" if higher else "loss")

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import torch
 
 from axon.ir import AxonError
+from axon.passes.structured import slice_norms
 
 
 class PruneError(AxonError):
@@ -105,12 +106,6 @@ def ln_structured(w: torch.Tensor, amount: float, n: float = 2, dim: int = 0,
     index[dim] = torch.topk(norms, k=keep, largest=True).indices
     mask[tuple(index)] = 1
     return mask
-
-
-def slice_norms(w: torch.Tensor, n: float, dim: int) -> torch.Tensor:
-    """The Ln norm of each slice of `w` along `dim` (torch.nn.utils.prune's _compute_norm)."""
-    others = [d for d in range(w.dim()) if d != dim % w.dim()]
-    return torch.norm(w.detach(), p=n, dim=others)
 
 
 def cubic_sparsity(final: float, epoch: int, start: int, end: int, initial: float = 0.0) -> float:

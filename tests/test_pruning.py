@@ -15,7 +15,7 @@ from axon.ir import AxonError, init_params
 from axon.optim import LR_INPUT, STEP_INPUT
 from axon.passes.masks import mask_input_name, prunable
 from axon.runtime import Executable, checkpoint
-from axon.runtime.pruning import (PruneError, Pruner, cubic_sparsity, global_unstructured, l1_unstructured,
+from axon.runtime.pruning import (PruneError, cubic_sparsity, global_unstructured, l1_unstructured,
                                   ln_structured)
 from axon.trainer import NEW, Trainer, TrainError, step_graph
 from numerics import assert_close
@@ -243,7 +243,9 @@ def test_pruning_past_the_last_epoch_or_with_nothing_to_prune_is_refused(tmp_pat
 
 
 def test_what_can_be_pruned_and_why_not():
-    gpt = training_graph(parse(open(__file__.replace("tests/test_pruning.py", "examples/gpt.axon")).read()))[0]
+    from pathlib import Path
+
+    gpt = training_graph(parse((Path(__file__).parents[1] / "examples" / "gpt.axon").read_text()))[0]
     why = prunable(gpt)
     assert why["tok.w"].startswith("not a matmul or conv2d weight") and why["logits.w"] is None
     assert json.dumps(why)  # plain data, for the ledger

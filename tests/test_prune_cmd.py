@@ -1,0 +1,95 @@
+"""`axon prune`: magnitude pruning of a model's weights (one shot, or while fine-tuning), written as an
+ordinary model plus masks, with a ledger of what each layer keeps and what that costs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from axon.cli import main
+from axon.driver import graph_of
+from axon.ir import init_params
+from axon.runtime.pruning import l1_unstructured
+from axon.runtime.safetensors import load, save
+
+TINY = """
+model Tiny(hidden = 40, classes = 4) {
+    input x: f32[batch, 12]
+    h = relu(linear(x, hidden))
+    output logits = linear(h, classes)
+}
+train Tiny {
+    data   = blobs(classes = 4, features = 12, n = 120, val = 0.25)
+    loss   = cross_entropy(logits, label)
+    optim  = adam(lr = 1e-2)
+    epochs = 3   batch = 30   early_stop(patience = 1)
+}
+"""
+
+
+@pytest.fixture
+def model(tmp_path):
+    src = tmp_path / "tiny.axon"
+    src.write_text(TINY)
+    gen = torch.Generator().manual_seed(3)
+    weights = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in init_params(graph_of(src)).items()}
+    save(weights, tmp_path / "w.safetensors")
+    return src, weights
+
+
+def test_one_shot_masks_are_l1_unstructured_and_the_result_is_an_ordinary_model(model, tmp_path, capsys):
+    src, weights = model
+    out = tmp_path / "p"
+    assert main(["prune", str(src), "--amount", "0.7", "--weights", str(tmp_path / "w.safetensors"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    pruned, masks = load(out / "pruned.safetensors"), load(out / "masks.safetensors")
+    assert set(masks) == {"h.w", "logits.w"}
+    for name, m in masks.items():
+        assert torch.equal(m, l1_unstructured(weights[name], 0.7))
+        assert torch.equal(pruned[name], weights[name] * m)
+    assert torch.equal(pruned["h.b"], weights["h.b"])
+    ledger = json.loads((out / "ledger.json").read_text())
+    (hw,) = [r for r in ledger["layers"] if r["layer"] == "h.w"]
+    assert hw["nonzero"] == 480 - round(0.7 * 480) and hw["macs"] == 30 * 12 * 40
+    assert hw["macs_nonzero"] == round(hw["macs"] * hw["nonzero"] / 480)
+    n = ledger["validation"]["examples"]
+    assert n > 20 and f"validation ({n} examples)" in text
+    assert main(["run", str(src), "--weights", str(out / "pruned.safetensors"), "--check"]) == 0
+
+
+def test_global_scope_ranks_all_weights_together(model, tmp_path):
+    src, weights = model
+    out = tmp_path / "g"
+    assert main(["prune", str(src), "--amount", "0.5", "--scope", "global", "--weights",
+                 str(tmp_path / "w.safetensors"), "--out", str(out), "--device", "cpu"]) == 0
+    masks = load(out / "masks.safetensors")
+    assert sum(int((m == 0).sum()) for m in masks.values()) == round(0.5 * (480 + 160))
+
+
+def test_fine_tuning_keeps_the_removed_weights_zero(model, tmp_path, capsys):
+    src, _ = model
+    out = tmp_path / "f"
+    assert main(["prune", str(src), "--amount", "0.8", "--weights", str(tmp_path / "w.safetensors"),
+                 "--finetune", "3", "--schedule", "cubic", "--out", str(out), "--device", "cpu"]) == 0
+    log = capsys.readouterr().out
+    assert "early stop" not in log  # not while the masks grow
+    pruned, masks = load(out / "pruned.safetensors"), load(out / "masks.safetensors")
+    for name, m in masks.items():
+        assert int((m == 0).sum()) == round(0.8 * m.numel())
+        assert bool((pruned[name][m == 0] == 0).all())
+    assert (out / "finetune" / "checkpoint.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--amount", "1"], "fraction in [0, 1)"),
+    (["--amount", "0.5", "--schedule", "cubic"], "needs --finetune"),
+    (["--amount", "0.5", "--finetune", "-1"], "--finetune must be 0 or more"),
+    (["--amount", "0.5", "--skip", "*"], "no matmul or conv2d weight is left"),
+])
+def test_bad_requests_are_refused_before_anything_is_written(model, tmp_path, capsys, args, message):
+    src, _ = model
+    assert main(["prune", str(src), *args, "--out", str(tmp_path / "x"), "--device", "cpu"]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "pruned.safetensors").exists()
