@@ -18,8 +18,8 @@ INLINE_SOURCES = frozenset({K.CONST, K.IOTA, K.RAND})  # computed inside the con
 BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})  # made by the host, never by a kernel
 FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
 # Ops with a kernel template of their own, by group kind.
-TEMPLATES = {K.MATMUL: "matmul", K.QMATMUL: "matmul", K.CONV2D: "conv2d", K.GATHER: "index",
-             K.TAKE: "index", K.PAD: "index",
+TEMPLATES = {K.MATMUL: "matmul", K.QMATMUL: "matmul", K.BSMATMUL: "matmul", K.CONV2D: "conv2d",
+             K.GATHER: "index", K.TAKE: "index", K.PAD: "index",
              K.CONCAT: "index", K.PACK_INT4: "index", K.UNPACK_INT4: "index"}
 
 

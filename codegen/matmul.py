@@ -34,6 +34,7 @@ from .ops_triton import cast, dot, dot_helpers, program_id, qdot, tl_dtype
 from .prologue import WeightPrologue
 from .target import Target
 
+MATMULS = (OpKind.MATMUL, OpKind.QMATMUL, OpKind.BSMATMUL)
 GROUP_M = 8              # tile-rows per group of the program order (L2 reuse)
 MIN_TILE = 16            # tl.dot's smallest block in every dimension
 MAX_BATCH = 65535        # CUDA's limit on grid axis 1, which carries the batch
@@ -50,11 +51,14 @@ class MatmulKernel:
     target: Target = Target()
 
     def __post_init__(self):
-        self.node = next(n for n in self.group.nodes if n.op in (OpKind.MATMUL, OpKind.QMATMUL))
+        self.node = next(n for n in self.group.nodes if n.op in MATMULS)
         self.a, self.b = self.group.inputs[:2]
+        # bsmatmul: b's nonzero blocks listed by block column, and the counter of block products
+        self.sparse = self.node.op == OpKind.BSMATMUL
+        self.block = self.node.attrs.block if self.sparse else None
         # a weight dequantized in the K loop: b is then its codes, and its scale (zero point) follow
         self.prologue = WeightPrologue(self.group, self.target) if self.group.prologue else None
-        operands = 2 + (self.prologue.extra if self.prologue else 0)
+        operands = (5 if self.sparse else 2) + (self.prologue.extra if self.prologue else 0)
         self.epilogue = Epilogue(self.group, self.node, operands, skip=self.group.prologue)
         self.dtype = self.node.dtype
         self.batch_rank = len(self.node.shape) - 2
@@ -78,6 +82,9 @@ class MatmulKernel:
         blocks = [f"{b}: tl.constexpr" for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")]
         body = self._tile() + self._batch() + self._loop()
         ptrs = ["a_ptr", "b_ptr"]
+        if self.sparse:
+            ptrs += ["index_ptr", "index_t_ptr", "tiles_ptr"]
+            strides += ["index_stride"]
         helpers = helpers_called(body)
         if self.prologue:
             ptrs += self.prologue.pointers()
@@ -147,11 +154,26 @@ class MatmulKernel:
         if self.codes and self.codes.is_fp8:  # fp8 codes read as their bytes (see `qdot`)
             lines.append("# fp8 codes, read as bytes")
             ap, bp = (f"{p}.to(tl.pointer_type(tl.uint8))" for p in (ap, bp))
+        if self.sparse:
+            offs_k = offs_k.replace("k + ", "kb * BLOCK_K + ")
+            lines += [
+                f"# accumulate over b's nonzero {self.block}x{self.block} blocks of this column block only "
+                f"(index row pid_n: [count, k-blocks...]), in {self.acc}",
+                f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
+                "row = index_ptr + pid_n * index_stride",
+                "count = tl.load(row)",
+                "for t in range(0, count):",
+                "    kb = tl.load(row + 1 + t)",
+                f"    offs_k = {offs_k}",
+            ]
+        else:
+            lines += [
+                f"# accumulate over K, BLOCK_K at a time, in {self.acc}",
+                f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
+                "for k in range(0, K, BLOCK_K):",
+                f"    offs_k = {offs_k}",
+            ]
         lines += [
-            f"# accumulate over K, BLOCK_K at a time, in {self.acc}",
-            f"acc = tl.zeros((BLOCK_M, BLOCK_N), dtype={acc_t})",
-            "for k in range(0, K, BLOCK_K):",
-            f"    offs_k = {offs_k}",
             "    k_mask = offs_k < K",
             "    a_mask = m_mask[:, None] & k_mask[None, :]",
             "    b_mask = k_mask[:, None] & n_mask[None, :]",
@@ -175,6 +197,9 @@ class MatmulKernel:
                 f"    b = {cast('b', self.dtype, self.acc)}",
                 "    acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)",
             ]
+        if self.sparse:
+            lines += ["# the block products this program executed, counted (measured, not computed)",
+                      "tl.atomic_add(tiles_ptr, count.to(tl.int64))"]
         return lines
 
     def _store(self, acc: str) -> list[str]:
@@ -217,6 +242,9 @@ class MatmulKernel:
             operand[1] = [0] * len(batch) + list(b_view.stride())
             p_args, p_strides = self.prologue.prepare(env)
             b_arg = (b_arg, *p_args)
+        elif self.sparse:  # the two block indices and the counter; the index's row stride
+            views = [meta_view(x, env) for x in self.group.inputs[2:5]]
+            b_arg, p_strides = (b_arg, *(arg for _, arg in views)), [views[0][0].stride()[0]]
         else:
             b_arg, p_strides = (b_arg,), []
         extra, more = self.epilogue.prepare(env) if not self.epilogue.trivial else ([], [])
@@ -240,6 +268,10 @@ class MatmulKernel:
         """The block sizes for an (m x k) @ (k x n) product: in the interpreter each the next power of two
         of its size, between MIN_TILE and INTERPRETER_TILE; on a GPU the tile `configs.tile` picks for
         the kind of dot and the epilogue's size, BLOCK_K coming with each config (`configs`)."""
+        if self.sparse:  # the block is the tile: BLOCK_N x BLOCK_K = B x B
+            bm = _tile(m, INTERPRETER_TILE if self.target.interpreted else 128)
+            meta = {"BLOCK_M": bm, "BLOCK_N": self.block, "BLOCK_K": self.block, "GROUP_M": GROUP_M}
+            return meta if self.target.interpreted else {**meta, "num_warps": 4, "num_stages": 3}
         if not self.target.interpreted:
             kind = gpu.dot_kind(self.operand, self.target)
             bm, bn = gpu.tile(m, n, self._values(), kind)
@@ -251,7 +283,7 @@ class MatmulKernel:
     def configs(self, blocks: dict[str, int], k: int) -> tuple[dict, ...]:
         """On a GPU: `blocks` with each (BLOCK_K, warps, stages) to try, the first the default (none in
         the interpreter: its blocks are fixed)."""
-        if self.target.interpreted:
+        if self.target.interpreted or self.sparse:  # bsmatmul: its blocks are fixed by the weight's
             return ()
         return gpu.configs(blocks, k, self._values(), self.operand, self.target)
 

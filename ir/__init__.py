@@ -3,7 +3,7 @@ and the reference evaluator. Imports nothing else of Axon.
 """
 # the op families register their facts (shape rule, evaluation, gradient) in `ops.OPS` on import; the
 # graph builder reads that table, and imports none of them (their gradient rules build graphs)
-from . import (op_elementwise, op_linalg, op_movement, op_qmatmul, op_quant,  # noqa: F401  (registration)
+from . import (op_bsmatmul, op_elementwise, op_linalg, op_movement, op_qmatmul, op_quant,  # noqa: F401  (registration)
                op_reduce, op_source)
 from .dtypes import DType, promote
 from .errors import (AxonError, EvalError, IRDTypeError, IRShapeError, IRSyntaxError, IRTypeError, PassError,

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from .dtypes import DType, code_range, default_float, promote
 from .errors import IRDTypeError, IRShapeError, IRTypeError
-from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, CastAttrs, ConstAttrs, Conv2dAttrs, DequantizeAttrs,
+from .ops import (FLOAT_OPERANDS, AxisAttrs, Attrs, BlockAttrs, CastAttrs, ConstAttrs, Conv2dAttrs,
+                  DequantizeAttrs,
                   ExpandAttrs, FakeQuantizeAttrs, Init, InputAttrs, check_reduce_dtype, IotaAttrs, NoAttrs,
                   OpKind, OPS, PadAttrs, ParamAttrs, PermuteAttrs, QuantizeAttrs, RandAttrs, ReduceAttrs,
                   ReshapeAttrs, SliceAttrs, TensorAttrs, UnpackAttrs)
@@ -330,6 +331,10 @@ class GraphBuilder:
     def qmatmul(self, a: Node, b: Node) -> Node:
         """Codes times codes with a wide accumulator (op_qmatmul.py): i8 -> i32, fp8 -> f32."""
         return self.node(K.QMATMUL, (a, b))
+
+    def bsmatmul(self, a: Node, b: Node, index: Node, index_t: Node, tiles: Node, block: int) -> Node:
+        """a @ b over b's nonzero square blocks, counting the block products in `tiles` (op_bsmatmul.py)."""
+        return self.node(K.BSMATMUL, (a, b, index, index_t, tiles), BlockAttrs(block))
 
     def conv2d(self, x: Node, w: Node, stride=1, padding=0, dilation=1, groups: int = 1) -> Node:
         x, w = self._promoted(x, w, float_only=True)

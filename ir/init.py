@@ -42,6 +42,12 @@ def init_param(node: Node, seed: int = 0) -> torch.Tensor:
         raise IRTypeError(f"parameter '{name}' has the symbolic shape {format_shape(shape)}; parameters "
                           f"need static sizes to be initialized")
     args = _check_args(name, init.kind, dict(init.args))
+    if init.kind == "all_blocks":
+        if len(shape) != 2 or shape[1] < 1 or dtype.is_float:
+            raise IRTypeError(f"parameter '{name}': all_blocks() makes an integer block index of shape "
+                              f"[columns, blocks + 1], not {dtype}{format_shape(shape)}")
+        row = torch.cat([torch.tensor([shape[1] - 1]), torch.arange(shape[1] - 1)])
+        return row.expand(shape[0], shape[1]).to(dtype.torch).contiguous()
     if init.kind in _CONSTANT:
         value = {"zeros": 0, "ones": 1}.get(init.kind, args.get("value"))
         value = _as_dtype_value(name, value, dtype)
@@ -116,6 +122,7 @@ INIT_KINDS: dict[str, dict[str, float | None]] = {
     "normal": {"mean": 0.0, "std": 1.0}, "uniform": {"low": -1.0, "high": 1.0},
     "xavier": {"fan_in": None, "fan_out": None}, "kaiming": {"fan_in": None},
     "orthogonal": {"gain": 1.0},
+    "all_blocks": {},  # a block index listing every block (bsmatmul's, op_bsmatmul.py): the dense product
 }
 _CONSTANT = frozenset({"zeros", "ones", "const"})
 _SAMPLERS: dict[str, Sampler] = {

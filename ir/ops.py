@@ -89,6 +89,7 @@ class OpKind(enum.Enum):
     PACK_INT4 = "pack_int4"
     UNPACK_INT4 = "unpack_int4"
     QMATMUL = "qmatmul"    # i8 @ i8 -> i32, fp8 @ fp8 -> f32 (op_qmatmul.py)
+    BSMATMUL = "bsmatmul"  # a @ b over b's nonzero blocks only (op_bsmatmul.py)
 
     def __str__(self) -> str:
         return self.value
@@ -107,7 +108,7 @@ INT4 = frozenset({K.PACK_INT4, K.UNPACK_INT4})
 ELEMENTWISE = UNARY | BINARY | QUANT | {K.WHERE, K.CAST}
 COMMUTATIVE = frozenset({K.ADD, K.MUL, K.MAXIMUM, K.MINIMUM, K.EQ, K.NE, K.AND, K.OR})
 REDUCE = frozenset({K.SUM, K.MAX, K.MIN, K.MEAN, K.ARGMAX, K.ARGMIN})
-LINALG = frozenset({K.MATMUL, K.CONV2D, K.QMATMUL})
+LINALG = frozenset({K.MATMUL, K.CONV2D, K.QMATMUL, K.BSMATMUL})
 MOVEMENT = frozenset({K.RESHAPE, K.PERMUTE, K.EXPAND, K.SLICE, K.PAD, K.CONCAT})
 INDEXING = frozenset({K.GATHER, K.TAKE})
 FLOAT_ONLY_UNARY = frozenset({K.EXP, K.LOG, K.SQRT, K.RSQRT, K.TANH, K.SIGMOID, K.ERF, K.SIN, K.COS,
@@ -283,6 +284,13 @@ class FakeQuantizeAttrs(Attrs):
     group: int
     qmin: int
     qmax: int
+
+
+@dataclass(frozen=True)
+class BlockAttrs(Attrs):
+    """`bsmatmul`: the side of the square blocks its weight is pruned in."""
+
+    block: int
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Importing the package registers every pass, so `parse_pipeline` knows them all.
 """
-from . import autocast, cse, dce, fold, precision, qat, quantize, simplify  # noqa: F401  (importing registers the passes)
+from . import autocast, block_sparse, cse, dce, fold, precision, qat, quantize, simplify  # noqa: F401  (importing registers the passes)
 from .manager import (DEFAULT_PIPELINE, Pass, PassManager, PassReport, format_pass, format_pipeline,
                       format_report, parse_pipeline, register_pass, registered_passes)
 

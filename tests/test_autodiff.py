@@ -224,6 +224,16 @@ def _qmatmul_case(gen):  # codes times codes: integers, no gradient (QAT trains 
                torch.randint(-127, 128, (7, 3), generator=gen, dtype=torch.int8))
 
 
+def _bsmatmul_case(gen):  # a @ b for a b zero outside its listed blocks; a's gradient a bsmatmul too
+    from axon.passes.block_sparse import block_index, block_mask
+
+    w = f64(gen, 40, 35)
+    w = w * block_mask(w, 16, 0.5)
+    index, index_t = block_index(w, 16)
+    check_grad(lambda b, x, w, i, it, t: b.bsmatmul(x, w, i, it, t, 16), lambda x, w, i, it, t: x @ w,
+               f64(gen, 2, 3, 40), w, index, index_t, torch.zeros(1, dtype=torch.int64), wrt=[0, 1])
+
+
 CASES = {
     **{k: _unary_case(k) for k in _UNARY},
     **{k: _binary_case(k) for k in _BINARY},
@@ -273,6 +283,7 @@ CASES = {
     K.RAND: _rand_case,
     K.QUANTIZE: _quantize_case, K.DEQUANTIZE: _dequantize_case, K.FAKE_QUANTIZE: _fake_quantize_case,
     K.PACK_INT4: _int4_case, K.UNPACK_INT4: _int4_case, K.QMATMUL: _qmatmul_case,
+    K.BSMATMUL: _bsmatmul_case,
 }
 
 

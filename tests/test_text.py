@@ -82,6 +82,10 @@ def linalg_graph():
     b.output("mm", b.matmul(x, w))
     b.output("conv", b.conv2d(img, k, stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2))
     b.output("imm", b.matmul(b.input("a", I32, (2, 3)), b.input("c", I32, (3, 2))))
+    bw = b.param("bw", F32, (3, 40))
+    index = b.param("bw.blocks", DType.I32, (3, 2), Init("all_blocks"))
+    index_t = b.param("bw.blocks_t", DType.I32, (1, 4), Init("all_blocks"))
+    b.output("bsmm", b.bsmatmul(x, bw, index, index_t, b.param("bw.tiles", DType.I64, (1,)), 16))
     return b.build()
 
 

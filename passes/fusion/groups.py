@@ -15,8 +15,8 @@ BUFFER_SOURCES = frozenset({K.INPUT, K.PARAM, K.TENSOR})
 INLINE_SOURCES = frozenset({K.CONST, K.IOTA, K.RAND})
 FOLDED_MOVEMENT = frozenset({K.PERMUTE, K.EXPAND, K.SLICE, K.RESHAPE})
 FUSED_REDUCE = frozenset({K.SUM, K.MEAN, K.MAX, K.MIN})
-TEMPLATES = {K.MATMUL: "matmul", K.QMATMUL: "matmul", K.CONV2D: "conv2d", K.GATHER: "index",
-             K.TAKE: "index", K.PAD: "index",
+TEMPLATES = {K.MATMUL: "matmul", K.QMATMUL: "matmul", K.BSMATMUL: "matmul", K.CONV2D: "conv2d",
+             K.GATHER: "index", K.TAKE: "index", K.PAD: "index",
              K.CONCAT: "index", K.PACK_INT4: "index", K.UNPACK_INT4: "index", K.ARGMAX: "reduce",
              K.ARGMIN: "reduce"}
 EPILOGUE_TEMPLATES = frozenset({"matmul", "conv2d"})
