@@ -16,19 +16,17 @@ DIR/finetune/            with --finetune: the fine-tuning run (checkpoints, metr
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from axon.ir import AxonError, Graph, OpKind, init_params
-from axon.ir.shapes import concrete
 from axon.passes.structured import GRANULARITIES
-from axon.runtime.pruning import PruneError, Pruner
+from axon.prune_ledger import format_structured, format_table, ledger_record, structured_record
+from axon.runtime.pruning import PruneError
 
 PRUNED, MASKS, LEDGER_JSON = "pruned.safetensors", "masks.safetensors", "ledger.json"
 FORMAT = "axon-pruning/1"
-TILE = 32  # the weight tile a block-sparse matmul would skip (BLOCK_K x BLOCK_N)
 K = OpKind
 
 
@@ -38,16 +36,20 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="the model to prune (default: the file's only one)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a hyper-parameter (an int, a float, true or false)")
-    p.add_argument("--method", default="magnitude", choices=("magnitude", "structured"),
+    p.add_argument("--method", default="magnitude", choices=("magnitude", "structured", "block"),
                    help="magnitude: the entries of least |w| set to zero (torch.nn.utils.prune."
                         "l1_unstructured); structured: whole neurons, channels or heads removed, the graph "
-                        "rewritten to the smaller shapes (ranked as ln_structured ranks them)")
+                        "rewritten to the smaller shapes (ranked as ln_structured ranks them); block: "
+                        "square blocks of least L1 norm removed, and the matmuls run block-sparse kernels "
+                        "that skip them")
     p.add_argument("--amount", type=float, required=True, metavar="A",
                    help="the share removed, in [0, 1): of each weight's entries (magnitude; with --scope "
                         "global of all of them), or of each layer's neurons/channels/heads (structured)")
-    p.add_argument("--granularity", default=None, choices=GRANULARITIES,
-                   help="structured: neuron (a dense layer's outputs), channel (a convolution's), head "
-                        "(an attention's); default neuron")
+    p.add_argument("--granularity", default=None, metavar="G",
+                   help="structured: neuron (a dense layer's outputs, the default), channel (a "
+                        "convolution's), head (an attention's); block: block:16, block:32 (default) or "
+                        "block:64; magnitude: element (default) or an N:M pattern such as 2:4 (N kept of "
+                        "every M along K)")
     p.add_argument("--norm", type=float, default=2, metavar="N",
                    help="structured: rank by the Ln norm of the producing weights' slices (default 2)")
     p.add_argument("--scope", default="layer", choices=("layer", "global"),
@@ -102,9 +104,11 @@ def command(args, hparams: dict) -> int:
     settings = {"method": args.method, "amount": args.amount, "scope": args.scope,
                 "schedule": args.schedule, "skip": list(args.skip)}
     if args.method == "structured":
+        if args.granularity not in (None, *GRANULARITIES):
+            raise AxonError(f"--method structured removes {', '.join(GRANULARITIES)}s, not "
+                            f"'{args.granularity}'")
         return _structured(args, hparams, setup, params, origin, out)
-    if args.granularity is not None:
-        raise AxonError("--granularity applies to --method structured (magnitude prunes single entries)")
+    settings["granularity"] = _granularity(args)
     before = setup.metrics(graph, params)
     out.mkdir(parents=True, exist_ok=True)
     if args.finetune:
@@ -118,8 +122,13 @@ def command(args, hparams: dict) -> int:
             raise AxonError(str(e.args[0])) from None
         masks = {n: torch.ones_like(params[n]) for n in pruner.layers}
         pruner.update(0, params, {}, masks)
-    after = setup.metrics(graph, params)
-    record = ledger_record(setup, graph, params, masks, pruner, settings, origin, before, after)
+    sparse = None
+    if pruner.kind == "block":  # deployed through block-sparse kernels: their counters measured
+        after, sparse = measure_block_sparse(setup, graph, params, pruner.layers, pruner.size)
+    else:
+        after = setup.metrics(graph, params)
+    settings["layers"] = list(pruner.layers)
+    record = ledger_record(setup, graph, params, masks, pruner, settings, origin, before, after, sparse)
     _write(out, graph, params, masks, settings, setup, hparams)
     from axon.codegen.files import atomic_write
 
@@ -127,6 +136,59 @@ def command(args, hparams: dict) -> int:
     print(format_table(record))
     print(f"written: {out / PRUNED}, {out / MASKS}, {out / LEDGER_JSON}")
     return 0
+
+
+def _granularity(args) -> str:
+    """The mask's granularity for --method magnitude or block, checked."""
+    from axon.runtime.pruning import parse_granularity
+
+    default = "block:32" if args.method == "block" else "element"
+    g = args.granularity or default
+    try:
+        kind, _ = parse_granularity(g)
+    except PruneError as e:
+        raise AxonError(str(e.args[0])) from None
+    if (kind == "block") != (args.method == "block"):
+        method = "block" if kind == "block" else "magnitude"
+        raise AxonError(f"--granularity {g} goes with --method {method}")
+    return g
+
+
+def measure_block_sparse(setup, graph: Graph, params, layers, block: int):
+    """The validation metrics of the model with `layers` as block-sparse matmuls, and per layer the block
+    products their kernels executed over the validation set: with the weights' own block indices, and
+    with every block listed (the dense count), both read from the kernels' counters."""
+    from axon.driver import executable
+    from axon.passes.block_sparse import BlockSparse, block_index, index_names
+    from axon.trainer import validate
+
+    sgraph = BlockSparse(block, "|".join(layers)).run(graph)
+    filled = {**params, **block_indices(params, layers, block)}
+    dense = {**params, **{k: v for k, v in init_params(sgraph).items() if k not in params}}
+    counts = {}
+    for name, values in (("sparse", filled), ("dense", dense)):
+        exe = executable(sgraph, setup.device)
+        dev = {k: v.to(exe.device) for k, v in values.items() if k in sgraph.params}
+        metrics = validate(exe, dev, setup.validation, setup.binding, setup.batch)
+        counts[name] = {n: int(dev[index_names(n)[2]]) for n in layers}
+        if name == "sparse":
+            after = metrics
+    blocks = {n: (int(block_index(params[n], block)[0][:, 0].sum()),
+                  int(init_params(sgraph)[index_names(n)[0]][:, 0].sum())) for n in layers}
+    return after, {"block": block, "tiles": counts["sparse"], "dense_tiles": counts["dense"],
+                   "blocks": blocks}
+
+
+def block_indices(params, layers, block: int) -> dict[str, torch.Tensor]:
+    """The block-sparse parameters of `layers`: each weight's block indices and a zero counter."""
+    from axon.passes.block_sparse import block_index, index_names
+
+    out = {}
+    for n in layers:
+        i, it, t = index_names(n)
+        out[i], out[it] = block_index(params[n], block)
+        out[t] = torch.zeros(1, dtype=torch.int64)
+    return out
 
 
 def _finetune(args, hparams, settings, out: Path, setup, init=None, structure=None):
@@ -188,8 +250,9 @@ def _structured(args, hparams, setup, params, origin, out: Path) -> int:
     return 0
 
 
-def read_pruned(folder: str | Path) -> tuple[dict | None, dict]:
-    """The structure (None for magnitude pruning) and run settings of DIR/pruned.safetensors."""
+def read_pruned(folder: str | Path) -> tuple[dict | None, dict, dict]:
+    """The structure (None unless structured), the run settings and the pruning settings of
+    DIR/pruned.safetensors."""
     from axon.runtime.safetensors import load_metadata
 
     p = Path(folder)
@@ -203,24 +266,47 @@ def read_pruned(folder: str | Path) -> tuple[dict | None, dict]:
     try:
         structure = json.loads(meta["structure"]) if "structure" in meta else None
         run = json.loads(meta.get("run", "{}"))
+        settings = json.loads(meta.get("prune", "{}"))
     except ValueError as e:
         raise AxonError(f"{path}: its metadata is damaged ({e})") from None
-    return structure, run
+    return structure, run, settings
+
+
+def _block(settings: dict) -> tuple[int, list[str]] | None:
+    """(block, layers) of block pruning, else None."""
+    g = str(settings.get("granularity", ""))
+    return (int(g.split(":")[1]), list(settings.get("layers") or [])) if g.startswith("block:") else None
 
 
 def pruned_graph(folder, graph: Graph) -> Graph:
     """`graph` as `axon prune` left it: with the recorded structure removed (magnitude: unchanged)."""
     from axon.passes.structured import apply
 
-    structure, _ = read_pruned(folder)
-    return apply(graph, structure) if structure else graph
+    structure, _, settings = read_pruned(folder)
+    if structure:
+        return apply(graph, structure)
+    blocks = _block(settings)
+    if blocks:  # the block-pruned weights' matmuls as block-sparse kernels
+        from axon.passes.block_sparse import BlockSparse
+
+        return BlockSparse(blocks[0], "|".join(blocks[1])).run(graph)
+    return graph
 
 
 def pruned_weights(folder, graph: Graph) -> dict[str, torch.Tensor]:
+    """The pruned parameters for `graph` (pruned_graph's), block indices computed from the weights."""
     from axon.api import fitting_weights
+    from axon.passes.block_sparse import index_names
 
     p = Path(folder)
-    return fitting_weights(graph, p / PRUNED if p.is_dir() else p)
+    path = p / PRUNED if p.is_dir() else p
+    blocks = _block(read_pruned(path)[2])
+    if not blocks:
+        return fitting_weights(graph, path)
+    extra = {k for n in blocks[1] for k in index_names(n)}
+    base = fitting_weights(Graph([n for n in graph.nodes if n.op != OpKind.PARAM or n.name not in extra],
+                                 {}, graph.name), path)
+    return {**base, **block_indices(base, blocks[1], blocks[0])}
 
 
 def compiled(args, compile_graph):
@@ -230,7 +316,7 @@ def compiled(args, compile_graph):
 
     if args.weights:
         raise AxonError("--weights and --pruned both give the weights: the pruned folder holds them")
-    _, run = read_pruned(args.pruned)
+    _, run, _ = read_pruned(args.pruned)
     hparams = {**(run.get("hparams") or {}), **dict(_overrides(args))}
     graph = graph_of(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                      loss=args.loss)
@@ -255,7 +341,7 @@ def evaluate(args, hparams: dict) -> dict[str, float]:
     """`axon eval --pruned DIR`: validation metrics of the pruned model."""
     from axon import ledger
 
-    _, run = read_pruned(args.pruned)
+    _, run, _ = read_pruned(args.pruned)
     hparams = {**(run.get("hparams") or {}), **hparams}
     setup = ledger.Setup.make(args.file, args.model, hparams,
                               args.seed if args.seed is not None else run.get("seed"),
@@ -266,160 +352,3 @@ def evaluate(args, hparams: dict) -> dict[str, float]:
     return setup.metrics(graph, pruned_weights(args.pruned, graph))
 
 
-def structured_record(setup, graph, small, params, sparams, cands, structure, settings, origin, before,
-                      after) -> dict:
-    from axon.passes.quantize import weight_uses
-
-    env = setup.sizes(graph)
-    old, new = weight_uses(graph), weight_uses(small)
-    layers = []
-    for c in cands:
-        row = {"layer": c.name, "seed": c.label, "pruned": c.group is not None, "reason": c.reason}
-        if c.group is not None:
-            keep = structure["keep"][c.label]
-            names = sorted(c.group.params())
-            row.update(channels=c.group.channels, kept=len(keep), weights=names,
-                       params_before=sum(params[n].numel() for n in names),
-                       params_after=sum(sparams[n].numel() for n in names))
-        layers.append(row)
-    weights = []
-    for name, u in old.items():
-        if not u.sites:
-            continue
-        small_env = setup.sizes(small)
-        weights.append({"weight": name, "shape_before": list(params[name].shape),
-                        "shape_after": list(sparams[name].shape),
-                        "macs_before": sum(_macs(s, env) for s in u.sites),
-                        "macs_after": sum(_macs(s, small_env) for s in new[name].sites)})
-    return {"model": graph.name, "file": setup.file, "weights": origin, "settings": settings,
-            "batch": setup.batch, "layers": layers, "weight_shapes": weights,
-            "params": {"before": sum(p.numel() for p in params.values()),
-                       "after": sum(p.numel() for p in sparams.values())},
-            "macs": {"before": sum(w["macs_before"] for w in weights),
-                     "after": sum(w["macs_after"] for w in weights)},
-            "validation": _validation(setup, before, after)}
-
-
-def format_structured(record: dict) -> str:
-    s = record["settings"]
-    lines = [f"{record['model']} pruned: structured, {s['granularity']}s, amount {s['amount']}, "
-             f"L{s['norm']:g} norm (weights: {record['weights']}); MACs at batch {record['batch']}"]
-    rows = [("layer", "kept", "its weights' parameters", "or why not pruned")]
-    for r in record["layers"]:
-        if r["pruned"]:
-            rows.append((r["layer"], f"{r['kept']} of {r['channels']}",
-                         f"{r['params_before']:,} -> {r['params_after']:,}", ", ".join(r["weights"])))
-        else:
-            rows.append((r["layer"], "-", "-", r["reason"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines += ["  ".join(f"{c:<{w}}" for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
-    rows = [("weight", "shape before -> after", "MACs per batch before -> after")]
-    for w in record["weight_shapes"]:
-        rows.append((w["weight"], f"{'x'.join(map(str, w['shape_before']))} -> "
-                                  f"{'x'.join(map(str, w['shape_after']))}",
-                     f"{w['macs_before']:,} -> {w['macs_after']:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    lines += ["  ".join(f"{c:<{w}}" for c, w in zip(row[:2], widths)) + "  " + row[2] for row in rows]
-    p, m = record["params"], record["macs"]
-    lines.append(f"parameters {p['before']:,} -> {p['after']:,} ({p['after'] / p['before']:.1%}); "
-                 f"matmul/conv multiply-adds {m['before']:,} -> {m['after']:,} "
-                 f"({m['after'] / max(m['before'], 1):.1%})")
-    lines.append(_validation_line(record["validation"]))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-# --- the ledger ------------------------------------------------------------------------------------
-def ledger_record(setup, graph: Graph, params, masks, pruner: Pruner, settings, origin, before,
-                  after) -> dict:
-    from axon.passes.masks import prunable
-    from axon.passes.quantize import weight_uses
-
-    env = setup.sizes(graph)
-    uses = weight_uses(graph)
-    why = prunable(graph, tuple(settings["skip"]))
-    rows = []
-    for name, reason in why.items():
-        w = params[name]
-        macs = sum(_macs(site, env) for site in uses[name].sites)
-        nonzero = int((w != 0).sum())
-        tiles, empty = _tiles(w, uses[name].sites[0].op if uses[name].sites else None)
-        rows.append({
-            "layer": name, "op": uses[name].sites[0].op.value if uses[name].sites else "-",
-            "shape": list(w.shape), "params": w.numel(), "nonzero": nonzero,
-            "sparsity": 1 - nonzero / w.numel() if w.numel() else 0.0,
-            "bytes_before": w.numel() * w.element_size(), "bytes_after": w.numel() * w.element_size(),
-            "macs": macs, "macs_nonzero": round(macs * nonzero / w.numel()) if w.numel() else 0,
-            "tiles": tiles, "tiles_empty": empty,
-            "runs": "dense " + (uses[name].sites[0].op.value if uses[name].sites else "op")
-                    + (f": the zeros are multiplied ({empty} of {tiles} {TILE}x{TILE} weight tiles all zero; "
-                       f"block pruning lets a kernel skip them)" if reason is None else ""),
-            "pruned": reason is None, "reason": reason})
-    listed = [r for r in rows if r["pruned"]]
-    total = sum(r["params"] for r in listed)
-    record = {"model": graph.name, "file": setup.file, "weights": origin, "settings": settings,
-              "schedule": pruner.record(), "batch": setup.batch, "layers": rows,
-              "pruned": {"params": total, "nonzero": sum(r["nonzero"] for r in listed),
-                         "macs": sum(r["macs"] for r in listed),
-                         "macs_nonzero": sum(r["macs_nonzero"] for r in listed)},
-              "validation": _validation(setup, before, after)}
-    return record
-
-
-def _macs(site, env) -> int:
-    """Multiply-adds of one matmul or conv2d node at the measured sizes."""
-    out = math.prod(concrete(site.shape, env))
-    if site.op == K.MATMUL:
-        return out * concrete(site.inputs[0].shape, env)[-1]
-    return out * math.prod(concrete(site.inputs[1].shape, env)[1:])  # conv2d: C_in/groups * kh * kw
-
-
-def _tiles(w: torch.Tensor, op) -> tuple[int, int]:
-    """The TILE x TILE tiles of the weight as the kernel reads it (a matmul's [K, N]; a conv's
-    [C_out, C_in*kh*kw]) and how many are all zero."""
-    m = w.reshape(w.shape[0], -1) if op == K.CONV2D else w.reshape(-1, w.shape[-1])
-    rows, cols = -(-m.shape[0] // TILE), -(-m.shape[1] // TILE)
-    padded = torch.zeros(rows * TILE, cols * TILE, dtype=torch.bool)
-    padded[:m.shape[0], :m.shape[1]] = m != 0
-    nonzero = padded.view(rows, TILE, cols, TILE).any(dim=3).any(dim=1)
-    return rows * cols, int((~nonzero).sum())
-
-
-def _validation(setup, before, after) -> dict:
-    from axon import data as datasets
-
-    v = {"examples": datasets.num_examples(setup.validation), "before": before, "after": after,
-         "loss_increase": after["loss"] - before["loss"]}
-    if "acc" in before:
-        v["acc_change"] = after["acc"] - before["acc"]
-    return v
-
-
-def format_table(record: dict) -> str:
-    head = ("layer", "op", "weight", "nonzero / params", "MACs per batch: all -> nonzero",
-            "runs / why not pruned")
-    rows = [head]
-    for r in record["layers"]:
-        rows.append((r["layer"], r["op"], "x".join(map(str, r["shape"])),
-                     f"{r['nonzero']:,} / {r['params']:,} ({r['sparsity']:.1%} zero)",
-                     f"{r['macs']:,} -> {r['macs_nonzero']:,}",
-                     r["runs"] if r["pruned"] else f"dense: {r['reason']}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
-    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
-    s = record["settings"]
-    lines.insert(0, f"{record['model']} pruned: {s['method']}, amount {s['amount']}, scope {s['scope']}, "
-                    f"schedule {s['schedule']} (weights: {record['weights']}); MACs at batch "
-                    f"{record['batch']}")
-    p = record["pruned"]
-    lines.append(f"pruned weights: {p['nonzero']:,} of {p['params']:,} nonzero "
-                 f"({1 - p['nonzero'] / max(p['params'], 1):.1%} removed); their multiply-adds "
-                 f"{p['macs']:,} -> {p['macs_nonzero']:,} nonzero (the dense kernels still execute all)")
-    lines.append(_validation_line(record["validation"]))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _validation_line(v: dict) -> str:
-    b, a = v["before"], v["after"]
-    acc = (f"; acc {b['acc']:.2%} -> {a['acc']:.2%} ({100 * v['acc_change']:+.2f} points)"
-           if "acc_change" in v else "")
-    return (f"validation ({v['examples']} examples): loss {b['loss']:.4f} -> {a['loss']:.4f} "
-            f"({v['loss_increase']:+.4f} nats){acc}")

@@ -108,14 +108,20 @@ def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32", maske
 def pruner(loss_graph: Graph, prune: dict, epochs: int) -> Pruner:
     """The pruning of a run (a train block's `prune { ... }` record, or `axon prune`'s): the weights of
     the model's matmuls and convolutions, less those skipped."""
+    granularity = prune.get("granularity", "element")
     layers = [name for name, reason in prunable(loss_graph, tuple(prune.get("skip") or ())).items()
               if reason is None]
+    if granularity != "element":  # blocks and N:M patterns: [K, N] weights of matmuls
+        from axon.passes.block_sparse import weights_read_by_matmul
+
+        direct = weights_read_by_matmul(loss_graph)
+        layers = [n for n in layers if direct.get(n, "") is None]
     if not layers:
         raise TrainError("pruning was asked for, but no matmul or conv2d weight is left to prune"
                          + (f" (skip = {prune.get('skip')})" if prune.get("skip") else ""))
     try:
         return Pruner(layers, prune["amount"], prune.get("scope", "layer"), prune.get("schedule", "oneshot"),
-                      prune.get("start", 0), prune.get("end"), epochs)
+                      prune.get("start", 0), prune.get("end"), epochs, granularity)
     except PruneError as e:
         raise TrainError(str(e.args[0]) if e.args else str(e)) from None
 

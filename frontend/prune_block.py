@@ -9,6 +9,7 @@
             schedule = "cubic"      # "oneshot": all at `start`; "cubic": Zhu & Gupta's ramp
             start = 0   end = 10    # epochs: the ramp runs from the start of `start` to that of `end`
             skip = ["logits"]       # layers left dense: names or globs
+            granularity = "block:32"   # or "element" (default), "2:4" (N:M)
         }
     }
 
@@ -32,7 +33,8 @@ from .values import INT_LIMIT, show
 METHODS = ("magnitude",)
 SCOPES = ("layer", "global")
 SCHEDULES = ("oneshot", "cubic")
-KEYS = ("method", "amount", "scope", "schedule", "start", "end", "skip")
+KEYS = ("method", "amount", "scope", "schedule", "start", "end", "skip", "granularity")
+BLOCK_SIDES = (16, 32, 64)
 CHOICES = {"method": METHODS, "scope": SCOPES, "schedule": SCHEDULES}
 
 
@@ -48,11 +50,13 @@ class PruneSpec:
     start: int = 0
     end: int | None = None
     skip: tuple[str, ...] = ()
+    granularity: str = "element"
 
     def record(self) -> dict:
         """What a run's checkpoint keeps of it (a resume with other settings is another run)."""
         return {"method": self.method, "amount": self.amount, "scope": self.scope, "schedule": self.schedule,
-                "start": self.start, "end": self.end, "skip": list(self.skip)}
+                "start": self.start, "end": self.end, "skip": list(self.skip),
+                "granularity": self.granularity}
 
 
 def check_prune_item(it: A.TrainItem) -> PruneSpec:
@@ -93,6 +97,11 @@ def _value(it: A.TrainItem):
             raise AxonValueError(f"unknown prune {key} '{v}'", e.span,
                                  hint=did_you_mean(v, choices) or f"one of {', '.join(choices)}")
         return v
+    if key == "granularity":
+        if not isinstance(v, str) or not _granularity_ok(v):
+            raise AxonValueError(f"'granularity' must be \"element\", \"block:16\", \"block:32\", "
+                                 f"\"block:64\" or an N:M pattern such as \"2:4\"; got {show(v)}", e.span)
+        return v
     if key == "skip":
         if not isinstance(v, tuple) or not all(isinstance(s, str) and s for s in v):
             raise AxonTypeError(f"'skip' must be a list of layer names or glob patterns, got {show(v)}",
@@ -110,3 +119,10 @@ def _value(it: A.TrainItem):
     if not 0 <= v < INT_LIMIT:
         raise AxonValueError(f"'{key}' must be an epoch number, at least 0, got {v}", e.span)
     return v
+
+
+def _granularity_ok(v: str) -> bool:
+    head, _, tail = v.partition(":")
+    if v == "element" or head == "block" and tail.isdigit() and int(tail) in BLOCK_SIDES:
+        return True
+    return head.isdigit() and tail.isdigit() and 0 < int(head) < int(tail) <= 16

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 import torch
 
 from axon.ir import AxonError
+from axon.ir.op_bsmatmul import BLOCKS
+from axon.passes.block_sparse import block_mask, nm_mask
 from axon.passes.structured import slice_norms
 
 
@@ -108,6 +110,21 @@ def ln_structured(w: torch.Tensor, amount: float, n: float = 2, dim: int = 0,
     return mask
 
 
+GRANULARITY_WORDS = "'element', 'block:16', 'block:32', 'block:64' or 'N:M' such as '2:4'"
+
+
+def parse_granularity(text: str) -> tuple[str, object]:
+    """'element' -> ("element", None); 'block:32' -> ("block", 32); '2:4' -> ("n:m", (2, 4))."""
+    if text == "element":
+        return "element", None
+    head, _, tail = str(text).partition(":")
+    if head == "block" and tail.isdigit() and int(tail) in BLOCKS:
+        return "block", int(tail)
+    if head.isdigit() and tail.isdigit() and 0 < int(head) < int(tail) <= 16:
+        return "n:m", (int(head), int(tail))
+    raise PruneError(f"unknown pruning granularity '{text}': {GRANULARITY_WORDS}")
+
+
 def cubic_sparsity(final: float, epoch: int, start: int, end: int, initial: float = 0.0) -> float:
     """The sparsity at the start of `epoch` (0-based) under Zhu & Gupta's cubic ramp from `initial` at
     `start` to `final` at `end`: none before `start`, `final` from `end` on."""
@@ -134,9 +151,18 @@ class Pruner:
     of their optimizer states (`state.<slot>.<param>`)."""
 
     def __init__(self, layers, amount: float, scope: str = "layer", schedule: str = "oneshot",
-                 start: int = 0, end: int | None = None, epochs: int = 1):
+                 start: int = 0, end: int | None = None, epochs: int = 1, granularity: str = "element"):
         self.layers = tuple(layers)
         self.amount = check_amount(amount)
+        self.granularity = granularity
+        self.kind, self.size = parse_granularity(granularity)
+        if self.kind == "n:m":
+            n, m = self.size
+            if abs(self.amount - (1 - n / m)) > 1e-9:
+                raise PruneError(f"{granularity} sparsity removes {1 - n / m:g} of each weight, not "
+                                 f"{self.amount}", hint=f"give amount {1 - n / m:g}")
+        if self.kind != "element" and scope == "global":
+            raise PruneError(f"scope global ranks single entries; {granularity} pruning is per layer")
         self.scope, self.schedule, self.start = scope, schedule, start
         default_end = max(start + 1, epochs // 2)
         self.end = start if schedule == "oneshot" else (end if end is not None else default_end)
@@ -146,7 +172,8 @@ class Pruner:
 
     def record(self) -> dict:
         return {"layers": list(self.layers), "amount": self.amount, "scope": self.scope,
-                "schedule": self.schedule, "start": self.start, "end": self.end}
+                "schedule": self.schedule, "start": self.start, "end": self.end,
+                "granularity": self.granularity}
 
     def target(self, epoch: int) -> float | None:
         """The sparsity to prune to at the start of `epoch` (0-based), or None when the masks stay."""
@@ -159,6 +186,10 @@ class Pruner:
     def masks(self, params: Mapping[str, torch.Tensor], previous: Mapping[str, torch.Tensor],
               amount: float) -> dict[str, torch.Tensor]:
         ws = {n: params[n] for n in self.layers}
+        if self.kind == "block":
+            return {n: block_mask(w, self.size, amount, previous=previous.get(n)) for n, w in ws.items()}
+        if self.kind == "n:m":  # the pattern of the end at once: N:M has no partial sparsity
+            return {n: nm_mask(w, *self.size) if amount else torch.ones_like(w) for n, w in ws.items()}
         if self.scope == "global":
             return global_unstructured(ws, amount, previous)
         return {n: l1_unstructured(w, amount, previous.get(n)) for n, w in ws.items()}

@@ -93,3 +93,54 @@ def test_bad_requests_are_refused_before_anything_is_written(model, tmp_path, ca
     assert main(["prune", str(src), *args, "--out", str(tmp_path / "x"), "--device", "cpu"]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x" / "pruned.safetensors").exists()
+
+
+WIDE = TINY.replace("hidden = 40", "hidden = 64").replace("features = 12", "features = 32").replace(
+    "f32[batch, 12]", "f32[batch, 32]")
+
+
+def test_block_pruning_runs_block_sparse_kernels_that_execute_a_quarter_of_the_blocks(tmp_path, capsys):
+    """--method block at 0.75: three in four 16x16 blocks of each weight removed; the ledger's block
+    products, counted by the kernels over the validation set, are a quarter of the dense count; `axon run
+    --pruned` compiles the same block-sparse matmuls."""
+    src = tmp_path / "wide.axon"
+    src.write_text(WIDE)
+    assert main(["prune", str(src), "--method", "block", "--granularity", "block:16", "--amount", "0.75",
+                 "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    ledger = json.loads((tmp_path / "b" / "ledger.json").read_text())
+    rows = {r["layer"]: r for r in ledger["layers"]}
+    assert (rows["h.w"]["blocks_kept"], rows["h.w"]["blocks"]) == (2, 8)
+    assert (rows["logits.w"]["blocks_kept"], rows["logits.w"]["blocks"]) == (1, 4)
+    for r in rows.values():
+        assert r["tile_products"] * 4 == r["dense_tile_products"] > 0
+    masks = load(tmp_path / "b" / "masks.safetensors")
+    blocks = masks["h.w"].view(2, 16, 4, 16).amax(dim=(1, 3))
+    assert int(blocks.sum()) == 2
+    assert bool((masks["h.w"].view(2, 16, 4, 16) == blocks[:, None, :, None]).all())  # whole blocks
+    capsys.readouterr()
+    assert main(["run", str(src), "--pruned", str(tmp_path / "b"), "--check"]) == 0
+
+    from axon.prune_cmd import pruned_graph
+
+    g = pruned_graph(tmp_path / "b", graph_of(src))
+    assert [n.op.value for n in g.nodes if n.op.value.endswith("matmul")] == ["bsmatmul", "bsmatmul"]
+
+
+def test_two_of_four(model, tmp_path):
+    src, weights = model
+    assert main(["prune", str(src), "--granularity", "2:4", "--amount", "0.5", "--weights",
+                 str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "nm"), "--device", "cpu"]) == 0
+    m = load(tmp_path / "nm" / "masks.safetensors")["h.w"]  # [12, 40]: groups of 4 along K
+    assert bool((m.view(3, 4, 40).sum(dim=1) == 2).all())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--granularity", "2:4", "--amount", "0.9"], "removes 0.5 of each weight"),
+    (["--method", "block", "--granularity", "element", "--amount", "0.5"], "goes with --method magnitude"),
+    (["--granularity", "block:48", "--amount", "0.5"], "unknown pruning granularity"),
+    (["--method", "structured", "--granularity", "block:16", "--amount", "0.5"], "removes neuron"),
+])
+def test_granularities_that_do_not_fit_are_refused(model, tmp_path, capsys, args, message):
+    src, _ = model
+    assert main(["prune", str(src), *args, "--out", str(tmp_path / "x"), "--device", "cpu"]) != 0
+    assert message in capsys.readouterr().err

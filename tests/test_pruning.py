@@ -249,3 +249,16 @@ def test_what_can_be_pruned_and_why_not():
     why = prunable(gpt)
     assert why["tok.w"].startswith("not a matmul or conv2d weight") and why["logits.w"] is None
     assert json.dumps(why)  # plain data, for the ledger
+
+
+def test_block_granularity_from_the_train_block_keeps_whole_blocks_zero(tmp_path):
+    tr = _trainer(tmp_path, 'prune { amount = 0.5  granularity = "block:16" }')
+    tr.fit()
+    m = tr.masks["h.w"]  # [12, 24]: one block row, two block columns, one removed
+    padded = torch.zeros(16, 32)
+    padded[:12, :24] = m
+    per = padded.view(1, 16, 2, 16).amax(dim=(1, 3))
+    assert per.tolist() in ([[1.0, 0.0]], [[0.0, 1.0]])
+    assert bool((tr.params["h.w"][m == 0] == 0).all())
+    with pytest.raises(AxonError, match="granularity"):
+        _trainer(tmp_path, 'prune { amount = 0.5  granularity = "block:20" }', out="r3")
