@@ -266,6 +266,8 @@ def measure(setup: Setup, settings, layers: list[Layer], params, qgraph: Graph, 
         rows.append({"layer": layer.name, "op": layer.op, "shape": list(layer.weight_shape), "kind": kind,
                      "bytes_before": layer.bytes_before, "bytes_after": layer.bytes_after,
                      "rel_error": errors.get(layer.name), "runs": how, "compiled": compiled.get(layer.name),
+                     "zeros": float((params[layer.name] == 0).float().mean()) if layer.name in params
+                     else 0.0,
                      "note": layer.reason if layer.quantized else "", "plan": layer.record()})
     before = sum(math.prod(n.shape) * n.dtype.itemsize for n in setup.graph.params.values())
     after = sum(t.numel() * t.element_size() for t in qparams.values())
@@ -288,14 +290,17 @@ def measure(setup: Setup, settings, layers: list[Layer], params, qgraph: Graph, 
 # --- reporting ---------------------------------------------------------------------------------------
 def format_table(record: dict) -> str:
     """The ledger as a table, then the totals and the validation before and after."""
-    head = ("layer", "op", "weight", "stored", "bytes before -> after", "rel. error", "runs / why float")
+    pruned = record.get("pruned") is not None or any(r.get("zeros") for r in record["layers"])
+    head = ("layer", "op", "weight", *(("zeros",) if pruned else ()), "stored", "bytes before -> after",
+            "rel. error", "runs / why float")
     rows = [head]
     for r in record["layers"]:
         ratio = f" ({r['bytes_after'] / r['bytes_before']:.0%})" if r["kind"] != "float" else ""
         err = "-" if r["rel_error"] is None else f"{r['rel_error']:.2e}"
         note = f" [{r['note']}]" if r["note"] else ""
         on = f" | {record.get('target')}: {r['compiled']}" if r.get("compiled") else ""
-        rows.append((r["layer"], r["op"], "x".join(map(str, r["shape"])), r["kind"],
+        zeros = (f"{r.get('zeros', 0):.0%}",) if pruned else ()
+        rows.append((r["layer"], r["op"], "x".join(map(str, r["shape"])), *zeros, r["kind"],
                      f"{r['bytes_before']:,} -> {r['bytes_after']:,}{ratio}", err, r["runs"] + note + on))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
@@ -306,6 +311,10 @@ def format_table(record: dict) -> str:
     lines.append(f"weights listed: {lb['before']:,} -> {lb['after']:,} bytes ({_ratio(lb)}); all parameters: "
                  f"{pb['before']:,} -> {pb['after']:,} bytes ({_ratio(pb)})")
     v = record["validation"]
+    p = record.get("pruned")
+    if p:
+        lines.insert(1, f"pruned first by `axon prune` ({p['settings']}): validation of the unpruned model "
+                        f"{p['unpruned']}")
     if v is None:
         lines.append("validation: none (the model has no train block)")
     else:

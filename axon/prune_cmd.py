@@ -279,10 +279,16 @@ def _block(settings: dict) -> tuple[int, list[str]] | None:
 
 
 def pruned_graph(folder, graph: Graph) -> Graph:
-    """`graph` as `axon prune` left it: with the recorded structure removed (magnitude: unchanged)."""
+    """`graph` as `axon prune` left it: with the recorded structure removed (structured), its block-pruned
+    matmuls block-sparse (block), else unchanged."""
+    structure, _, settings = read_pruned(folder)
+    return apply_pruning(graph, structure, settings)
+
+
+def apply_pruning(graph: Graph, structure: dict | None, settings: dict) -> Graph:
+    """What `axon prune` recorded (its structure and settings), done to `graph`."""
     from axon.passes.structured import apply
 
-    structure, _, settings = read_pruned(folder)
     if structure:
         return apply(graph, structure)
     blocks = _block(settings)

@@ -29,6 +29,7 @@ from axon.passes.quantize import GROUPS, MIN_SIZE, MODES, Quantize, QuantizeErro
 QUANTIZED, LEDGER_JSON, LEDGER_PNG = "quantized.safetensors", "ledger.json", "ledger.png"
 FORMAT = "axon-weight-quantization/1"
 META_FORMAT, META_MODEL, META_PASS, META_RUN = "format", "model", "quantize", "run"
+META_PRUNING = "pruning"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Quantized:
     settings: Settings
     model: str
     run: dict            # seed, batch, hparams (those known)
+    pruning: dict | None = None  # `axon prune`'s {"structure", "settings"}: a pruned model, quantized
 
 
 def add_parser(sub) -> None:
@@ -102,6 +104,9 @@ def add_parser(sub) -> None:
                    help="the float weights: a trainer's best.safetensors or checkpoint.safetensors (its "
                         "run's seed and batch then pick the validation data), or plain parameters "
                         "(default: the initializers)")
+    q.add_argument("--pruned", default=None, metavar="DIR",
+                   help="quantize the model `axon prune` wrote to DIR (its structure, its weights): the "
+                        "ledger shows each layer's zeros beside its codes")
     q.add_argument("--skip", nargs="+", action="extend", default=None, metavar="NAME",
                    help="layers left float: a parameter name, its layer (`logits`) or a glob (`block.*.up*`)")
     q.add_argument("--min-size", type=int, default=None, metavar="N",
@@ -148,9 +153,20 @@ def read(folder: str | Path) -> Quantized:
     try:
         run = json.loads(meta.get(META_RUN, "{}"))
         assert isinstance(run, dict)
+        pruning = json.loads(meta[META_PRUNING]) if META_PRUNING in meta else None
+        assert pruning is None or isinstance(pruning, dict)
     except (ValueError, AssertionError):
-        raise QuantizeError(f"{path}: its '{META_RUN}' metadata is damaged") from None
-    return Quantized(path, settings, meta.get(META_MODEL, ""), run)
+        raise QuantizeError(f"{path}: its '{META_RUN}' or '{META_PRUNING}' metadata is damaged") from None
+    return Quantized(path, settings, meta.get(META_MODEL, ""), run, pruning)
+
+
+def pruned(q: Quantized, graph: Graph) -> Graph:
+    """`graph` pruned as the model was before it was quantized (unchanged when it was not)."""
+    if not q.pruning:
+        return graph
+    from axon.prune_cmd import apply_pruning
+
+    return apply_pruning(graph, q.pruning.get("structure"), q.pruning.get("settings") or {})
 
 
 def fit(q: Quantized, graph: Graph, device=None) -> dict[str, torch.Tensor]:
@@ -198,7 +214,7 @@ def command(args, hparams: dict) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise QuantizeError(f"--out {out}: exists and is not a folder")
-    run = _origin(args.weights) if args.weights else {}
+    run, pruned = _source(args)
     hparams = {**run.get("hparams", {}), **hparams}
     if args.batch is not None:
         run["batch"] = args.batch
@@ -206,16 +222,12 @@ def command(args, hparams: dict) -> int:
         run["seed"] = args.seed
     setup = ledger.Setup.make(args.file, args.model, hparams, run.get("seed"), run.get("batch"),
                               args.device)
-    graph, qgraph = setup.graph, setup.quantized(settings)
-    if args.weights:
-        from axon.api import fitting_weights
+    if args.pruned:  # the smaller (or block-sparse) model, as pruned
+        from axon.prune_cmd import pruned_graph
 
-        params = fitting_weights(graph, args.weights)
-        origin = str(args.weights)
-    else:
-        params = init_params(graph, setup.seed)
-        origin = f"the initializers (seed {setup.seed}): no --weights given"
-        print(f"note: no --weights: quantizing {origin.split(':')[0]}")
+        setup.graph = pruned_graph(args.pruned, setup.graph)
+    graph, qgraph = setup.graph, setup.quantized(settings)
+    params, origin = _weights(args, graph, setup.seed)
     layers = settings.make_pass().plan(graph)
     act_amax, calibration = _calibrate(args, setup, layers, params) if settings.mode == "int8-static" \
         else (None, None)
@@ -239,9 +251,13 @@ def command(args, hparams: dict) -> int:
     run = {"seed": setup.seed, "batch": setup.batch, "hparams": hparams}
     meta = {META_FORMAT: FORMAT, META_MODEL: graph.name, META_PASS: json.dumps(settings.record()),
             META_RUN: json.dumps(run, sort_keys=True)}
+    if pruned is not None:
+        meta[META_PRUNING] = json.dumps(pruned["pruning"], sort_keys=True)
     save(qparams, out / QUANTIZED, meta)
     target = None if args.target == "none" else parse_target(args.target)
     record = ledger.measure(setup, settings, layers, params, qgraph, qparams, origin, target)
+    if pruned is not None:
+        record["pruned"] = {k: v for k, v in pruned.items() if k != "pruning"}
     if sens is not None:
         record["sensitivity"] = sens
     if calibration:
@@ -302,6 +318,46 @@ def _calibrate(args, setup, layers, params) -> tuple[dict[str, float], dict]:
     return {name: r["threshold"] for name, r in rows.items()}, record
 
 
+def _source(args) -> tuple[dict, dict | None]:
+    """The run settings the weights come with (seed, batch, hparams), and with --pruned what pruning
+    did (for the ledger)."""
+    if args.pruned and args.weights:
+        raise QuantizeError("--weights and --pruned both give the weights: the pruned folder holds them")
+    if not args.pruned:
+        return (_origin(args.weights) if args.weights else {}), None
+    from axon.prune_cmd import read_pruned
+
+    structure, run, prune_settings = read_pruned(args.pruned)
+    pruned = {"settings": {k: v for k, v in prune_settings.items() if k != "layers"},
+              "unpruned": _unpruned(args.pruned),
+              "pruning": {"structure": structure, "settings": prune_settings}}
+    return {k: v for k, v in run.items() if v is not None}, pruned
+
+
+def _weights(args, graph: Graph, seed: int) -> tuple[dict, str]:
+    """The float weights to quantize, and where they come from."""
+    if args.pruned:
+        from axon.prune_cmd import pruned_weights
+
+        return pruned_weights(args.pruned, graph), f"{args.pruned} (pruned)"
+    if args.weights:
+        from axon.api import fitting_weights
+
+        return fitting_weights(graph, args.weights), str(args.weights)
+    origin = f"the initializers (seed {seed}): no --weights given"
+    print(f"note: no --weights: quantizing {origin.split(':')[0]}")
+    return init_params(graph, seed), origin
+
+
+def _unpruned(folder) -> str:
+    """The unpruned model's validation, as `axon prune` measured it (its ledger beside the weights)."""
+    try:
+        v = json.loads((Path(folder) / "ledger.json").read_text())["validation"]["before"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown (no ledger.json beside the pruned weights)"
+    return f"loss {v['loss']:.4f}" + (f", acc {v['acc']:.2%}" if "acc" in v else "")
+
+
 def _origin(weights: str | Path) -> dict:
     """The run settings (seed, batch, hparams) of a trainer's checkpoint, so the validation split is the
     run's own; {} for a file of plain parameters."""
@@ -326,7 +382,15 @@ def compiled(args, compile_model):
         raise QuantizeError("--weights and --quantized both give the weights: the quantized folder holds "
                             "them")
     q = read(args.quantized)
-    model, env = compile_model(args, q.settings.pipeline, q.run.get("hparams"))
+    graph = None
+    if q.pruning:  # the pruned model, then the quantize pass
+        from axon.cli import override
+        from axon.driver import graph_of
+
+        hp = {**(q.run.get("hparams") or {}), **dict(override(s) for s in args.set)}
+        graph = pruned(q, graph_of(Path(args.file), args.model, hparams=hp or None, training=args.training,
+                                   loss=args.loss))
+    model, env = compile_model(args, q.settings.pipeline, q.run.get("hparams"), graph=graph)
     params = fit(q, model.graph, model.device)
     if model.graphs is not None:  # the parameters are the CUDA graphs' static buffers: filled in place
         with torch.no_grad():
@@ -353,5 +417,6 @@ def evaluate(args, hparams: dict) -> dict[str, float]:
     if setup.validation is None:
         raise QuantizeError(f"{args.file}: model '{setup.graph.name}' has no train block: nothing to "
                             f"validate on", hint="use `axon run FILE --quantized DIR`")
+    setup.graph = pruned(q, setup.graph)
     qgraph = setup.quantized(q.settings)
     return setup.metrics(qgraph, fit(q, qgraph))

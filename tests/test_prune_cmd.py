@@ -144,3 +144,25 @@ def test_granularities_that_do_not_fit_are_refused(model, tmp_path, capsys, args
     src, _ = model
     assert main(["prune", str(src), *args, "--out", str(tmp_path / "x"), "--device", "cpu"]) != 0
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["magnitude", "structured"])
+def test_pruning_then_quantizing_reports_both_in_one_ledger(model, tmp_path, capsys, method):
+    """`axon quantize --pruned DIR`: the pruned model (its structure, its zeros) quantized; the ledger
+    lists each layer's zeros beside its codes and the unpruned model's validation; the quantized folder
+    runs as the pruned model quantized."""
+    src, _ = model
+    prune_dir, q_dir = tmp_path / "p", tmp_path / "q"
+    assert main(["prune", str(src), "--method", method, "--amount", "0.5", "--weights",
+                 str(tmp_path / "w.safetensors"), "--out", str(prune_dir), "--device", "cpu"]) == 0
+    assert main(["quantize", str(src), "--mode", "int8-weight", "--min-size", "16", "--pruned",
+                 str(prune_dir), "--out", str(q_dir), "--device", "cpu", "--target", "none"]) == 0
+    text = capsys.readouterr().out
+    ledger = json.loads((q_dir / "ledger.json").read_text())
+    assert ledger["pruned"]["settings"]["method"] == method and "unpruned model" in text
+    (hw,) = [r for r in ledger["layers"] if r["layer"] == "h.w"]
+    assert hw["kind"] == "int8"
+    assert (hw["shape"], hw["zeros"]) == (([12, 20], 0.0) if method == "structured" else ([12, 40], 0.5))
+    assert main(["run", str(src), "--quantized", str(q_dir), "--check"]) == 0
+    assert main(["eval", str(src), "--quantized", str(q_dir), "--device", "cpu"]) == 0
+    assert f"val loss {ledger['validation']['after']['loss']:.4f}" in capsys.readouterr().out

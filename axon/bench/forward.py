@@ -29,8 +29,15 @@ def quantized_case(s: Settings, device: torch.device, base: Case) -> Case:
     from axon.quantize_cmd import fit, read
 
     q = read(s.quantized)
-    model = axon.compile(s.file, s.model, hparams={**(q.run.get("hparams") or {}), **s.hparams} or None,
-                         device=device, seed=s.seed, pipeline=q.settings.pipeline)
+    hparams = {**(q.run.get("hparams") or {}), **s.hparams} or None
+    source = s.file
+    if q.pruning:  # pruned before it was quantized: that smaller (or block-sparse) model
+        from axon.driver import graph_of
+        from axon.quantize_cmd import pruned
+
+        source = pruned(q, graph_of(s.file, s.model, hparams=hparams))
+    model = axon.compile(source, s.model, hparams=hparams, device=device, seed=s.seed,
+                         pipeline=q.settings.pipeline)
     params = fit(q, model.graph, device)
     env = base.shapes["dims"]
     from axon.run import random_inputs
