@@ -162,6 +162,7 @@ def measure_block_sparse(setup, graph: Graph, params, layers, block: int):
     from axon.passes.block_sparse import BlockSparse, block_index, index_names
     from axon.trainer import validate
 
+    params = {k: v for k, v in params.items() if k in graph.params}  # not a fine-tuning run's counters
     sgraph = BlockSparse(block, "|".join(layers)).run(graph)
     filled = {**params, **block_indices(params, layers, block)}
     dense = {**params, **{k: v for k, v in init_params(sgraph).items() if k not in params}}

@@ -43,7 +43,8 @@ from axon.runtime import checkpoint, report, runs
 from axon.runtime.checkpoint import Progress, section
 from axon.runtime.interrupts import Interrupted, deferred
 from axon.runtime.runs import BEST, CHECKPOINT, METRICS
-from axon.runtime.pruning import Pruner, PruneError, sparsity
+from axon.passes.block_sparse import BlockSparse
+from axon.runtime.pruning import Pruner, PruneError, refresh_block_indices, sparsity
 from axon.runtime.safetensors import load
 from axon.runtime.scaler import LossScaler
 
@@ -233,6 +234,10 @@ class Trainer:
         prune = prune if prune is not None else (spec.prune.record() if spec.prune else None)
         self.pruner = pruner(loss_graph, prune, self.epochs) if prune else None
         masked = self.pruner.layers if self.pruner else ()
+        weights_graph = eval_graph  # what --init weights must fit
+        if self.pruner and self.pruner.kind == "block":  # block-sparse kernels, forward and for dx
+            sparse = BlockSparse(self.pruner.size, "|".join(masked))
+            loss_graph, eval_graph = sparse.run(loss_graph), sparse.run(eval_graph)
         step = step_graph(loss_graph, self.optimizer, self.precision, masked)
         self.run = {
             "model": spec.model, "step_graph": hashlib.sha256(print_graph(step).encode()).hexdigest(),
@@ -254,7 +259,7 @@ class Trainer:
         if init and not resume:  # fine-tuning (QAT from a float model): these parameters, fresh state
             from axon.api import fitting_weights
 
-            start = fitting_weights(eval_graph, init)
+            start = fitting_weights(weights_graph, init)
             self.params.update({k: v.to(self.step_exe.device) for k, v in start.items()})
         self.states = {name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=self.step_exe.device)
                        for name, n in step.inputs.items() if name.startswith("state.")}
@@ -321,6 +326,8 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         if self.pruner and p.batch == 0:
             pruned = self.pruner.update(p.epoch, self.params, self.states, self.masks)
+            if pruned is not None and self.pruner.kind == "block":  # the kernels' block lists, once
+                refresh_block_indices(self.params, self.pruner.layers, self.pruner.size)
             if pruned:
                 removed = sum(int((m == 0).sum()) for m in self.masks.values())
                 total = sum(m.numel() for m in self.masks.values())
@@ -393,7 +400,8 @@ class Trainer:
         feeds.update(self.states)
         feeds.update({mask_input_name(n): m for n, m in self.masks.items()})
         out = self.step_call(feeds, self.params)
-        self.params = {name: out[NEW + name] for name in self.params}
+        # integer parameters (block indices, counters) have no update: they stay as they are
+        self.params = {name: out.get(NEW + name, t) for name, t in self.params.items()}
         self.states = {name: out[NEW + name] for name in self.states}
         if self.scaler:
             self.scaler.update(bool(out[FOUND_INF]))

@@ -28,7 +28,7 @@ import torch
 
 from axon.ir import AxonError
 from axon.ir.op_bsmatmul import BLOCKS
-from axon.passes.block_sparse import block_mask, nm_mask
+from axon.passes.block_sparse import block_index, block_mask, index_names, nm_mask
 from axon.passes.structured import slice_norms
 
 
@@ -210,3 +210,13 @@ class Pruner:
             if owner is not None:
                 states[name] = s * masks[owner]
         return amount
+
+
+def refresh_block_indices(params: dict, layers, block: int) -> None:
+    """The block indices of block-sparse `layers` in `params` recomputed from their weights (in place,
+    on the weights' device); the counters keep counting."""
+    for name in layers:
+        i, it, _ = index_names(name)
+        if i in params:
+            index, index_t = block_index(params[name], block)
+            params[i], params[it] = index.to(params[name].device), index_t.to(params[name].device)

@@ -99,14 +99,16 @@ WIDE = TINY.replace("hidden = 40", "hidden = 64").replace("features = 12", "feat
     "f32[batch, 12]", "f32[batch, 32]")
 
 
-def test_block_pruning_runs_block_sparse_kernels_that_execute_a_quarter_of_the_blocks(tmp_path, capsys):
+@pytest.mark.parametrize("finetune", ["0", "2"])
+def test_block_pruning_runs_block_sparse_kernels_that_execute_a_quarter_of_the_blocks(tmp_path, capsys,
+                                                                                        finetune):
     """--method block at 0.75: three in four 16x16 blocks of each weight removed; the ledger's block
     products, counted by the kernels over the validation set, are a quarter of the dense count; `axon run
     --pruned` compiles the same block-sparse matmuls."""
     src = tmp_path / "wide.axon"
     src.write_text(WIDE)
     assert main(["prune", str(src), "--method", "block", "--granularity", "block:16", "--amount", "0.75",
-                 "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+                 "--finetune", finetune, "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
     ledger = json.loads((tmp_path / "b" / "ledger.json").read_text())
     rows = {r["layer"]: r for r in ledger["layers"]}
     assert (rows["h.w"]["blocks_kept"], rows["h.w"]["blocks"]) == (2, 8)

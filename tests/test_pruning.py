@@ -260,5 +260,9 @@ def test_block_granularity_from_the_train_block_keeps_whole_blocks_zero(tmp_path
     per = padded.view(1, 16, 2, 16).amax(dim=(1, 3))
     assert per.tolist() in ([[1.0, 0.0]], [[0.0, 1.0]])
     assert bool((tr.params["h.w"][m == 0] == 0).all())
+    # the step runs block-sparse kernels: both layers forward, and logits' gradient for h (dx)
+    ops = [n.op.value for n in tr.step_exe.graph.nodes]
+    assert ops.count("bsmatmul") == 3 and tr.params["h.w.blocks"][:, 0].tolist() in ([1, 0], [0, 1])
+    assert int(tr.params["h.w.tiles"]) > 0 and int(tr.params["logits.w.tiles"]) > 0
     with pytest.raises(AxonError, match="granularity"):
         _trainer(tmp_path, 'prune { amount = 0.5  granularity = "block:20" }', out="r3")
