@@ -27,7 +27,7 @@ from axon.ir.errors import Note, did_you_mean
 
 from . import ast as A
 from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
-from .quantize_block import constant
+from .quantize_block import choice, constant, skip_list
 from .values import INT_LIMIT, show
 
 METHODS = ("magnitude",)
@@ -89,24 +89,14 @@ def _value(it: A.TrainItem):
     key, e = it.key, it.value
     v = constant(e, "a prune setting")
     if key in CHOICES:
-        choices = CHOICES[key]
-        if not isinstance(v, str):
-            raise AxonTypeError(f"'{key}' must be a string, one of {', '.join(choices)}; got {show(v)}",
-                                e.span)
-        if v not in choices:
-            raise AxonValueError(f"unknown prune {key} '{v}'", e.span,
-                                 hint=did_you_mean(v, choices) or f"one of {', '.join(choices)}")
-        return v
+        return choice(key, v, CHOICES[key], e.span, "prune ")
     if key == "granularity":
         if not isinstance(v, str) or not _granularity_ok(v):
             raise AxonValueError(f"'granularity' must be \"element\", \"block:16\", \"block:32\", "
                                  f"\"block:64\" or an N:M pattern such as \"2:4\"; got {show(v)}", e.span)
         return v
     if key == "skip":
-        if not isinstance(v, tuple) or not all(isinstance(s, str) and s for s in v):
-            raise AxonTypeError(f"'skip' must be a list of layer names or glob patterns, got {show(v)}",
-                                e.span)
-        return v
+        return skip_list(v, e.span)
     if key == "amount":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise AxonTypeError(f"'amount' must be a number, got {show(v)}", e.span)

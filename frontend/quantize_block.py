@@ -69,20 +69,9 @@ def _value(it: A.TrainItem):
     key, e = it.key, it.value
     v = _const(e)
     if key in ("mode", "method"):
-        choices = MODES if key == "mode" else METHODS
-        if not isinstance(v, str):
-            raise AxonTypeError(f"'{key}' must be a string, one of {', '.join(choices)}; got {show(v)}",
-                                e.span)
-        if v not in choices:
-            raise AxonValueError(f"unknown {key} '{v}'", e.span,
-                                 hint=did_you_mean(v, choices) or f"one of {', '.join(choices)}")
-        return v
+        return choice(key, v, MODES if key == "mode" else METHODS, e.span)
     if key == "skip":
-        if not isinstance(v, tuple) or not all(isinstance(s, str) and s and not set(s) & set("|,{}=")
-                                               for s in v):
-            raise AxonTypeError(f"'skip' must be a list of layer names or glob patterns, got {show(v)}",
-                                e.span)
-        return v
+        return skip_list(v, e.span)
     if key == "percentile":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise AxonTypeError(f"'percentile' must be a number, got {show(v)}", e.span)
@@ -95,6 +84,23 @@ def _value(it: A.TrainItem):
         raise AxonValueError(f"'group' must be one of {', '.join(map(str, GROUPS))}, got {v}", e.span)
     if key == "min_size" and v < 0 or key == "calibrate" and v < 1:
         raise AxonValueError(f"'{key}' must be at least {0 if key == 'min_size' else 1}, got {v}", e.span)
+    return v
+
+
+def choice(key: str, v, choices, span, what: str = "") -> str:
+    """A string setting that must be one of `choices` (`what`: a word before the key in the message)."""
+    if not isinstance(v, str):
+        raise AxonTypeError(f"'{key}' must be a string, one of {', '.join(choices)}; got {show(v)}", span)
+    if v not in choices:
+        raise AxonValueError(f"unknown {what}{key} '{v}'", span,
+                             hint=did_you_mean(v, choices) or f"one of {', '.join(choices)}")
+    return v
+
+
+def skip_list(v, span) -> tuple[str, ...]:
+    """A list of layer names or globs (no character a pass option would split on)."""
+    if not isinstance(v, tuple) or not all(isinstance(s, str) and s and not set(s) & set("|,{}=") for s in v):
+        raise AxonTypeError(f"'skip' must be a list of layer names or glob patterns, got {show(v)}", span)
     return v
 
 

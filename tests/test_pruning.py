@@ -91,18 +91,7 @@ def test_the_cubic_schedule_is_zhu_and_gupta():
     assert got == pytest.approx(want) and got[1] == 0.0
 
 
-MLP = """
-model MLP(hidden = 13) {
-    input x: f32[batch, 9]
-    h = relu(linear(x, hidden))
-    output logits = linear(h, 5)
-}
-train MLP {
-    data = digits()   loss = cross_entropy(logits, label)
-    optim = OPTIM
-    epochs = 1   batch = 7
-}
-"""
+from test_train import MLP  # noqa: E402  (the same MLP as the unpruned steps are checked on)
 
 
 @pytest.mark.parametrize("optim, make_opt", [
