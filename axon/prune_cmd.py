@@ -267,7 +267,7 @@ def read_pruned(folder: str | Path) -> tuple[dict | None, dict, dict]:
     try:
         structure = json.loads(meta["structure"]) if "structure" in meta else None
         run = json.loads(meta.get("run", "{}"))
-        settings = json.loads(meta.get("prune", "{}"))
+        settings = {**json.loads(meta.get("prune", "{}")), "model": meta.get("model")}
     except ValueError as e:
         raise AxonError(f"{path}: its metadata is damaged ({e})") from None
     return structure, run, settings
@@ -283,6 +283,8 @@ def pruned_graph(folder, graph: Graph) -> Graph:
     """`graph` as `axon prune` left it: with the recorded structure removed (structured), its block-pruned
     matmuls block-sparse (block), else unchanged."""
     structure, _, settings = read_pruned(folder)
+    if settings.get("model") not in (None, graph.name):
+        raise AxonError(f"{folder}: weights of model '{settings['model']}' pruned, not of '{graph.name}'")
     return apply_pruning(graph, structure, settings)
 
 

@@ -328,7 +328,7 @@ def _source(args) -> tuple[dict, dict | None]:
     from axon.prune_cmd import read_pruned
 
     structure, run, prune_settings = read_pruned(args.pruned)
-    pruned = {"settings": {k: v for k, v in prune_settings.items() if k != "layers"},
+    pruned = {"settings": {k: v for k, v in prune_settings.items() if k not in ("layers", "model")},
               "unpruned": _unpruned(args.pruned),
               "pruning": {"structure": structure, "settings": prune_settings}}
     return {k: v for k, v in run.items() if v is not None}, pruned
