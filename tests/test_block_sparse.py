@@ -128,3 +128,24 @@ def test_the_block_sparse_kernel_compiles_for_sm90_without_spills(dtype):
     assert row.spills == 0 or row.spills is None
     if dtype:
         assert row.tensor_cores.startswith("wgmma"), row
+
+
+def test_a_block_pruned_training_step_compiles_for_sm90_without_spills():
+    """The MLP's step with both weights block-sparse (forward, the activations' gradient) and masked."""
+    from pathlib import Path
+
+    from test_aot import assert_clean
+
+    from axon.driver import load_ast
+    from axon.frontend import training_graph
+    from axon.run import bind_dims
+    from axon.trainer import step_graph
+
+    loss, spec = training_graph(load_ast(Path(__file__).parents[1] / "examples" / "mlp.axon"))
+    loss = BlockSparse(32, "h.w|logits.w").run(loss)
+    step = step_graph(loss, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)},
+                      masked=("h.w", "logits.w"))
+    assert [n.op.value for n in step.nodes].count("bsmatmul") == 3
+    from test_aot import sweep
+
+    assert_clean(sweep(step, bind_dims(step, {"batch": 64})))
