@@ -1,0 +1,175 @@
+"""`torch.compile(model, backend="axon")`: Dynamo's graphs compiled to Axon kernels.
+
+Registered under the `torch_dynamo_backends` entry point (pyproject.toml), so the name works after `pip
+install` with no import of axon. For each graph Dynamo hands over:
+
+1. it is traced to core ATen ops (`make_fx` with `core_aten_decompositions()`, functionalized: an
+   in-place update of a buffer becomes a value copied back after the call), symbolically where Dynamo
+   marked sizes dynamic, so one compile serves every size;
+2. `frontend/fx_import.py` turns it into Axon IR; where every op has a translation the whole graph is one
+   `CompiledModel`; otherwise the graph is split (`CapabilityBasedPartitioner`): the regions Axon
+   supports are compiled, the other nodes run eagerly, and `axon.explain(model, *inputs)` lists the ops
+   left to eager with their counts and the regions formed;
+3. a call runs the compiled model; when gradients are wanted the call is recorded for torch.autograd
+   through Axon's own autodiff (`axon/autograd.py`): the backward is derived and partitioned by Axon
+   from the same graph, so every op Axon imports is differentiable without importing ATen's backward ops.
+"""
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from axon.frontend.fx_import import Imported, Unsupported, import_fx, op_name, supported
+
+
+@dataclass
+class Report:
+    """What one compile did: the graph's ATen ops, those left to eager PyTorch (with why), the regions."""
+
+    ops: Counter = field(default_factory=Counter)
+    unsupported: Counter = field(default_factory=Counter)
+    why: dict[str, str] = field(default_factory=dict)
+    regions: list[int] = field(default_factory=list)    # node count of each region Axon compiled
+    whole: bool = False
+
+    def __str__(self) -> str:
+        if self.whole:
+            return f"one Axon region: the whole graph ({sum(self.ops.values())} ATen ops)"
+        lines = [f"{len(self.regions)} Axon region(s) of {', '.join(map(str, self.regions)) or 'no'} "
+                 f"node(s); left to eager PyTorch:"]
+        for op, n in self.unsupported.most_common():
+            lines.append(f"  {op} x{n}: {self.why.get(op, 'no Axon translation')}")
+        return "\n".join(lines)
+
+
+REPORTS: list[Report] = []  # the compiles of this process, newest last (axon.explain reads them)
+
+
+def axon_backend(gm: torch.fx.GraphModule, example_inputs, **options):
+    """The Dynamo backend: `torch.compile(model, backend="axon")`."""
+    report = Report()
+    REPORTS.append(report)
+    aten_gm = trace(gm, example_inputs)
+    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    report.ops.update(_op_names(aten_gm))
+    try:
+        runner = Runner(import_fx(aten_gm, "dynamo"), device)
+        report.whole = True
+        return runner
+    except Unsupported:
+        pass
+    return partial_graph(aten_gm, device, report)
+
+
+def trace(gm: torch.fx.GraphModule, example_inputs) -> torch.fx.GraphModule:
+    """`gm` as core ATen ops, functionalized, with shapes symbolic where Dynamo made them so."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.func import functionalize
+
+    from torch._guards import tracing
+
+    dynamic = any(isinstance(a, torch.SymInt) for a in example_inputs)
+    fn = functionalize(gm, remove="mutations")
+    # a fake mode and shape environment of its own: symbols made while tracing must not leak into the
+    # ones Dynamo builds its guards from
+    # (mkldnn off: recurrent layers then decompose into gates Axon compiles, not one fused CPU op)
+    with torch.no_grad(), tracing(None), torch.backends.mkldnn.flags(enabled=False):
+        return make_fx(fn, decomposition_table=core_aten_decompositions(),
+                       tracing_mode="symbolic" if dynamic else "fake")(*example_inputs)
+
+
+class Runner:
+    """One compiled region: takes the FX graph's arguments, returns its outputs (a tuple)."""
+
+    def __init__(self, imported: Imported, device):
+        import axon
+
+        self.imported = imported
+        self.model = axon.compile(imported.graph, device=device)
+
+    def __call__(self, *args):
+        inputs = {name: _contiguous(args[i]) for i, name in enumerate(self.imported.inputs) if name}
+        out = self.model.run(inputs)
+        if self.imported.mutations:
+            with torch.no_grad():
+                for i, name in self.imported.mutations:
+                    args[i].copy_(out[name])
+        result = []
+        for kind, ref in self.imported.outputs:
+            result.append(out[ref] if kind == "out" else args[ref] if kind == "input" else None)
+        return tuple(result)
+
+
+def _contiguous(t):
+    return t.contiguous() if isinstance(t, torch.Tensor) else t
+
+
+def partial_graph(gm: torch.fx.GraphModule, device, report: Report):
+    """`gm` with the regions Axon supports compiled and the rest left to eager PyTorch."""
+    from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+    from torch.fx.passes.operator_support import OperatorSupportBase
+
+    class Support(OperatorSupportBase):
+        def is_node_supported(self, submodules, node: torch.fx.Node) -> bool:
+            return supported(node)
+
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and not supported(node):
+            report.unsupported[op_name(node.target)] += 1
+    partitioner = CapabilityBasedPartitioner(gm, Support(), allows_single_node_partition=True)
+    partitions = partitioner.propose_partitions()
+    fused = partitioner.fuse_partitions(partitions)
+    for node in list(fused.graph.nodes):
+        if node.op != "call_module":
+            continue
+        sub = getattr(fused, node.target)
+        try:
+            runner = Runner(import_fx(sub, "dynamo_region"), device)
+        except Unsupported as e:  # an argument the translation does not take: this region stays eager
+            for n in sub.graph.nodes:
+                if n.op == "call_function":
+                    report.unsupported[op_name(n.target)] += 1
+                    report.why.setdefault(op_name(n.target), str(e.args[0]) if e.args else str(e))
+            continue
+        report.regions.append(sum(1 for n in sub.graph.nodes if n.op == "call_function"))
+        setattr(fused, node.target, _Region(runner, _single(sub)))
+    fused.recompile()
+    return fused
+
+
+class _Region(torch.nn.Module):
+    """A compiled region standing where the partitioner's submodule was."""
+
+    def __init__(self, runner: Runner, single: bool):
+        super().__init__()
+        self.runner, self.single = runner, single
+
+    def forward(self, *args):
+        out = self.runner(*args)
+        return out[0] if self.single else out
+
+
+def _single(sub: torch.fx.GraphModule) -> bool:
+    """Whether the submodule returns one value rather than a tuple (a fused submodule of one output)."""
+    out = next(n for n in sub.graph.nodes if n.op == "output")
+    return not isinstance(out.args[0], (tuple, list))
+
+
+def _op_names(gm) -> Counter:
+    return Counter(op_name(n.target) for n in gm.graph.nodes if n.op == "call_function")
+
+
+def explain(model, *inputs, **kwargs) -> str:
+    """What `torch.compile(model, backend="axon")` does with these inputs: per graph, whether Axon took it
+    whole or in regions, and each op left to eager PyTorch with its count and why."""
+    torch._dynamo.reset()
+    start = len(REPORTS)
+    compiled = torch.compile(model, backend=functools.partial(axon_backend))
+    compiled(*inputs, **kwargs)
+    reports = REPORTS[start:]
+    torch._dynamo.reset()
+    return "\n".join(f"graph {i}: {r}" for i, r in enumerate(reports)) or "no graph was compiled"
