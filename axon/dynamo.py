@@ -34,6 +34,7 @@ class Report:
     why: dict[str, str] = field(default_factory=dict)
     regions: list[int] = field(default_factory=list)    # node count of each region Axon compiled
     whole: bool = False
+    symbolic: list[str] = field(default_factory=list)   # the symbolic sizes the compiled graph keeps
 
     def __str__(self) -> str:
         if self.whole:
@@ -58,6 +59,8 @@ def axon_backend(gm: torch.fx.GraphModule, example_inputs, **options):
     try:
         runner = Runner(import_fx(aten_gm, "dynamo"), device)
         report.whole = True
+        report.symbolic = sorted({str(d) for n in runner.imported.graph.inputs.values() for d in n.shape
+                                  if not isinstance(d, int)})
         return runner
     except Unsupported:
         pass
