@@ -149,7 +149,7 @@ def test_twenty_adamw_steps_follow_eager(name, gen):
     target = torch.randn(_first(twin(xs[0])).shape, generator=gen)
     for step in range(20):
         losses = []
-        for m, opt, fn in ((model, opts[0], compiled), (twin, opts[1], twin)):
+        for opt, fn in ((opts[0], compiled), (opts[1], twin)):
             opt.zero_grad()
             loss = F.mse_loss(_first(fn(xs[step % 4])), target)
             loss.backward()
