@@ -68,21 +68,52 @@ def axon_backend(gm: torch.fx.GraphModule, example_inputs, **options):
 
 
 def trace(gm: torch.fx.GraphModule, example_inputs) -> torch.fx.GraphModule:
-    """`gm` as core ATen ops, functionalized, with shapes symbolic where Dynamo made them so."""
+    """`gm` as core ATen ops, functionalized; sizes symbolic exactly where Dynamo made them so (one
+    symbol per Dynamo symbol: a batch shared by inputs stays one size), the others static."""
     from torch._decomp import core_aten_decompositions
+    from torch._guards import tracing
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.func import functionalize
 
-    from torch._guards import tracing
-
-    dynamic = any(isinstance(a, torch.SymInt) for a in example_inputs)
     fn = functionalize(gm, remove="mutations")
     # a fake mode and shape environment of its own: symbols made while tracing must not leak into the
-    # ones Dynamo builds its guards from
-    # (mkldnn off: recurrent layers then decompose into gates Axon compiles, not one fused CPU op)
+    # ones Dynamo builds its guards from; mkldnn off: recurrent layers then decompose into gates Axon
+    # compiles, not one fused CPU op
     with torch.no_grad(), tracing(None), torch.backends.mkldnn.flags(enabled=False):
-        return make_fx(fn, decomposition_table=core_aten_decompositions(),
-                       tracing_mode="symbolic" if dynamic else "fake")(*example_inputs)
+        fakes, mode = _fake_inputs(gm, example_inputs)
+        with mode:
+            return make_fx(fn, decomposition_table=core_aten_decompositions())(*fakes)
+
+
+def _fake_inputs(gm, example_inputs):
+    """Fake tensors for the example inputs, each size dynamic where Dynamo's placeholder has a symbol."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=False)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    fakes, symbols = [], {}
+    for ph, a in zip(placeholders, example_inputs):
+        if not isinstance(a, torch.Tensor):
+            fakes.append(a)
+            continue
+        shown = ph.meta.get("example_value")
+        sizes = list(shown.shape) if isinstance(shown, torch.Tensor) else list(a.shape)
+        dynamic = [_symbolic(d) for d in sizes]
+        ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC if d else DimDynamic.STATIC
+                                                      for d in dynamic])
+        fake = mode.from_tensor(a, symbolic_context=ctx)
+        fakes.append(fake)
+        for d, ours in zip(sizes, fake.shape):
+            if _symbolic(d):
+                symbols.setdefault(str(d.node.expr), ours)
+    # a SymInt argument is some tensor's size: ours for the same Dynamo symbol
+    fakes = [symbols.get(str(a.node.expr), a) if isinstance(a, torch.SymInt) else a for a in fakes]
+    return fakes, mode
+
+
+def _symbolic(d) -> bool:
+    return isinstance(d, torch.SymInt) and not d.node.expr.is_number
 
 
 class Runner:
