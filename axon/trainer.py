@@ -323,7 +323,7 @@ class Trainer:
     def _epoch(self) -> None:
         p = self.progress
         n_batches = datasets.num_batches(self.data.train, self.batch)
-        t0, seen = time.perf_counter(), 0
+        t0 = time.perf_counter()
         if self.pruner and p.batch == 0:
             pruned = self.pruner.update(p.epoch, self.params, self.states, self.masks)
             if pruned is not None and self.pruner.kind == "block":  # the kernels' block lists, once
@@ -333,22 +333,11 @@ class Trainer:
                 total = sum(m.numel() for m in self.masks.values())
                 self.log(f"pruned: {removed:,} of the {total:,} weights of {len(self.masks)} layers removed "
                          f"({sparsity(self.masks):.1%}; this epoch's target {pruned:.1%})")
-        for i, batch in datasets.batches(self.data.train, self.batch, self.seed, p.epoch, start=p.batch):
-            loss = self._step(batch)
-            if not math.isfinite(loss):
-                p.stopped = f"non-finite loss ({loss}) at step {p.step + 1}"
-                self._write_metrics()
-                raise TrainError(f"training stopped: the loss is {loss} at epoch {p.epoch + 1}, batch {i}; "
-                                 f"{self._last_checkpoint()}",
-                                 hint="lower the learning rate, or add clip = 1.0 to the optimizer")
-            p.step, p.batch, p.loss_sum = p.step + 1, i + 1, p.loss_sum + loss
-            seen += self.batch
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            self._bar(i + 1, n_batches, p.loss_sum / p.batch, rate)
-            if self.stop.requested and p.batch < n_batches:
-                self._interrupted()
-            if self.checkpoint_every and p.step % self.checkpoint_every == 0 and p.batch < n_batches:
-                self.save(self.out_dir / CHECKPOINT)
+        bar = report.progress(f"epoch {p.epoch + 1}/{self.epochs}", n_batches, p.batch)
+        try:
+            self._steps(bar, n_batches)
+        finally:
+            bar.close()
         val = self.validate()
         record = {"epoch": p.epoch + 1, "step": p.step, "train_loss": p.loss_sum / max(p.batch, 1),
                   **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.perf_counter() - t0, 3),
@@ -361,6 +350,28 @@ class Trainer:
         self._write_metrics()
         if self.stop.requested and not p.stopped and p.epoch < self.epochs:
             self._interrupted(saved=True)
+
+    def _steps(self, bar, n_batches: int) -> None:
+        """The epoch's remaining steps, each shown on `bar`."""
+        p = self.progress
+        t0, seen = time.perf_counter(), 0
+        for i, batch in datasets.batches(self.data.train, self.batch, self.seed, p.epoch, start=p.batch):
+            loss = self._step(batch)
+            if not math.isfinite(loss):
+                p.stopped = f"non-finite loss ({loss}) at step {p.step + 1}"
+                self._write_metrics()
+                raise TrainError(f"training stopped: the loss is {loss} at epoch {p.epoch + 1}, batch {i}; "
+                                 f"{self._last_checkpoint()}",
+                                 hint="lower the learning rate, or add clip = 1.0 to the optimizer")
+            p.step, p.batch, p.loss_sum = p.step + 1, i + 1, p.loss_sum + loss
+            seen += self.batch
+            bar.update(1)
+            bar.set_postfix(loss=f"{p.loss_sum / p.batch:.4f}",
+                            ex_s=f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
+            if self.stop.requested and p.batch < n_batches:
+                self._interrupted()
+            if self.checkpoint_every and p.step % self.checkpoint_every == 0 and p.batch < n_batches:
+                self.save(self.out_dir / CHECKPOINT)
 
     def _interrupted(self, saved: bool = False) -> None:
         """Stop between two steps: a checkpoint (unless told not to), the metrics, and `Interrupted`."""
@@ -452,9 +463,6 @@ class Trainer:
         self.params = section(load(path, device=self.step_exe.device), "param/", self.params, path)
 
     # --- reporting -------------------------------------------------------------------------------------
-    def _bar(self, done: int, total: int, loss: float, rate: float) -> None:
-        report.progress_bar(f"epoch {self.progress.epoch + 1}/{self.epochs}", done, total, loss, rate)
-
     def _write_metrics(self) -> None:
         p = self.progress
         record = {"model": self.spec.model, "data": self.data.name, "seed": self.seed, "epochs": self.epochs,

@@ -10,17 +10,13 @@ import torch
 from axon.codegen.files import atomic_write
 
 
-def progress_bar(label: str, done: int, total: int, loss: float, rate: float) -> None:
-    """One line redrawn in place on a terminal's stderr (nothing when stderr is not a terminal)."""
-    if not sys.stderr.isatty():
-        return
-    width = 24
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r{label} [{'=' * filled}{' ' * (width - filled)}] {done}/{total} loss {loss:.4f} "
-                     f"{rate:,.0f} ex/s ")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+def progress(label: str, total: int, done: int = 0):
+    """A tqdm bar on stderr for one epoch's steps (hidden when stderr is not a terminal, so logs and CI
+    output stay clean); the caller updates it with each step and the running loss."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=label, unit="step", leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
 
 
 def correct(out: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
