@@ -10,4 +10,12 @@ def __getattr__(name):  # imported on first use, so `axon check` does not load t
         from . import api
 
         return getattr(api, name)
+    if name in ("Module", "load_checkpoint"):
+        from . import module
+
+        return getattr(module, name)
+    if name == "explain":  # what torch.compile(model, backend="axon") compiles, and what it leaves
+        from . import dynamo
+
+        return dynamo.explain
     raise AttributeError(f"module 'axon' has no attribute '{name}'")
