@@ -6,7 +6,7 @@ packages `axon.frontend`, `axon.ir`, `axon.passes`, `axon.codegen` and `axon.run
 
 
 def __getattr__(name):  # imported on first use, so `axon check` does not load torch and Triton
-    if name in ("compile", "CompiledModel"):
+    if name in ("compile", "CompiledModel", "import_onnx"):
         from . import api
 
         return getattr(api, name)

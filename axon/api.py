@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from axon.driver import executable, graph_of, optimize
+from axon.driver import InputError, executable, graph_of, onnx_params, optimize
 from axon.frontend.builtins import UPDATE_PREFIX
 from axon.ir import AxonError, DType, Graph, evaluate, init_params
 from axon.passes.manager import DEFAULT_PIPELINE
@@ -215,10 +215,20 @@ def compile(source_or_path, model: str | None = None, *, hparams: dict | None = 
     graph = graph_of(source_or_path, model, hparams=hparams, training=training, loss=loss)
     graph, _report = optimize(graph, pipeline, verify=True, out=lambda *a, **k: None)
     exe = executable(graph, device, fusion=fusion)
-    params = {k: v.to(exe.device) for k, v in init_params(graph, seed).items()}
+    values = init_params(graph, seed)
+    values.update({k: v for k, v in (onnx_params(source_or_path) or {}).items() if k in values})
+    params = {k: v.to(exe.device) for k, v in values.items()}
     graphs = None
     if backend is not None:
         from axon.runtime.cuda_graphs import GraphedExecutable
 
         graphs = GraphedExecutable(exe, adopt=params, backend=backend)
     return CompiledModel(graph, exe, params, fusion, graphs)
+
+
+def import_onnx(path: str | Path, *, device: str | torch.device | None = None, **options) -> CompiledModel:
+    """An ONNX model (opset 13 onwards) compiled to Axon kernels, its initializers as the parameters
+    (`frontend/onnx_import.py`; needs the onnx package: `pip install 'axon[onnx]'`)."""
+    if not str(path).endswith(".onnx"):
+        raise InputError(f"{path}: expected an ONNX model (.onnx)")
+    return compile(Path(path), device=device, **options)

@@ -18,7 +18,7 @@ from axon.ir.text import parse_graph
 from axon.passes.manager import DEFAULT_PIPELINE, PassManager, parse_pipeline
 
 STAGES = ("ast", "ir")  # then the passes, by name
-IR_SUFFIX, AXON_SUFFIX = ".axir", ".axon"
+IR_SUFFIX, AXON_SUFFIX, ONNX_SUFFIX = ".axir", ".axon", ".onnx"
 
 
 class InputError(AxonError):
@@ -49,9 +49,19 @@ def read_source(path: str | Path) -> str:
 
 
 def _kind(path: Path) -> str:
-    if path.suffix not in (IR_SUFFIX, AXON_SUFFIX):
-        raise InputError(f"{path}: expected an Axon model ({AXON_SUFFIX}) or IR text ({IR_SUFFIX})")
+    if path.suffix not in (IR_SUFFIX, AXON_SUFFIX, ONNX_SUFFIX):
+        raise InputError(f"{path}: expected an Axon model ({AXON_SUFFIX}), IR text ({IR_SUFFIX}) or an ONNX "
+                         f"model ({ONNX_SUFFIX})")
     return path.suffix
+
+
+def onnx_params(path) -> dict | None:
+    """The initializer values of an ONNX file (None for any other source): its parameters."""
+    if not isinstance(path, (str, Path)) or not str(path).endswith(ONNX_SUFFIX):
+        return None
+    from axon.frontend.onnx_import import import_onnx
+
+    return import_onnx(path).params
 
 
 def load_ast(path: str | Path):
@@ -69,6 +79,14 @@ def load_graph(path: str | Path, model: str | None = None, *, hparams: dict | No
     """The verified graph of a file: an `.axon` model (elaborated; `loss` adds the train block's loss as
     output `loss`, with labels as inputs) or `.axir` IR text."""
     p = Path(path)
+    if _kind(p) == ONNX_SUFFIX:
+        if model or hparams or training or loss:
+            raise InputError(f"{p}: --model, --set, --training and --loss apply to .axon files")
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+        from axon.frontend.onnx_import import import_onnx
+
+        return verify(import_onnx(p).graph)
     if _kind(p) == IR_SUFFIX:
         if model or hparams or training or loss:
             raise InputError(f"{p}: --model, --set, --training and --loss apply to .axon files")
@@ -90,7 +108,8 @@ def graph_of(source_or_path, model: str | None = None, *, hparams: dict | None =
         return verify(source_or_path)
     if isinstance(source_or_path, Path) or (
             isinstance(source_or_path, str) and "\n" not in source_or_path
-            and (source_or_path.endswith((AXON_SUFFIX, IR_SUFFIX)) or _names_a_file(source_or_path))):
+            and (source_or_path.endswith((AXON_SUFFIX, IR_SUFFIX, ONNX_SUFFIX))
+                 or _names_a_file(source_or_path))):
         # a file of another kind (`model.txt`) is refused by its name, not parsed as source text
         return load_graph(source_or_path, model, hparams=hparams, training=training, loss=loss)
     if not isinstance(source_or_path, str):
