@@ -105,3 +105,18 @@ def test_running_statistics_are_buffers_a_training_call_moves(gen):
     net.eval()
     net(x)
     assert all(torch.equal(moved[k], v) for k, v in net.named_buffers())
+
+
+def test_torch_amp_grad_scaler_drives_it(src, gen):
+    """torch.amp.GradScaler scales the loss, unscales the gradients Axon's backward gives, and steps."""
+    net = axon.Module(str(src))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = torch.randn(7, 12, generator=gen), torch.randint(0, 4, (7,), generator=gen)
+    before = net.state_dict()["h.w"].clone()
+    loss = F.cross_entropy(net(x), y)
+    scaler.scale(loss).backward()
+    grad = net.h.w.grad.clone()
+    scaler.step(opt)
+    scaler.update()
+    torch.testing.assert_close(net.state_dict()["h.w"], before - 0.1 * grad / 1024.0)
