@@ -119,10 +119,11 @@ def _symbolic(d) -> bool:
 class Runner:
     """One compiled region: takes the FX graph's arguments, returns its outputs (a tuple)."""
 
-    def __init__(self, imported: Imported, device):
+    def __init__(self, imported: Imported, device, plain_outputs: bool = False):
         import axon
 
         self.imported = imported
+        self.plain_outputs = plain_outputs  # aot_autograd wants Tensors, not the Parameters passed in
         self.model = axon.compile(imported.graph, device=device)
 
     def __call__(self, *args):
@@ -134,7 +135,10 @@ class Runner:
                     args[i].copy_(out[name])
         result = []
         for kind, ref in self.imported.outputs:
-            result.append(out[ref] if kind == "out" else args[ref] if kind == "input" else None)
+            if kind == "input":
+                result.append(args[ref].detach() if self.plain_outputs else args[ref])
+            else:
+                result.append(out[ref] if kind == "out" else None)
         return tuple(result)
 
 
@@ -207,3 +211,27 @@ def explain(model, *inputs, **kwargs) -> str:
     reports = REPORTS[start:]
     torch._dynamo.reset()
     return "\n".join(f"graph {i}: {r}" for i, r in enumerate(reports)) or "no graph was compiled"
+
+
+def axon_aot_backend(gm: torch.fx.GraphModule, example_inputs, **options):
+    """`torch.compile(model, backend="axon_aot")`: training through aot_autograd instead: ATen's own
+    forward and backward graphs (its partitioner choosing what is saved) each imported and compiled by
+    Axon, regions around what Axon cannot import left to eager as in `axon_backend`."""
+    from functorch.compile import make_boxed_func
+    from torch._decomp import core_aten_decompositions
+    from torch._dynamo.backends.common import aot_autograd
+
+    def compiler(graph: torch.fx.GraphModule, inputs):
+        report = Report()
+        REPORTS.append(report)
+        report.ops.update(_op_names(graph))
+        device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        try:
+            fn = Runner(import_fx(graph, "aot"), device, plain_outputs=True)
+            report.whole = True
+        except Unsupported:
+            fn = partial_graph(graph, device, report)
+        return make_boxed_func(fn)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler,
+                        decompositions=core_aten_decompositions())(gm, example_inputs)

@@ -163,3 +163,24 @@ def test_the_backend_is_found_by_name():
     from torch._dynamo.backends.registry import lookup_backend
 
     assert lookup_backend("axon") is dyn.axon_backend
+
+
+@pytest.mark.parametrize("name", ["mlp", "gru", "transformer-layer"])
+def test_the_aot_autograd_variant_compiles_atens_own_backward(name, gen):
+    """backend="axon_aot": aot_autograd's forward and backward graphs, each imported and compiled by
+    Axon (the attention's fused CPU backward left to eager between two Axon regions)."""
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = make()
+    twin = copy.deepcopy(model)
+    start = len(dyn.REPORTS)
+    compiled = torch.compile(model, backend=dyn.axon_aot_backend)
+    x = torch.randn(*shape, generator=gen)
+    got, want = _first(compiled(x)), _first(twin(x))
+    assert_close(got, want, tol=1e-5, what="output")
+    got.sum().backward()
+    want.sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    forward, backward = dyn.REPORTS[start:start + 2]
+    assert forward.whole and (backward.whole or backward.regions)
