@@ -53,7 +53,19 @@ def axon_backend(gm: torch.fx.GraphModule, example_inputs, **options):
     """The Dynamo backend: `torch.compile(model, backend="axon")`."""
     report = Report()
     REPORTS.append(report)
-    aten_gm = trace(gm, example_inputs)
+    held = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
+    if held:  # tensors the graph holds (an optimizer's state): tracing could touch them, so: eager
+        report.unsupported["(the whole graph)"] += 1
+        report.why["(the whole graph)"] = f"it holds tensors of its own ({', '.join(map(str, held[:3]))}), " \
+                                          f"which Axon does not trace"
+        return gm.forward
+    try:
+        aten_gm = trace(gm, example_inputs)
+    except Exception as e:  # never a failure: a graph Axon cannot trace runs as Dynamo gave it
+        report.unsupported["(the whole graph)"] += 1
+        report.why["(the whole graph)"] = f"not traceable to functional ATen ops ({type(e).__name__}: " \
+                                          f"{str(e).splitlines()[0][:160]})"
+        return gm.forward
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     report.ops.update(_op_names(aten_gm))
     try:
@@ -90,6 +102,7 @@ def _fake_inputs(gm, example_inputs):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
+    # real tensors held by the graph are refused, never touched: tracing must not run an in-place update
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=False)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     fakes, symbols = [], {}

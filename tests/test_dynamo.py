@@ -184,3 +184,22 @@ def test_the_aot_autograd_variant_compiles_atens_own_backward(name, gen):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
     forward, backward = dyn.REPORTS[start:start + 2]
     assert forward.whole and (backward.whole or backward.regions)
+
+
+def test_a_graph_holding_its_own_tensors_runs_eagerly_and_says_so(gen):
+    """An optimizer step compiled with the backend: its graph holds the optimizer's state, which Axon
+    must not trace (tracing could run an in-place update for real): eager, correct, and explained."""
+    model = nn.Linear(5, 3)
+    twin = copy.deepcopy(model)
+    x = torch.randn(4, 5, generator=gen)
+    for m in (model, twin):
+        m(x).sum().backward()
+    opts = [torch.optim.AdamW(m.parameters(), lr=0.1, foreach=False) for m in (model, twin)]
+    start = len(dyn.REPORTS)
+    step = torch.compile(opts[0].step, backend=dyn.axon_backend)
+    for _ in range(3):
+        step()
+        opts[1].step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    assert "holds tensors of its own" in str(dyn.REPORTS[start])
