@@ -132,12 +132,15 @@ def _symbolic(d) -> bool:
 class Runner:
     """One compiled region: takes the FX graph's arguments, returns its outputs (a tuple)."""
 
-    def __init__(self, imported: Imported, device, plain_outputs: bool = False):
+    def __init__(self, imported: Imported, device, plain_outputs: bool = False, gm=None):
         import axon
 
         self.imported = imported
         self.plain_outputs = plain_outputs  # aot_autograd wants Tensors, not the Parameters passed in
         self.model = axon.compile(imported.graph, device=device)
+        # the strides the FX graph promised for each output (aot_autograd's saved values and gradients
+        # are handed to ops, eager ones too, that may read them as laid out so): static ones only
+        self.strides = _output_strides(gm) if gm is not None and plain_outputs else []
 
     def __call__(self, *args):
         inputs = {name: _contiguous(args[i]) for i, name in enumerate(self.imported.inputs) if name}
@@ -147,12 +150,38 @@ class Runner:
                 for i, name in self.imported.mutations:
                     args[i].copy_(out[name])
         result = []
-        for kind, ref in self.imported.outputs:
+        for i, (kind, ref) in enumerate(self.imported.outputs):
             if kind == "input":
                 result.append(args[ref].detach() if self.plain_outputs else args[ref])
+            elif kind == "out":
+                t = out[ref]
+                want = self.strides[i] if i < len(self.strides) else None
+                if want is not None and t.dim() == len(want) and tuple(t.stride()) != want and t.numel() > 1:
+                    t = torch.empty_strided(t.shape, want, dtype=t.dtype, device=t.device).copy_(t)
+                result.append(t)
             else:
-                result.append(out[ref] if kind == "out" else None)
+                result.append(None)
         return tuple(result)
+
+
+def _plain(fn):
+    """`fn` with Parameters it passes through returned as plain tensors (aot_autograd saves Tensors)."""
+    def call(*args):
+        out = fn(*args)
+        return type(out)(o.detach() if isinstance(o, torch.nn.Parameter) else o for o in out) \
+            if isinstance(out, (tuple, list)) else out
+    return call
+
+
+def _output_strides(gm) -> list:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    args = out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]
+    strides = []
+    for a in args:
+        v = a.meta.get("val") if isinstance(a, torch.fx.Node) else None
+        ok = isinstance(v, torch.Tensor) and all(isinstance(s, int) for s in v.stride())
+        strides.append(tuple(v.stride()) if ok else None)
+    return strides
 
 
 def _contiguous(t):
@@ -235,16 +264,26 @@ def axon_aot_backend(gm: torch.fx.GraphModule, example_inputs, **options):
     from torch._dynamo.backends.common import aot_autograd
 
     def compiler(graph: torch.fx.GraphModule, inputs):
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily():  # Axon's compile makes real tensors (parameters, plans)
+            return _aot_compile(graph, inputs)
+
+    def _aot_compile(graph: torch.fx.GraphModule, inputs):
         report = Report()
         REPORTS.append(report)
         report.ops.update(_op_names(graph))
         device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
         try:
-            fn = Runner(import_fx(graph, "aot"), device, plain_outputs=True)
+            fn = Runner(import_fx(graph, "aot"), device, plain_outputs=True, gm=graph)
             report.whole = True
         except Unsupported:
-            fn = partial_graph(graph, device, report)
+            fn = _plain(partial_graph(graph, device, report))
         return make_boxed_func(fn)
 
-    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler,
-                        decompositions=core_aten_decompositions())(gm, example_inputs)
+    # the fused attention is not decomposed: its backward (not decomposable) reads the statistics its
+    # own forward saves, and a decomposed forward lays them out otherwise (wrong gradients)
+    table = {k: v for k, v in core_aten_decompositions().items() if "scaled_dot_product" not in str(k)}
+    with torch.backends.mkldnn.flags(enabled=False):  # RNNs as gates, not one fused CPU op (see trace)
+        return aot_autograd(fw_compiler=compiler, bw_compiler=compiler, decompositions=table)(gm,
+                                                                                              example_inputs)

@@ -624,7 +624,22 @@ SYM_OPS = {operator.mul: dim_mul, operator.add: _sym_add, operator.floordiv: _sy
 
 
 def _max_pool2d_with_indices(b, x, kernel, stride=(), padding=(0, 0), dilation=(1, 1), ceil_mode=False):
-    return _max_pool2d(b, x, kernel, stride, padding, dilation, ceil_mode), None  # indices: backward only
+    """The pooled values and, as torch gives them, each maximum's flat index in its image (h * W + w;
+    the first of equal values, in the window's row-major order)."""
+    out = _max_pool2d(b, x, kernel, stride, padding, dilation, ceil_mode)
+    from axon.ir import OpKind
+
+    kh, kw = tuple(kernel) * (2 // len(kernel))
+    n, c, h, w = x.shape
+    windows = b.reshape(b.permute(b.reshape(x, (n, c, h // kh, kh, w // kw, kw)), (0, 1, 2, 4, 3, 5)),
+                        (n, c, h // kh, w // kw, kh * kw))
+    at = b.reduce(OpKind.ARGMAX, windows, 4)                               # [n, c, oh, ow], i64
+    row_in = b.cast(b.floor(b.div(b.cast(at, DType.F64), float(kw))), DType.I64)
+    col_in = b.sub(at, b.mul(row_in, kw))
+    grid = (n, c, h // kh, w // kw)
+    rows = b.add(b.mul(b.iota(grid, 2, DType.I64), kh), row_in)
+    cols = b.add(b.mul(b.iota(grid, 3, DType.I64), kw), col_in)
+    return out, b.add(b.mul(rows, w), cols)
 
 
 ATEN = {
