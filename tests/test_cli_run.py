@@ -137,7 +137,7 @@ def test_ordinary_mistakes_on_the_command_line_are_errors_not_tracebacks(capsys,
         assert code == 1 and f"{path}: {words}" in err and "Traceback" not in err, err
     (tmp_path / "mlp.txt").write_text(mlp.read_text())  # a model file of another name: not source text
     code, _, err = run(capsys, "run", tmp_path / "mlp.txt")
-    assert code == 1 and "mlp.txt: expected an Axon model (.axon) or IR text (.axir)" in err, err
+    assert code == 1 and "mlp.txt: expected an Axon model (.axon), IR text (.axir) or an ONNX" in err, err
     for dim, words in [("batch", "--dim takes NAME=VALUE, got 'batch'"),
                        ("batch=x", "--dim batch: 'x' is not an int")]:
         code, _, err = run(capsys, "run", mlp, "--dim", dim)
