@@ -325,17 +325,24 @@ def _gelu(b, x, approximate="none"):
     return b.mul(b.mul(x, 0.5), b.add(b.erf(b.mul(x, 1 / math.sqrt(2))), 1.0))
 
 
-def _layer_norm(b, x, normalized_shape, weight, bias, eps):
-    axes = tuple(range(len(x.shape) - len(normalized_shape), len(x.shape)))
+def _normalized(b, x, axes, eps, weight=None, bias=None, shape=None):
+    """(x - mean) * rsqrt(var + eps) over `axes` (biased variance), then weight and bias (reshaped to
+    `shape` when given); with the mean, the variance and rstd."""
     mean = b.mean(x, axes, keepdim=True)
     centered = b.sub(x, mean)
     var = b.mean(b.mul(centered, centered), axes, keepdim=True)
     rstd = b.rsqrt(b.add(var, eps))
     out = b.mul(centered, rstd)
     if weight is not None:
-        out = b.mul(out, weight)
+        out = b.mul(out, weight if shape is None else b.reshape(weight, shape))
     if bias is not None:
-        out = b.add(out, bias)
+        out = b.add(out, bias if shape is None else b.reshape(bias, shape))
+    return out, mean, var, rstd
+
+
+def _layer_norm(b, x, normalized_shape, weight, bias, eps):
+    axes = tuple(range(len(x.shape) - len(normalized_shape), len(x.shape)))
+    out, mean, _, rstd = _normalized(b, x, axes, eps, weight, bias)
     return out, mean, rstd
 
 
@@ -357,15 +364,7 @@ def _batch_norm_train(b, x, weight, bias, running_mean, running_var, training, m
     results (the functionalized graph copies them back)."""
     axes = (0,) + tuple(range(2, len(x.shape)))
     shape = (1, x.shape[1]) + (1,) * (len(x.shape) - 2)
-    mean = b.mean(x, axes, keepdim=True)
-    centered = b.sub(x, mean)
-    var = b.mean(b.mul(centered, centered), axes, keepdim=True)
-    rstd = b.rsqrt(b.add(var, eps))
-    out = b.mul(centered, rstd)
-    if weight is not None:
-        out = b.mul(out, b.reshape(weight, shape))
-    if bias is not None:
-        out = b.add(out, b.reshape(bias, shape))
+    out, mean, var, rstd = _normalized(b, x, axes, eps, weight, bias, shape)
     n = 1
     for a in axes:
         n = dim_mul(n, x.shape[a])
