@@ -181,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _prune_parser(sub)
 
+    from axon.attrib_cmd import add_parsers as _attrib_parsers
+
+    _attrib_parsers(sub)
+
     sub.add_parser("passes", help="list the passes")
 
     bn = sub.add_parser("bench", help="time a model or kernels against PyTorch eager and torch.compile")
@@ -494,6 +498,22 @@ def _quantize(args) -> int:
     return quantize_cmd.command(args, dict(override(s) for s in args.set))
 
 
+def _explain(args) -> int:
+    from axon import attrib_cmd
+
+    attrib_cmd.defaults(args)
+    if args.count < 1:
+        raise AxonError(f"--count must be at least 1, got {args.count}")
+    return attrib_cmd.explain(args)
+
+
+def _attack(args) -> int:
+    from axon import attrib_cmd
+
+    attrib_cmd.defaults(args)
+    return attrib_cmd.attack(args)
+
+
 def _prune(args) -> int:
     from axon import prune_cmd
 
@@ -513,10 +533,10 @@ def _passes(args) -> int:
 
 
 # the commands that generate kernels
-COMPILING = ("run", "compile", "train", "eval", "bench", "quantize", "prune")
+COMPILING = ("run", "compile", "train", "eval", "bench", "quantize", "prune", "explain", "attack")
 _COMMANDS = {"check": _check, "show": show, "run": _run, "compile": _compile, "train": _train,
              "eval": _eval, "passes": _passes, "bench": _bench, "quantize": _quantize,
-             "prune": _prune}
+             "prune": _prune, "explain": _explain, "attack": _attack}
 
 if __name__ == "__main__":
     sys.exit(main())
