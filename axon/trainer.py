@@ -127,6 +127,21 @@ def pruner(loss_graph: Graph, prune: dict, epochs: int) -> Pruner:
         raise TrainError(str(e.args[0]) if e.args else str(e)) from None
 
 
+def adversarial_loss(loss_graph: Graph, x_name: str, options: dict, train) -> Graph:
+    """The train block's `adversarial = fgsm(...)` / `pgd(...)` on the loss graph, the inputs kept in
+    the training data's range."""
+    from axon.passes.adversarial import adversarial
+
+    x = loss_graph.inputs[x_name]
+    if not x.dtype.is_float:
+        raise TrainError(f"adversarial training perturbs the model's input '{x_name}', which is {x.type}: "
+                         f"it needs a floating-point input (token ids cannot be nudged)")
+    data = train["inputs"]
+    return adversarial(loss_graph, x_name, float(options["eps"]), options["attack"],
+                       int(options.get("steps", 1)), options.get("step_size"),
+                       float(options.get("alpha", 0.5)), float(data.min()), float(data.max()))
+
+
 def feedback(step: Graph) -> dict[str, str]:
     """Each `new.<name>` output of a step graph -> the parameter or state input `<name>` it replaces
     (how CUDA graphs update them in place)."""
@@ -231,6 +246,10 @@ class Trainer:
         steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
         self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
+        self.adversarial = {"attack": spec.adversarial.name, **dict(spec.adversarial.kwargs)} \
+            if spec.adversarial else None
+        if self.adversarial:  # the attack and the loss at the attacked inputs, in the step
+            loss_graph = adversarial_loss(loss_graph, self.binding.inputs, self.adversarial, self.data.train)
         prune = prune if prune is not None else (spec.prune.record() if spec.prune else None)
         self.pruner = pruner(loss_graph, prune, self.epochs) if prune else None
         masked = self.pruner.layers if self.pruner else ()
@@ -247,7 +266,8 @@ class Trainer:
             "schedule_steps": steps if self.schedule.kind == "cosine" else None,  # spans the whole run
             "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision,
             "qat": self.qat, "init": str(init) if init else None,
-            "prune": self.pruner.record() if self.pruner else None, "structure": structure}
+            "prune": self.pruner.record() if self.pruner else None, "structure": structure,
+            "adversarial": self.adversarial}
         self.step_exe = executable(step, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:

@@ -64,6 +64,7 @@ class TrainSpec:
     seed: int | None
     span: Span
     prune: PruneSpec | None = None
+    adversarial: CallSpec | None = None   # fgsm(eps = ...) or pgd(eps = ..., steps = ...)
 
 
 # Every optimizer also takes the gradient clipping and the learning-rate schedule (`axon.optim`).
@@ -88,7 +89,8 @@ APPLIES_WITH = {"step_size": ("schedule", "step"), "gamma": ("schedule", "step")
                 "eta_min": ("schedule", "cosine")}
 OPTION_WORDS = {"lr": "the learning rate", "clip": "the maximum gradient norm 'clip'"}
 MAX_COUNT = 2**31 - 1  # epochs, batch size, patience: beyond this a setting is a typo
-KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed", "prune")
+KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed", "prune", "adversarial")
+ADVERSARIAL = {"fgsm": ("eps", "alpha"), "pgd": ("eps", "steps", "step_size", "alpha")}
 ALIASES = {"optimizer": "optim"}
 REQUIRED = ("data", "loss", "optim", "epochs")
 
@@ -134,7 +136,32 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
         batch=_count(items["batch"], "batch") if "batch" in items else None,
         early_stop=early,
         seed=_count(items["seed"], "seed", 0, INT_LIMIT - 1) if "seed" in items else None,
-        span=td.span, prune=check_prune_item(items["prune"]) if "prune" in items else None)
+        span=td.span, prune=check_prune_item(items["prune"]) if "prune" in items else None,
+        adversarial=_adversarial(items["adversarial"]) if "adversarial" in items else None)
+
+
+def _adversarial(it: A.TrainItem) -> CallSpec:
+    """`adversarial = fgsm(eps = 0.1)` or `pgd(eps = 0.1, steps = 5, step_size = 0.05, alpha = 0.5)`."""
+    spec = _call(it, "adversarial training")
+    if spec.name not in ADVERSARIAL:
+        raise AxonNameError(f"unknown adversarial attack '{spec.name}'", spec.span,
+                            hint=did_you_mean(spec.name, ADVERSARIAL) or "fgsm or pgd")
+    given = dict(spec.kwargs)
+    where = {k.name: k.span for k in spec.call.kwargs}
+    for key, value in given.items():
+        if key not in ADVERSARIAL[spec.name]:
+            raise ArityError(f"'{spec.name}' has no option '{key}'", where[key],
+                             hint=did_you_mean(key, ADVERSARIAL[spec.name]))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if key == "steps":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise AxonValueError(f"'steps' must be an int of at least 1, got {_shown(value)}", where[key])
+        elif not number or (key == "alpha" and not 0 <= value <= 1) or (key != "alpha" and value <= 0):
+            words = "in [0, 1]" if key == "alpha" else "a positive number"
+            raise AxonValueError(f"'{key}' must be {words}, got {_shown(value)}", where[key])
+    if "eps" not in given:
+        raise ArityError(f"'{spec.name}' needs eps = <the perturbation's size>", spec.span)
+    return spec
 
 
 def _call(it: A.TrainItem, what: str) -> CallSpec:

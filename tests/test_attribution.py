@@ -105,3 +105,62 @@ def test_the_commands_write_their_pictures_and_numbers(model, tmp_path, capsys):
     assert (tmp_path / "a" / "attack.png").stat().st_size > 1000
     assert main(["attack", str(src), "--checkpoint", w, "--eps", "-1", "--out", str(tmp_path / "b")]) != 0
     assert "--eps must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("attack", ["fgsm(eps = 0.2, alpha = 0.3)",
+                                    "pgd(eps = 0.2, steps = 3, step_size = 0.1)"])
+def test_adversarial_training_loss_and_gradients_equal_torch(attack, gen):
+    """adversarial = ... in the train block: the loss at clean and attacked inputs and its parameter
+    gradients (the attack carrying none) equal torch autograd's on an equal model."""
+    from axon.frontend import parse, training_graph
+    from axon.ir import evaluate
+    from axon.passes.autodiff import grad
+    from axon.trainer import adversarial_loss
+
+    source = SOURCE.replace("batch = 10", f"batch = 10\n adversarial = {attack}")
+    loss_graph, spec = training_graph(parse(source))
+    x = torch.rand(6, 12, generator=gen)
+    y = torch.randint(0, 4, (6,), generator=gen)
+    train = {"inputs": x, "labels": y}
+    options = {"attack": spec.adversarial.name, **dict(spec.adversarial.kwargs)}
+    g = grad(adversarial_loss(loss_graph, "x", options, train), "loss")
+    params = {k: torch.randn(v.shape, generator=gen) * 0.5 for k, v in init_params(loss_graph).items()}
+    got = evaluate(g, {"x": x, "label": y}, params)
+
+    p = {k: v.clone().requires_grad_() for k, v in params.items()}
+
+    def loss_at(z):
+        return F.cross_entropy(torch.tanh(z @ p["h.w"] + p["h.b"]) @ p["logits.w"] + p["logits.b"], y)
+
+    xd, lo, hi = x, float(x.min()), float(x.max())
+    eps, alpha = 0.2, float(options.get("alpha", 0.5))
+    adv = xd.clone()
+    steps = options.get("steps", 1)
+    size = options.get("step_size", eps)
+    for _ in range(steps):
+        z = adv.clone().requires_grad_()
+        gx, = torch.autograd.grad(loss_at(z), z)
+        adv = adv + (size if options["attack"] == "pgd" else eps) * gx.sign()
+        if options["attack"] == "pgd":
+            adv = torch.max(torch.min(adv, xd + eps), xd - eps)
+        adv = adv.clamp(lo, hi).detach()
+    want = (1 - alpha) * loss_at(xd) + alpha * loss_at(adv)
+    want.backward()
+    assert_close(got["loss"], want.detach(), tol=1e-5, what="loss")
+    for k in params:
+        assert_close(got[f"grad.{k}"], p[k].grad, tol=1e-4, what=k)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("adversarial = fgsm()", "needs eps"),
+    ("adversarial = fgsm(eps = -1)", "'eps' must be a positive number"),
+    ("adversarial = pgd(eps = 0.1, steps = 0)", "'steps' must be an int of at least 1"),
+    ("adversarial = fgsm(eps = 0.1, alpha = 2)", "'alpha' must be in [0, 1]"),
+    ("adversarial = cw(eps = 0.1)", "unknown adversarial attack 'cw'"),
+])
+def test_adversarial_settings_are_checked_where_they_are_written(setting, message):
+    from axon.frontend import parse, training_graph
+    from axon.ir import AxonError
+
+    with pytest.raises(AxonError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        training_graph(parse(SOURCE.replace("batch = 10", f"batch = 10\n {setting}")))
