@@ -44,6 +44,7 @@ from axon.runtime.checkpoint import Progress, section
 from axon.runtime.interrupts import Interrupted, deferred
 from axon.runtime.runs import BEST, CHECKPOINT, METRICS
 from axon.passes.block_sparse import BlockSparse
+from axon.runtime.augment import Augment
 from axon.runtime.pruning import Pruner, PruneError, refresh_block_indices, sparsity
 from axon.runtime.safetensors import load
 from axon.runtime.scaler import LossScaler
@@ -246,6 +247,12 @@ class Trainer:
         steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
         self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
+        self.augment = Augment(**spec.augment.record()) if spec.augment else None
+        if self.augment is not None:
+            try:
+                self.augment.check(self.data.train["inputs"].shape, self.data.train["inputs"].dtype)
+            except AxonError as e:
+                raise TrainError(e.message, spec.augment.span, hint=e.hint) from None
         self.adversarial = {"attack": spec.adversarial.name, **dict(spec.adversarial.kwargs)} \
             if spec.adversarial else None
         if self.adversarial:  # the attack and the loss at the attacked inputs, in the step
@@ -267,7 +274,7 @@ class Trainer:
             "checkpoint_every": checkpoint_every, "device": None, "precision": self.precision,
             "qat": self.qat, "init": str(init) if init else None,
             "prune": self.pruner.record() if self.pruner else None, "structure": structure,
-            "adversarial": self.adversarial}
+            "adversarial": self.adversarial, "augment": self.augment.record() if self.augment else None}
         self.step_exe = executable(step, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:
@@ -376,6 +383,9 @@ class Trainer:
         p = self.progress
         t0, seen = time.perf_counter(), 0
         for i, batch in datasets.batches(self.data.train, self.batch, self.seed, p.epoch, start=p.batch):
+            if self.augment is not None:  # the same for this (seed, epoch, batch) in every run and resume
+                batch = {**batch, "inputs": self.augment(batch["inputs"].to(self.step_exe.device), self.seed,
+                                                         p.epoch, i)}
             loss = self._step(batch)
             if not math.isfinite(loss):
                 p.stopped = f"non-finite loss ({loss}) at step {p.step + 1}"

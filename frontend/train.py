@@ -24,6 +24,7 @@ from axon.ir.errors import Note, did_you_mean
 from . import ast as A
 from .elaborator import Elaborator, Frame
 from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
+from .augment_block import AugmentSpec, check_augment_item
 from .prune_block import PruneSpec, check_prune_item
 from .typecheck import ANY_DTYPE, dtype_of
 from .values import INT_LIMIT, Scope, describe, show
@@ -65,6 +66,7 @@ class TrainSpec:
     span: Span
     prune: PruneSpec | None = None
     adversarial: CallSpec | None = None   # fgsm(eps = ...) or pgd(eps = ..., steps = ...)
+    augment: AugmentSpec | None = None
 
 
 # Every optimizer also takes the gradient clipping and the learning-rate schedule (`axon.optim`).
@@ -89,7 +91,8 @@ APPLIES_WITH = {"step_size": ("schedule", "step"), "gamma": ("schedule", "step")
                 "eta_min": ("schedule", "cosine")}
 OPTION_WORDS = {"lr": "the learning rate", "clip": "the maximum gradient norm 'clip'"}
 MAX_COUNT = 2**31 - 1  # epochs, batch size, patience: beyond this a setting is a typo
-KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed", "prune", "adversarial")
+KEYS = ("data", "loss", "optim", "epochs", "batch", "early_stop", "seed", "prune", "adversarial", "augment")
+BLOCKS = ("prune", "augment")  # the settings given as blocks: prune { ... }
 ADVERSARIAL = {"fgsm": ("eps", "alpha"), "pgd": ("eps", "steps", "step_size", "alpha")}
 ALIASES = {"optimizer": "optim"}
 REQUIRED = ("data", "loss", "optim", "epochs")
@@ -114,7 +117,7 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
         if key not in KEYS:
             raise AxonNameError(f"unknown train setting '{it.key}'", it.span,
                                 hint=did_you_mean(it.key, KEYS) or f"known: {', '.join(KEYS)}")
-        if isinstance(it.value, A.SettingsBlock) and key != "prune":
+        if isinstance(it.value, A.SettingsBlock) and key not in BLOCKS:
             raise AxonTypeError(f"'{it.key}' takes a value ({it.key} = ...), not a block of settings",
                                 it.span)
         if key in items:
@@ -137,7 +140,8 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
         early_stop=early,
         seed=_count(items["seed"], "seed", 0, INT_LIMIT - 1) if "seed" in items else None,
         span=td.span, prune=check_prune_item(items["prune"]) if "prune" in items else None,
-        adversarial=_adversarial(items["adversarial"]) if "adversarial" in items else None)
+        adversarial=_adversarial(items["adversarial"]) if "adversarial" in items else None,
+        augment=check_augment_item(items["augment"]) if "augment" in items else None)
 
 
 def _adversarial(it: A.TrainItem) -> CallSpec:

@@ -195,6 +195,7 @@ BREAKS = {
     "schedule_steps": "the learning-rate schedule spans the whole run, so it depends on the epochs",
     "precision": "the step computes in another precision (f32, or mixed with bf16 or f16 dots)",
     "qat": "quantization-aware training fake-quantizes other weights, or none (--qat)",
+    "augment": "the training batches are augmented otherwise, or not at all (augment { ... })",
     "adversarial": "the step trains on other adversarial examples, or none (adversarial = ...)",
     "structure": "the model has other neurons, channels or heads removed (axon prune --method structured)",
     "prune": "the run prunes other weights, by another amount or schedule, or none (prune { ... })",
