@@ -20,7 +20,7 @@ import torch
 
 from axon.ir import AxonError
 
-METHODS = ("gradient", "integrated", "smoothgrad")
+METHODS = ("gradient", "integrated", "smoothgrad", "attention")
 ATTACKS = ("fgsm", "pgd")
 
 
@@ -72,6 +72,8 @@ def explain(args) -> int:
     from axon.runtime import attribution as A
 
     setup, params = _setup(args)
+    if args.method == "attention":
+        return attention_maps(args, setup, params)
     grads = Gradients(setup, params, setup.binding.output)
     split = setup.validation
     n = min(args.count, datasets.num_examples(split))
@@ -138,6 +140,63 @@ def attack(args) -> int:
     return 0
 
 
+def attention_probabilities(graph):
+    """The graph with each attention's probabilities as extra outputs `attention.<k>` (in the graph's
+    order: layer by layer): the softmax over keys of a [batch, heads, queries, keys] score tensor."""
+    from axon.ir import GraphBuilder, OpKind
+
+    found = [n for n in graph.nodes if n.op == OpKind.DIV and len(n.shape) == 4
+             and n.inputs[0].op == OpKind.EXP and n.shape[-1] == n.shape[-2]]
+    if not found:
+        raise AxonError(f"{graph.name} has no attention (a softmax over a [batch, heads, queries, keys] "
+                        f"score tensor) to draw")
+    b, mapping = GraphBuilder.extending(graph)
+    for k, node in enumerate(found):
+        b.output(f"attention.{k}", mapping[node])
+    return b.build(), len(found)
+
+
+def attention_maps(args, setup, params) -> int:
+    """For a model with attention (examples/gpt.axon): each layer's and head's attention over the first
+    validation sequence, as a grid of heat maps labelled with its tokens, and the arrays."""
+    from axon.driver import executable
+    from axon.trainer import SEED_INPUT
+
+    graph, layers = attention_probabilities(setup.graph)
+    exe = executable(graph, setup.device)
+    split = setup.validation
+    x = split["inputs"][:1]
+    feeds = setup.binding.feed({"inputs": x, "labels": split["labels"][:1]})
+    if SEED_INPUT in graph.inputs:
+        feeds[SEED_INPUT] = torch.tensor(0, dtype=torch.int64)
+    out = exe({k: v.to(exe.device) for k, v in feeds.items()},
+              {k: v.to(exe.device) for k, v in params.items() if k in graph.params})
+    maps = [out[f"attention.{k}"][0].detach().cpu() for k in range(layers)]   # [heads, q, k] each
+    itos = (setup.data.info or {}).get("itos")
+    tokens = [itos[int(t)] if itos else str(int(t)) for t in x[0]]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "attention.npz", tokens=np.array([int(t) for t in x[0]]),
+             **{f"layer{k}": m.numpy() for k, m in enumerate(maps)})
+    heads = maps[0].shape[0]
+    fig, axes, plt = _figure(layers, heads, size=3.2)
+    for li, m in enumerate(maps):
+        for h in range(heads):
+            ax = axes[li][h]
+            ax.imshow(m[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {li}, head {h}", fontsize=7)
+            if len(tokens) <= 40:
+                shown = [repr(t)[1:-1] for t in tokens]
+                ax.set_xticks(range(len(tokens)), shown, fontsize=4, rotation=90)
+                ax.set_yticks(range(len(tokens)), shown, fontsize=4)
+    fig.suptitle(f"{setup.graph.name}: attention of the first validation sequence (rows: queries)",
+                 fontsize=9)
+    _save(fig, plt, out_dir / "attention.png")
+    print(f"attention of {layers} layer(s) x {heads} head(s) over {len(tokens)} tokens; written: "
+          f"{out_dir / 'attention.png'}, {out_dir / 'attention.npz'}")
+    return 0
+
+
 def _out_shape(setup, n: int) -> tuple:
     from axon.ir.shapes import concrete
 
@@ -177,13 +236,13 @@ def _image(t: torch.Tensor) -> np.ndarray:
     return a.reshape(1, -1) if a.ndim == 1 else a.reshape(a.shape[-2], -1)
 
 
-def _figure(rows: int, cols: int):
+def _figure(rows: int, cols: int, size: float = 1.6):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

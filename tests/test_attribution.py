@@ -164,3 +164,27 @@ def test_adversarial_settings_are_checked_where_they_are_written(setting, messag
 
     with pytest.raises(AxonError, match=message.replace("[", r"\[").replace("]", r"\]")):
         training_graph(parse(SOURCE.replace("batch = 10", f"batch = 10\n {setting}")))
+
+
+def test_attention_maps_of_the_gpt_example(tmp_path):
+    """--method attention: every layer's and head's softmax over keys, causal (nothing above the
+    diagonal), rows summing to 1; drawn over the tokens."""
+    from pathlib import Path
+
+    from axon.attrib_cmd import attention_probabilities
+    from axon.driver import graph_of
+
+    gpt = Path(__file__).parents[1] / "examples" / "gpt.axon"
+    graph, layers = attention_probabilities(graph_of(gpt))
+    assert layers == 2 and "attention.1" in graph.outputs
+    gen = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in init_params(graph).items()}
+    save(params, tmp_path / "w.safetensors")
+    assert main(["explain", str(gpt), "--checkpoint", str(tmp_path / "w.safetensors"), "--method",
+                 "attention", "--out", str(tmp_path / "att"), "--device", "cpu"]) == 0
+    saved = np.load(tmp_path / "att" / "attention.npz", allow_pickle=False)
+    m = saved["layer0"]                                   # [heads, queries, keys]
+    assert m.shape == (4, 32, 32)
+    np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.triu(m, 1) == 0)
+    assert (tmp_path / "att" / "attention.png").stat().st_size > 5000
