@@ -11,11 +11,10 @@ import math
 from dataclasses import dataclass
 
 from axon.ir import Span
-from axon.ir.errors import Note, did_you_mean
 
 from . import ast as A
-from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
-from .quantize_block import constant
+from .errors import ArityError, AxonTypeError, AxonValueError
+from .quantize_block import constant, read_settings
 from .values import show
 
 KEYS = ("crop", "flip", "rotate", "noise")
@@ -36,17 +35,7 @@ class AugmentSpec:
 def check_augment_item(it: A.TrainItem) -> AugmentSpec:
     if not isinstance(it.value, A.SettingsBlock):
         raise AxonTypeError("'augment' is a block of settings: augment { crop = 2  flip = true }", it.span)
-    seen: dict[str, A.TrainItem] = {}
-    values: dict[str, object] = {}
-    for s in it.value.items:
-        if s.key not in KEYS or s.is_call or isinstance(s.value, A.SettingsBlock):
-            raise AxonNameError(f"unknown augment setting '{s.key}'", s.span,
-                                hint=did_you_mean(s.key, KEYS) or f"known: {', '.join(KEYS)}")
-        if s.key in seen:
-            raise AxonNameError(f"augment setting '{s.key}' is given twice", s.span,
-                                notes=[Note("first given here", seen[s.key].span)])
-        seen[s.key] = s
-        values[s.key] = _value(s)
+    values, _ = read_settings(it.value.items, KEYS, "augment", _value)
     if not values:
         raise ArityError("the augment block is empty: give crop, flip, rotate or noise", it.span)
     return AugmentSpec(span=it.span, **values)

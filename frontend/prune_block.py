@@ -23,11 +23,10 @@ import math
 from dataclasses import dataclass
 
 from axon.ir import Span
-from axon.ir.errors import Note, did_you_mean
 
 from . import ast as A
-from .errors import ArityError, AxonNameError, AxonTypeError, AxonValueError
-from .quantize_block import choice, constant, skip_list
+from .errors import ArityError, AxonTypeError, AxonValueError
+from .quantize_block import choice, constant, read_settings, skip_list
 from .values import INT_LIMIT, show
 
 METHODS = ("magnitude",)
@@ -62,17 +61,7 @@ class PruneSpec:
 def check_prune_item(it: A.TrainItem) -> PruneSpec:
     if not isinstance(it.value, A.SettingsBlock):
         raise AxonTypeError("'prune' is a block of settings: prune { amount = 0.9 ... }", it.span)
-    seen: dict[str, A.TrainItem] = {}
-    values: dict[str, object] = {}
-    for s in it.value.items:
-        if s.key not in KEYS or s.is_call or isinstance(s.value, A.SettingsBlock):
-            raise AxonNameError(f"unknown prune setting '{s.key}'", s.span,
-                                hint=did_you_mean(s.key, KEYS) or f"known: {', '.join(KEYS)}")
-        if s.key in seen:
-            raise AxonNameError(f"prune setting '{s.key}' is given twice", s.span,
-                                notes=[Note("first given here", seen[s.key].span)])
-        seen[s.key] = s
-        values[s.key] = _value(s)
+    values, seen = read_settings(it.value.items, KEYS, "prune", _value)
     if "amount" not in values:
         raise ArityError("the prune block needs 'amount = ...' (the share of each weight to remove)",
                          it.span)

@@ -51,18 +51,25 @@ def check_quantize_def(program, qd: A.QuantizeDef) -> QuantizeSpec:
     if qd.model not in program.user.models:
         raise AxonNameError(f"quantize block for unknown model '{qd.model}'", qd.model_span,
                             hint=did_you_mean(qd.model, program.user.models))
+    values, _ = read_settings(qd.items, KEYS, "quantize", _value)
+    return QuantizeSpec(qd.model, qd.span, **values)
+
+
+def read_settings(items, keys, what: str, value) -> tuple[dict[str, object], dict[str, A.TrainItem]]:
+    """The `key = value` settings of a block (quantize, prune, augment), each key known and given once,
+    each value checked by `value(item)`; and where each was given."""
     seen: dict[str, A.TrainItem] = {}
     values: dict[str, object] = {}
-    for it in qd.items:
-        if it.key not in KEYS or it.is_call:
-            raise AxonNameError(f"unknown quantize setting '{it.key}'", it.span,
-                                hint=did_you_mean(it.key, KEYS) or f"known: {', '.join(KEYS)}")
+    for it in items:
+        if it.key not in keys or it.is_call or isinstance(it.value, A.SettingsBlock):
+            raise AxonNameError(f"unknown {what} setting '{it.key}'", it.span,
+                                hint=did_you_mean(it.key, keys) or f"known: {', '.join(keys)}")
         if it.key in seen:
-            raise AxonNameError(f"quantize setting '{it.key}' is given twice", it.span,
+            raise AxonNameError(f"{what} setting '{it.key}' is given twice", it.span,
                                 notes=[Note("first given here", seen[it.key].span)])
         seen[it.key] = it
-        values[it.key] = _value(it)
-    return QuantizeSpec(qd.model, qd.span, **values)
+        values[it.key] = value(it)
+    return values, seen
 
 
 def _value(it: A.TrainItem):
