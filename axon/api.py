@@ -110,13 +110,17 @@ class CompiledModel:
         section is read (its optimizer state is left). Names, shapes and dtypes must match; when they
         do not, an AxonError names the file and lists what is missing, unexpected or different, and
         the parameters are left as they were."""
-        weights = fitting_weights(self.graph, path)
-        if self.graphs is not None:  # the parameters are the graphs' static buffers: filled in place
+        self.replace_params(fitting_weights(self.graph, path))
+
+    def replace_params(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Every parameter set to `values` (by name, shapes and dtypes already checked): copied into the
+        CUDA graphs' static buffers when the model replays graphs, else moved to the model's device."""
+        if self.graphs is not None:
             with torch.no_grad():
                 for name, t in self.params.items():
-                    t.copy_(weights[name])
+                    t.copy_(values[name])
             return
-        self.params = {name: weights[name].to(self.device) for name in self.graph.params}
+        self.params = {name: values[name].to(self.device) for name in self.graph.params}
 
     def save_weights(self, path: str | Path) -> None:
         from axon.runtime.safetensors import save

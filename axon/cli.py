@@ -303,11 +303,11 @@ def _run(args) -> int:
     if args.quantized:
         from axon.quantize_cmd import compiled
 
-        model, env = compiled(args, _compiled)
+        model, env = compiled(args, _compiled, dict(override(s) for s in args.set))
     elif args.pruned:
         from axon.prune_cmd import compiled
 
-        model, env = compiled(args, lambda a, g: _compiled(a, graph=g))
+        model, env = compiled(args, lambda a, g: _compiled(a, graph=g), dict(override(s) for s in args.set))
     else:
         model, env = _compiled(args)
     print(describe(model.device), file=sys.stderr)

@@ -318,32 +318,20 @@ def pruned_weights(folder, graph: Graph) -> dict[str, torch.Tensor]:
     return {**base, **block_indices(base, blocks[1], blocks[0])}
 
 
-def compiled(args, compile_graph):
+def compiled(args, compile_graph, overrides: dict):
     """`axon run --pruned DIR`: the model with the recorded structure removed, compiled by the command's
-    `compile_graph(args, graph)`, with the pruned weights."""
+    `compile_graph(args, graph)`, with the pruned weights (`overrides`: the command line's --set)."""
     from axon.driver import graph_of
 
     if args.weights:
         raise AxonError("--weights and --pruned both give the weights: the pruned folder holds them")
     _, run, _ = read_pruned(args.pruned)
-    hparams = {**(run.get("hparams") or {}), **dict(_overrides(args))}
+    hparams = {**(run.get("hparams") or {}), **overrides}
     graph = graph_of(Path(args.file), args.model, hparams=hparams or None, training=args.training,
                      loss=args.loss)
     model, env = compile_graph(args, pruned_graph(args.pruned, graph))
-    params = pruned_weights(args.pruned, model.graph)
-    if model.graphs is not None:
-        with torch.no_grad():
-            for name, t in model.params.items():
-                t.copy_(params[name])
-    else:
-        model.params = {k: v.to(model.device) for k, v in params.items()}
+    model.replace_params(pruned_weights(args.pruned, model.graph))
     return model, env
-
-
-def _overrides(args):
-    from axon.cli import override
-
-    return [override(s) for s in args.set]
 
 
 def evaluate(args, hparams: dict) -> dict[str, float]:

@@ -375,29 +375,23 @@ def _origin(weights: str | Path) -> dict:
 
 
 # --- `axon run --quantized`, `axon eval --quantized` --------------------------------------------------------
-def compiled(args, compile_model):
+def compiled(args, compile_model, overrides: dict):
     """`axon run --quantized`: the model compiled through the file's quantize pass (by the command's own
-    `compile_model(args, pipeline, hparams)`), its parameters the file's; and the dimension sizes."""
+    `compile_model(args, pipeline, hparams)`), its parameters the file's; and the dimension sizes
+    (`overrides`: the command line's --set)."""
     if args.weights:
         raise QuantizeError("--weights and --quantized both give the weights: the quantized folder holds "
                             "them")
     q = read(args.quantized)
     graph = None
     if q.pruning:  # the pruned model, then the quantize pass
-        from axon.cli import override
         from axon.driver import graph_of
 
-        hp = {**(q.run.get("hparams") or {}), **dict(override(s) for s in args.set)}
+        hp = {**(q.run.get("hparams") or {}), **overrides}
         graph = pruned(q, graph_of(Path(args.file), args.model, hparams=hp or None, training=args.training,
                                    loss=args.loss))
     model, env = compile_model(args, q.settings.pipeline, q.run.get("hparams"), graph=graph)
-    params = fit(q, model.graph, model.device)
-    if model.graphs is not None:  # the parameters are the CUDA graphs' static buffers: filled in place
-        with torch.no_grad():
-            for name, t in model.params.items():
-                t.copy_(params[name])
-    else:
-        model.params = params
+    model.replace_params(fit(q, model.graph, model.device))
     return model, env
 
 

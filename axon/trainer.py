@@ -247,7 +247,8 @@ class Trainer:
         steps = self.epochs * datasets.num_batches(self.data.train, self.batch)
         self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
-        self.augment = Augment(**spec.augment.record()) if spec.augment else None
+        a = spec.augment
+        self.augment = Augment(a.crop, a.flip, a.rotate, a.noise) if a else None
         if self.augment is not None:
             try:
                 self.augment.check(self.data.train["inputs"].shape, self.data.train["inputs"].dtype)

@@ -28,9 +28,6 @@ class AugmentSpec:
     rotate: float = 0.0
     noise: float = 0.0
 
-    def record(self) -> dict:
-        return {"crop": self.crop, "flip": self.flip, "rotate": self.rotate, "noise": self.noise}
-
 
 def check_augment_item(it: A.TrainItem) -> AugmentSpec:
     if not isinstance(it.value, A.SettingsBlock):

@@ -56,6 +56,7 @@ class Group:
     seed: tuple[str, int]          # (parameter or node label, axis) it was found from
     channels: int
     members: dict[tuple[int, int], Member]
+    produced: frozenset = frozenset()  # the weights whose output axis the channels are
 
     def params(self) -> dict[str, Member]:
         return {m.node.attrs.name: m for m in self.members.values() if m.node.op == K.PARAM}
@@ -63,9 +64,7 @@ class Group:
     def producers(self) -> dict[str, Member]:
         """The weights whose output axis the channels are (the columns of a dense layer, a conv's
         output channels): what the channels are ranked by."""
-        return {name: m for name, m in self.params().items() if m.node in self._produced}
-
-    _produced: frozenset = frozenset()
+        return {name: m for name, m in self.params().items() if m.node in self.produced}
 
 
 # --- sizes -----------------------------------------------------------------------------------------
@@ -132,9 +131,7 @@ def find_group(graph: Graph, node: Node, axis: int, label: str) -> Group:
                 produced.add(w)
             if n.op == K.CONV2D and m.axis == 1 and w.op == K.PARAM:
                 produced.add(w)
-    g = Group((label, axis), channels, members)
-    g._produced = frozenset(produced)
-    return g
+    return Group((label, axis), channels, members, frozenset(produced))
 
 
 def _show(n: Node) -> str:
