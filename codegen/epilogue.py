@@ -32,7 +32,7 @@ class Epilogue:
         self.rank = len(self.space)
         self.extra = list(self.group.inputs[self.operands:])
         self.nodes = [n for n in self.group.nodes if n is not self.node and n not in self.skip]
-        self.seeds = [a for a in self.extra if any(m.op.value == "rand" and m.inputs[0] is a.node
+        self.seeds = [a for a in self.extra if any(m.op.value == "rand" and a.node in m.inputs
                                                    for m in self.nodes)]
         self.rands = [m for m in self.nodes if m.op.value == "rand"]
         self.layouts = [o for o in self.group.outputs if o.op.value in ("permute", "reshape")]

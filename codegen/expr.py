@@ -76,6 +76,8 @@ class Emitter:
         if n.op == K.RAND:
             r = self.rands.index(n)
             index = f"({self.index(f'rand{r}_stride')}) + {self.zeros()}"
+            if len(n.inputs) == 2:  # the counter's offset (i64; the cast to uint32 wraps as Philox's)
+                index = f"{index} + {names[n.inputs[1]]}"
             return [
                 f"rand_index{r} = ({index}).to(tl.uint32)",
                 f"bits{r}, _, _, _ = tl.philox({names[n.inputs[0]]}, rand_index{r}, "

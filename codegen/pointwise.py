@@ -37,8 +37,8 @@ class PointwiseKernel:
         self.outs = self.group.outputs
         self.space = tuple(self.group.space) or tuple(self.outs[0].shape)
         self.rank = len(self.space)
-        self.seeds = [a for a in self.group.inputs if any(
-            m.op == K.RAND and m.inputs[0] is a.node for m in self.group.nodes)]
+        self.seeds = [a for a in self.group.inputs if any(  # rand's scalar operands: seed, offset
+            m.op == K.RAND and a.node in m.inputs for m in self.group.nodes)]
         self.rands = [m for m in self.group.nodes if m.op == K.RAND]
         # Inputs indexed over their own shape rather than the space: the operand of a reshape copy.
         self.own_space = [a for a in self.group.inputs if self.group.nodes[0].op == K.RESHAPE

@@ -53,7 +53,7 @@ class RowKernel:
         self.kept = [d for d in range(self.rank) if d not in self.axes]
         self.row_shape = tuple(1 if d in self.axes else s for d, s in enumerate(self.space))
         self.rands = [m for m in g.nodes if m.op == K.RAND]
-        self.seeds = [a for a in g.inputs if any(m.op == K.RAND and m.inputs[0] is a.node for m in g.nodes)]
+        self.seeds = [a for a in g.inputs if any(m.op == K.RAND and a.node in m.inputs for m in g.nodes)]
         self.is_row = {n: self._row_level(n) for n in g.nodes}
         self.row_inputs = [a for a in g.inputs if self._row_level(a.node, member=False)]
 

@@ -207,9 +207,10 @@ class GraphBuilder:
         shape = tuple(_dims(shape, "iota"))
         return self.node(K.IOTA, (), IotaAttrs(_axis(axis, len(shape), "iota"), _dtype(dtype), shape))
 
-    def rand(self, seed: Node, shape: Iterable[Dim], dtype: DType = DType.F32, stream: int = 0) -> Node:
+    def rand(self, seed: Node, shape: Iterable[Dim], dtype: DType = DType.F32, stream: int = 0,
+             offset: Node | None = None) -> Node:
         attrs = RandAttrs(_int(stream, "'rand' stream"), _dtype(dtype), tuple(_dims(shape, "rand")))
-        return self.node(K.RAND, (seed,), attrs)
+        return self.node(K.RAND, (seed,) if offset is None else (seed, offset), attrs)
 
     # --- elementwise, with promotion and Python scalars ---------------------------------------------
     def lift(self, x, like: Node | None = None) -> Node:

@@ -3,7 +3,9 @@
 `rand` is Philox4x32-10 exactly as Triton's `tl.philox` computes it, so a generated kernel that calls
 `tl.philox(seed, index, stream, 0, 0)` and `tl.uint_to_uniform_float` reproduces the reference evaluator
 bit for bit: element `i` (row-major) of a `rand` node with stream `s` uses counter (i, s, 0, 0) and key
-(low and high 32 bits of the seed).
+(low and high 32 bits of the seed). An optional second operand, an i64 scalar `offset`, shifts the counter to
+(i + offset, s, 0, 0): a data-parallel rank holding rows [r, r + n) of a batch draws with offset r * row size
+exactly the numbers one process draws for those rows of the whole batch (`passes/data_parallel.py`).
 """
 from __future__ import annotations
 
@@ -81,8 +83,12 @@ def _infer_iota(attrs: IotaAttrs, ts):
 
 
 def _infer_rand(attrs: RandAttrs, ts):
-    (seed,) = ts
+    if len(ts) not in (1, 2):
+        raise IRTypeError(f"'rand' takes a seed and an optional offset, got {len(ts)} operands")
+    seed = ts[0]
     _check_shape(attrs.shape)
+    if len(ts) == 2 and (ts[1].dtype != DType.I64 or ts[1].shape != ()):
+        raise IRDTypeError(f"the offset of 'rand' must be an i64 scalar, got {ts[1]}")
     if seed.dtype != DType.I64:
         raise IRDTypeError(f"the seed of 'rand' must be an i64 scalar, got {seed}")
     if seed.shape != ():
@@ -149,7 +155,10 @@ def uniform_from_bits(bits: np.ndarray) -> np.ndarray:
 
 def _ref_rand(attrs: RandAttrs, xs, ctx):
     shape = concrete(attrs.shape, ctx.env)
-    index = np.arange(math.prod(shape), dtype=np.uint64).astype(np.uint32)
+    index = np.arange(math.prod(shape), dtype=np.uint64)
+    if len(xs) == 2:  # the counter wraps at 2**32, as the kernel's uint32 cast
+        index = index + np.uint64(int(xs[1]) % 2**32)
+    index = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     bits, _, _, _ = philox(int(xs[0]), index, attrs.stream)
     out = torch.from_numpy(uniform_from_bits(bits)).reshape(shape)
     return ctx.cast(out, attrs.dtype)
@@ -160,7 +169,7 @@ register(K.PARAM, ParamAttrs, 0, _infer_signature, _no_ref)
 register(K.CONST, ConstAttrs, 0, _infer_const, _ref_const)
 register(K.TENSOR, TensorAttrs, 0, _infer_tensor, _ref_tensor)
 register(K.IOTA, IotaAttrs, 0, _infer_iota, _ref_iota)
-register(K.RAND, RandAttrs, 1, _infer_rand, _ref_rand)
+register(K.RAND, RandAttrs, None, _infer_rand, _ref_rand)
 # Sources end the backward sweep: inputs and parameters collect their gradient, the rest have no
 # operands (or, for rand, only an integer seed).
 for _k in (K.INPUT, K.PARAM, K.CONST, K.TENSOR, K.IOTA, K.RAND):

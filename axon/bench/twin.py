@@ -90,7 +90,7 @@ def _op_fn(node: Node, ctx: EvalContext, device: torch.device, exact_rand: bool)
     if node.op == K.RAND:
         shape = concrete(attrs.shape, ctx.env)
         if exact_rand:
-            return lambda xs: run_op(node.op, attrs, node.type, [xs[0].cpu()], ctx).to(device)
+            return lambda xs: run_op(node.op, attrs, node.type, [x.cpu() for x in xs], ctx).to(device)
         return lambda xs: hold(torch.rand(shape, device=device, dtype=torch.float32))
     if node.op == K.GATHER:
         return lambda xs: hold(torch.gather(xs[0], attrs.axis, xs[1].to(torch.int64)))
