@@ -22,7 +22,7 @@
                                              occupancy and compile time per kernel and config; exit 1 if
                                              a kernel has no config that compiles, launches, no spills
     axon compile FILE --emit DIR             write each kernel as a standalone file with its launcher
-    axon train FILE [--epochs N] [--out DIR] [--resume] [--cuda-graphs] [--precision bf16|f16|f32]
+    axon train FILE [--epochs N] [--out DIR] [--resume] [--cuda-graphs] [--precision bf16|f16|f32] [--nproc N]
                                              run the file's train block: one compiled step, validation
                                              each epoch, checkpoints, metrics.json and curve.png;
                                              --precision: mixed precision as torch.autocast (+ GradScaler
@@ -48,6 +48,7 @@ passes, missing files) print a located message and exit 1; they never show a Pyt
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,6 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (default: each epoch only)")
     t.add_argument("--cuda-graphs", action="store_true", help=CUDA_GRAPHS_HELP)
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training on N local processes (torch.distributed: gloo on CPU, NCCL "
+                        "on GPUs), each on its share of the global batch, gradients all-reduced; the same "
+                        "as torchrun --nproc-per-node N -m axon.train FILE ...")
     _precision_arg(t, "f32 (default), or mixed precision as torch.autocast: f32 master weights, matmul, "
                       "conv and attention in bf16/f16, softmax, norms and the loss in f32; f16 with dynamic "
                       "loss scaling as GradScaler (a resumed run keeps its precision)", PRECISIONS)
@@ -253,6 +258,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command in COMPILING:  # the cache folder checked (and any warning said) before any work
             from axon.codegen.cachedir import ensure_cache_dir
@@ -395,6 +401,8 @@ def _symbols(graph) -> list[str]:
 
 
 def _trainer(args, **extra):
+    from axon.driver import load_ast
+    from axon.frontend import train_spec
     from axon.runtime import describe
     from axon.trainer import Trainer
 
@@ -403,6 +411,9 @@ def _trainer(args, **extra):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise AxonError(f"--{name} must be at least 1, got {value}")
+    spec = train_spec(load_ast(args.file), args.model) if args.file.endswith(".axon") else None
+    if spec is not None and spec.gan is not None:  # discriminator and generator steps, alternating
+        from axon.gan_trainer import GanTrainer as Trainer
     trainer = Trainer(args.file, args.model, hparams=hparams or None, device=args.device, out_dir=args.out,
                       epochs=args.epochs, batch=args.batch, seed=args.seed, log=extra.pop("log", _stdout),
                       precision=getattr(args, "precision", None),
@@ -410,13 +421,20 @@ def _trainer(args, **extra):
                       else None,
                       init=getattr(args, "init", None),
                       **extra)
-    print(describe(trainer.step_exe.device), file=sys.stderr)
+    if trainer.lead:
+        print(describe(trainer.step_exe.device), file=sys.stderr)
     print(trainer.data.summary())
-    graphed = " (replayed as a CUDA graph)" if trainer.step_call is not trainer.step_exe else ""
+    graphed = " (replayed as a CUDA graph)" if getattr(args, "cuda_graphs", False) else ""
     if trainer.precision != "f32":
         graphed += f" in mixed precision ({trainer.precision} dots, f32 master weights)"
-    print(f"compiled in {trainer.compile_s:.1f} s: training step {len(trainer.step_exe.kernels)} kernels"
-          f"{graphed}, "
+    steps = f"training step {len(trainer.step_exe.kernels)} kernels"
+    if getattr(trainer, "dp", None) is not None:
+        dp = trainer.dp
+        steps = (f"training step on each of {trainer.world.size} ranks: gradients {len(dp.grad_exe.kernels)} "
+                 f"kernels, all-reduce, update {len(dp.update_exe.kernels)} kernels")
+    if getattr(trainer, "exes", None):  # a GAN: two steps
+        steps = ", ".join(f"{role} step {len(exe.kernels)} kernels" for role, exe in trainer.exes.items())
+    print(f"compiled in {trainer.compile_s:.1f} s: {steps}{graphed}, "
           f"evaluation {len(trainer.eval_exe.kernels)} kernels")
     return trainer
 
@@ -424,9 +442,16 @@ def _trainer(args, **extra):
 def _train(args) -> int:
     from axon.runtime.interrupts import Interrupted
 
+    if args.nproc != 1:
+        return _launch(args)
+    world = _world(args)
+    if world is not None and world.rank > 0:  # rank 0 speaks for the run
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+
     trainer = _trainer(args, checkpoint_every=args.checkpoint_every, cuda_graphs=args.cuda_graphs,
                        resume=args.resume, overwrite=args.overwrite,
-                       checkpoint_on_interrupt=args.checkpoint_on_interrupt)
+                       checkpoint_on_interrupt=args.checkpoint_on_interrupt,
+                       **({"world": world} if world is not None else {}))
     t0 = time.perf_counter()
     try:
         p = trainer.fit()
@@ -437,12 +462,66 @@ def _train(args) -> int:
     acc = f", val acc {last['val_acc']:.2%}" if "val_acc" in last else ""
     base = trainer.data.info.get("unigram_entropy")
     baseline = f" (unigram baseline {base:.4f})" if base is not None else ""
-    print(f"{p.stopped}: {p.step} steps in {time.perf_counter() - t0:.1f} s; val loss "
-          f"{last.get('val_loss', float('nan')):.4f}{baseline}{acc}; run folder {trainer.out_dir}")
+    if "val_loss" in last:
+        figures = f"val loss {last['val_loss']:.4f}{baseline}{acc}"
+    else:  # a GAN: the modes its samples cover
+        figures = "; ".join(f"{k[4:].replace('_', ' ')} {v}" for k, v in last.items() if k.startswith("val_"))
+    print(f"{p.stopped}: {p.step} steps in {time.perf_counter() - t0:.1f} s; {figures or 'no figures'}; "
+          f"run folder {trainer.out_dir}")
     if trainer.scaler:
         print(f"loss scale {trainer.scaler.scale:g}; {trainer.scaler.skipped} of {p.step} steps skipped "
               f"(a gradient held inf or NaN)")
     return 0
+
+
+def _world(args):
+    """This process's data-parallel ranks when torchrun (or --nproc) started it as one of several."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from axon.runtime import choose
+    from axon.runtime.distributed import World
+
+    if args.out is None:
+        raise AxonError("a data-parallel run needs --out DIR: every rank must write to the same folder")
+    return World.from_env(choose(args.device))
+
+
+def _launch(args) -> int:
+    """`axon train --nproc N`: N local ranks of `python -m axon.train`, one run folder."""
+    from axon.data_parallel import launch
+    from axon.driver import load_ast
+    from axon.frontend import train_spec
+    from axon.runtime.runs import free_folder
+
+    if not 1 <= args.nproc <= 256:
+        raise AxonError(f"--nproc must be in [1, 256], got {args.nproc}")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise AxonError("--nproc starts the ranks itself: give it outside torchrun, or drop it under "
+                        "torchrun")
+    if args.file.endswith(".axon"):
+        spec = train_spec(load_ast(args.file), args.model)
+        if spec is not None and spec.gan is not None:
+            raise AxonError("a GAN's train block trains in one process (--nproc is for one-loss train "
+                            "blocks)")
+    out = args.out if args.out is not None else str(free_folder(Path("runs") / _model_name(args)))
+    rest, skip = [], False
+    for a in args.argv[args.argv.index("train") + 1:]:  # the ranks': the command line less --nproc, --out
+        if skip:
+            skip = False
+        elif a in ("--nproc", "--out"):
+            skip = True
+        elif not a.startswith(("--nproc=", "--out=")):
+            rest.append(a)
+    print(f"data-parallel training on {args.nproc} processes; run folder {out}", flush=True)
+    return launch(rest, args.nproc, out)
+
+
+def _model_name(args) -> str:
+    from axon.driver import load_ast
+    from axon.frontend import train_spec
+
+    spec = train_spec(load_ast(args.file), args.model) if args.file.endswith(".axon") else None
+    return spec.model if spec else "run"
 
 
 def _stdout(*a, **k) -> None:  # flushed: a run's log is read as it goes

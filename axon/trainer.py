@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,19 +74,22 @@ def qat_settings(qat: dict | None) -> dict | None:
     return {"mode": mode, "group": group}
 
 
-def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32", masked=()) -> Graph:
-    """Forward, loss, backward and the optimizer update of every parameter, as one graph (in mixed
-    precision for "bf16" or "f16"; f16 with loss scaling and a skipped step on inf/NaN). The parameters
-    named in `masked` are pruned: a `mask.<name>` input keeps their removed entries zero
+def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32", masked=(), wrt=None) -> Graph:
+    """Forward, loss, backward and the optimizer update of every parameter (or of those named in `wrt`:
+    the others are read, not updated, as a GAN's generator in its discriminator's step), as one graph
+    (in mixed precision for "bf16" or "f16"; f16 with loss scaling and a skipped step on inf/NaN). The
+    parameters named in `masked` are pruned: a `mask.<name>` input keeps their removed entries zero
     (`passes/masks.py`)."""
     scaled = precision == "f16"
     loss_graph = autocast(loss_graph, precision)
-    g = grad(scale_loss(loss_graph), SCALED_LOSS) if scaled else grad(loss_graph, "loss")
+    wrt = None if wrt is None else list(wrt)
+    g = grad(scale_loss(loss_graph), SCALED_LOSS, wrt) if scaled else grad(loss_graph, "loss", wrt)
     b, mapping = GraphBuilder.extending(g)
     # parameters the model updates itself (running statistics): their new value, and no optimizer
     buffers = {name[len(UPDATE_PREFIX):]: mapping[node] for name, node in g.outputs.items()
                if name.startswith(UPDATE_PREFIX)}
-    params = {name: mapping[p] for name, p in g.params.items() if p.dtype.is_float and name not in buffers}
+    params = {name: mapping[p] for name, p in g.params.items()
+              if p.dtype.is_float and name not in buffers and (wrt is None or name in wrt)}
     grads = {name: mapping[g.outputs[GRAD_PREFIX + name]] for name in params}
     if scaled:
         grads, found_inf = unscale(b, grads, mapping[g.inputs[LOSS_SCALE]])
@@ -163,6 +167,9 @@ class Binding:
 
 
 def bind(graph: Graph, spec) -> Binding:
+    if spec.gan is not None:
+        raise TrainError(f"the train block of '{spec.model}' is a GAN's: `axon train` runs it with "
+                         f"axon.gan_trainer.GanTrainer", spec.span)
     labels = list(spec.loss.labels)
     if len(labels) != 1:
         raise TrainError(f"the loss of '{spec.model}' takes {len(labels)} label inputs "
@@ -191,8 +198,8 @@ class Trainer:
                  checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
                  settings_from: str | Path | None = None, precision: str | None = None,
                  qat: dict | None = None, init: str | Path | None = None, prune: dict | None = None,
-                 structure: dict | None = None):
-        from axon.frontend import train_spec, training_graph
+                 structure: dict | None = None, world=None):
+        from axon.frontend import training_graph
 
         if precision is not None and precision not in PRECISIONS:
             raise TrainError(f"unknown precision '{precision}': expected one of {', '.join(PRECISIONS)}")
@@ -203,18 +210,12 @@ class Trainer:
 
             backend = CudaGraphs(choose(device))
 
-        module = load_ast(path)
-        named = train_spec(module, model)
-        # the run folder first: refused, unwritable or locked before any compute
-        default = Path("runs") / (named.model if named else "run")
-        self.folder = runs.claim(out_dir, default, resume=resume, overwrite=overwrite) if claim_folder \
-            else None
-        self.out_dir = self.folder.path if self.folder else Path(out_dir or default)
-        self.log = log
-        if self.folder and self.folder.note:
-            log(self.folder.note)
-        settings_from = self.out_dir / CHECKPOINT if resume else settings_from
-        saved = _saved_run(Path(settings_from)) if settings_from else None
+        self.world = world  # data-parallel ranks (`runtime/distributed.py`), or None: one process
+        if world is not None and (cuda_graphs or precision == "f16" or prune):
+            raise TrainError("data-parallel training (--nproc) runs without CUDA graphs, f16 loss scaling "
+                             "and pruning for now; drop those options or train in one process")
+        module, saved = self._open(path, model, out_dir, resume, overwrite, claim_folder and self.lead,
+                                   settings_from, log if self.lead else QUIET)
         if saved:  # a resumed run keeps the settings it was started with unless told otherwise
             epochs = epochs or saved.get("epochs")
             batch = batch or saved.get("batch")
@@ -276,7 +277,7 @@ class Trainer:
             "qat": self.qat, "init": str(init) if init else None,
             "prune": self.pruner.record() if self.pruner else None, "structure": structure,
             "adversarial": self.adversarial, "augment": self.augment.record() if self.augment else None}
-        self.step_exe = executable(step, device)
+        self.step_exe = self._compile_step(step, loss_graph, device)
         self.run["device"] = str(self.step_exe.device)
         if resume:
             self._check_resume(saved)
@@ -295,12 +296,46 @@ class Trainer:
         self.progress = Progress()
         # the step as it runs: the executable, or its CUDA graphs, whose static buffers are the parameters
         # and optimizer state, updated in place by each replay
-        self.step_call = self.step_exe
+        self.step_call = self.dp if world is not None else self.step_exe
+        self.graphed = backend is not None
         if backend is not None:
             from axon.runtime.cuda_graphs import GraphedExecutable
 
             self.step_call = GraphedExecutable(self.step_exe, feedback=feedback(step),
                                                adopt={**self.params, **self.states}, backend=backend)
+
+    def _compile_step(self, step: Graph, loss_graph: Graph, device):
+        """The step's executable; data-parallel, the step cut at the all-reduce (gradients, then the
+        update: `self.dp`, whose gradient executable is returned)."""
+        if self.world is None:
+            return executable(step, device)
+        if self.pruner is not None:
+            raise TrainError("data-parallel training (--nproc) runs without pruning for now", self.spec.span)
+        from axon.data_parallel import DataParallelStep
+
+        b = self.binding
+        self.dp = DataParallelStep(loss_graph, self.optimizer, self.precision, self.world, device,
+                                   (b.inputs, b.labels), loss_graph.inputs[b.inputs].shape[0])
+        return self.dp.grad_exe
+
+    def _open(self, path, model, out_dir, resume: bool, overwrite: bool, claim_folder: bool, settings_from,
+              log) -> tuple:
+        """The parsed module, and the run record whose settings this run takes (the checkpoint resumed, or
+        `settings_from`; None). The run folder is claimed first: refused, unwritable or locked before any
+        compute."""
+        from axon.frontend import train_spec
+
+        module = load_ast(path)
+        named = train_spec(module, model)
+        default = Path("runs") / (named.model if named else "run")
+        self.folder = runs.claim(out_dir, default, resume=resume, overwrite=overwrite) if claim_folder \
+            else None
+        self.out_dir = self.folder.path if self.folder else Path(out_dir or default)
+        self.log = log
+        if self.folder and self.folder.note:
+            log(self.folder.note)
+        settings_from = self.out_dir / CHECKPOINT if resume else settings_from
+        return module, _saved_run(Path(settings_from)) if settings_from else None
 
     def _check_resume(self, saved: dict | None) -> None:
         path = self.out_dir / CHECKPOINT
@@ -327,14 +362,14 @@ class Trainer:
         """Train until the epochs are done or early stopping says stop; returns the final progress.
 
         SIGINT/SIGTERM stop the run at the next step boundary with a checkpoint (`Interrupted`)."""
-        if self.folder is None:
+        if self.folder is None and self.lead:
             raise TrainError("this trainer was made without a run folder (claim_folder=False): it cannot fit")
         try:
             if self.resume:
                 self.restore(self.out_dir / CHECKPOINT)
                 self.log(f"resumed from {self.out_dir / CHECKPOINT} at epoch {self.progress.epoch + 1}, "
                          f"batch {self.progress.batch}")
-            else:
+            elif self.folder is not None:
                 self.folder.clear()  # --overwrite: the old run's files go once this one is ready
             p = self.progress
             with deferred() as stop:
@@ -346,7 +381,8 @@ class Trainer:
             self._write_metrics()
             return p
         finally:
-            self.folder.release()
+            if self.folder is not None:
+                self.folder.release()
 
     def _epoch(self) -> None:
         p = self.progress
@@ -368,16 +404,20 @@ class Trainer:
             bar.close()
         val = self.validate()
         record = {"epoch": p.epoch + 1, "step": p.step, "train_loss": p.loss_sum / max(p.batch, 1),
-                  **{f"val_{k}": v for k, v in val.items()}, "seconds": round(time.perf_counter() - t0, 3),
-                  "lr": self.schedule(max(p.step, 1))}
+                  **self._train_record(), **{f"val_{k}": v for k, v in val.items()},
+                  "seconds": round(time.perf_counter() - t0, 3), "lr": self.schedule(max(p.step, 1))}
         p.history.append(record)
         self.log(report.format_epoch(record, self.epochs))
         self._early_stop(val)
-        p.epoch, p.batch, p.loss_sum = p.epoch + 1, 0, 0.0
+        p.epoch, p.batch, p.loss_sum, p.loss_sum_g = p.epoch + 1, 0, 0.0, 0.0
         self.save(self.out_dir / CHECKPOINT)
         self._write_metrics()
-        if self.stop.requested and not p.stopped and p.epoch < self.epochs:
+        if self._stopping() and not p.stopped and p.epoch < self.epochs:
             self._interrupted(saved=True)
+
+    def _train_record(self) -> dict:
+        """More of the epoch's training figures for its record (a GAN's generator loss)."""
+        return {}
 
     def _steps(self, bar, n_batches: int) -> None:
         """The epoch's remaining steps, each shown on `bar`."""
@@ -399,10 +439,21 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{p.loss_sum / p.batch:.4f}",
                             ex_s=f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
-            if self.stop.requested and p.batch < n_batches:
+            if self._stopping() and p.batch < n_batches:
                 self._interrupted()
             if self.checkpoint_every and p.step % self.checkpoint_every == 0 and p.batch < n_batches:
                 self.save(self.out_dir / CHECKPOINT)
+
+    @property
+    def lead(self) -> bool:
+        """Whether this process writes the run's files: the only one, or rank 0 of a data-parallel run."""
+        world = getattr(self, "world", None)
+        return world is None or world.rank == 0
+
+    def _stopping(self) -> bool:
+        """An interrupt asked for: here, or (data-parallel) on any rank, so all stop at the same step."""
+        world = getattr(self, "world", None)
+        return world.any(self.stop.requested) if world is not None else self.stop.requested
 
     def _interrupted(self, saved: bool = False) -> None:
         """Stop between two steps: a checkpoint (unless told not to), the metrics, and `Interrupted`."""
@@ -413,10 +464,12 @@ class Trainer:
         self._write_metrics()
         where = f"epoch {p.epoch + 1}, batch {p.batch} (step {p.step})"
         if saved:
-            raise Interrupted(f"interrupted at {where}; checkpoint written to {path}", self.stop.signum,
+            raise Interrupted(f"interrupted at {where}; checkpoint written to {path}",
+                              self.stop.signum or signal.SIGINT,
                               hint=f"continue with --resume --out {self.out_dir}")
         raise Interrupted(f"interrupted at {where}; no checkpoint written for it; {self._last_checkpoint()}",
-                          self.stop.signum, hint=f"continue from there with --resume --out {self.out_dir}")
+                          self.stop.signum or signal.SIGINT,
+                          hint=f"continue from there with --resume --out {self.out_dir}")
 
     def _last_checkpoint(self) -> str:
         path = self.out_dir / CHECKPOINT
@@ -475,6 +528,8 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
+        if not self.lead:  # data-parallel: rank 0 writes, the others hold the same values
+            return
         checkpoint.write(path, self.params, self.states, self.progress, self.run, self.spec.model, self.seed,
                          self.scaler.state() if self.scaler else None, self.masks)
 
@@ -495,11 +550,14 @@ class Trainer:
 
     # --- reporting -------------------------------------------------------------------------------------
     def _write_metrics(self) -> None:
+        if not self.lead:
+            return
         p = self.progress
         record = {"model": self.spec.model, "data": self.data.name, "seed": self.seed, "epochs": self.epochs,
                   "batch": self.batch, "optimizer": self.optimizer, "steps": p.step, "stopped": p.stopped,
                   "best": p.best, "compile_seconds": round(self.compile_s, 3),
-                  "device": str(self.step_exe.device), "cuda_graphs": self.step_call is not self.step_exe,
+                  "device": str(self.step_exe.device), "cuda_graphs": getattr(self, "graphed", False),
+                  "processes": self.world.size if getattr(self, "world", None) else 1,
                   "precision": self.precision, "history": p.history}
         if self.scaler:
             record["loss_scaler"] = self.scaler.state()

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 import axon
-from axon.data import make, mode_coverage, ring
+from axon.data import make
+from axon.gan_report import coverage, plot_samples, rule
 from axon.ir import AxonError
 
 HERE = Path(__file__).resolve().parent
@@ -84,17 +85,20 @@ def main(argv: list[str] | None = None) -> dict:
     z = torch.randn(args.samples, args.noise, generator=gen).to(model.device)
     last = _sample(model, z, {})
     averaged = _sample(model, z, ema)
-    cov = {name: _coverage(s, info) for name, s in (("ema", averaged), ("last", last))}
+    cov = {name: coverage(s, info) for name, s in (("ema", averaged), ("last", last))}
     metrics = {
         "steps": args.steps, "batch": args.batch, "hidden": args.hidden, "noise": args.noise,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "ema": args.ema, "seed": args.seed, "device": str(model.device),
         "samples": args.samples, "train_seconds": round(train_seconds, 2),
         "seconds_per_step": round(train_seconds / max(args.steps, 1), 4),
         "wall_seconds": round(time.perf_counter() - t0, 2),
-        "coverage": cov, "coverage_rule": _rule(info),
+        "coverage": cov, "coverage_rule": rule(info),
         "final": history[-1] if history else {}, "history": history[::max(1, args.steps // 200)],
     }
-    _plot(out_dir / "samples.png", real_pool, averaged, last, cov, info, history)
+    steps = [h["step"] for h in history]
+    plot_samples(out_dir / "samples.png", real_pool, {"ema": averaged, "last": last}, cov, info,
+                 f"GAN, {args.steps} steps", {"discriminator": (steps, [h["loss_d"] for h in history]),
+                                              "generator": (steps, [h["loss_g"] for h in history])})
     _write_json(out_dir / "metrics.json", metrics)
     c = cov["ema"]
     print(f"mode coverage (EMA generator, {args.samples} samples): {c['covered']}/{c['modes']} modes, "
@@ -161,51 +165,6 @@ def _sample(model, z: torch.Tensor, weights: dict) -> torch.Tensor:
     params = {**model.params, **weights}
     with torch.no_grad():
         return model.executable({"z": z, "real": real}, params)["sample"].cpu()
-
-
-def _coverage(samples: torch.Tensor, info: dict) -> dict:
-    c = mode_coverage(samples, info["modes"], info["radius"], info["std"])
-    return {"covered": c.covered, "modes": info["modes"], "quality": round(c.quality, 4),
-            "shares": [round(s, 4) for s in c.shares]}
-
-
-def _rule(info: dict) -> str:
-    reach = 3 * info["std"]
-    return (f"a mode counts when >= 1/{4 * info['modes']} of the samples lie within {reach:g} "
-            f"(3 std) of its centre; quality = share of samples within {reach:g} of some mode")
-
-
-def _plot(path: Path, real, averaged, last, cov, info, history) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-    centres = ring(info["modes"], info["radius"])
-    for ax, samples, name in ((axes[0], averaged, "ema"), (axes[1], last, "last")):
-        ax.scatter(real[:2000, 0], real[:2000, 1], s=2, c="0.8", label="real")
-        ax.scatter(samples[:, 0], samples[:, 1], s=2, c="tab:blue", label="generated")
-        for cx, cy in centres:
-            ax.add_patch(plt.Circle((cx, cy), 3 * info["std"], fill=False, color="tab:red", lw=1))
-        c = cov[name]
-        title = "EMA generator" if name == "ema" else "last iterate"
-        ax.set_title(f"{title}: {c['covered']}/{c['modes']} modes, {c['quality']:.0%} near a mode")
-        ax.set_xlim(-1.1, 1.1)
-        ax.set_ylim(-1.1, 1.1)
-        ax.set_aspect("equal")
-        ax.legend(loc="lower right", markerscale=4)
-    steps = [h["step"] for h in history]
-    axes[2].plot(steps, [h["loss_d"] for h in history], label="discriminator")
-    axes[2].plot(steps, [h["loss_g"] for h in history], label="generator")
-    axes[2].set_xlabel("step")
-    axes[2].set_title("losses")
-    axes[2].legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, record: dict) -> None:

@@ -52,16 +52,20 @@ def elaborate(module: ast.Module, model: str | None = None, *, hparams: dict | N
 
 
 def training_graph(module: ast.Module, model: str | None = None, *, hparams: dict | None = None,
-                   root: str | Path | None = None, training: bool = True) -> tuple[Graph, TrainSpec]:
+                   root: str | Path | None = None, training: bool = True,
+                   step: str | None = None) -> tuple[Graph, TrainSpec]:
     """The model compiled for training (dropout on; `training=False` for evaluation) with its train
     block's loss as the output `loss`; labels become inputs typed from the loss function's declaration.
-    Returns the graph and the spec."""
+    Returns the graph and the spec. For a GAN's train block, `step` ("discriminator", the default, or
+    "generator") picks the loss, and the spec returned has that step's loss and optimizer."""
     program = load_program(module, root)
     name = _pick_model(program, model)
     td = program.user.trains.get(name)
     if td is None:
         raise AxonNameError(f"model '{name}' has no train block")
     spec = check_train_def(program, td)
+    if spec.gan is not None and step is not None:
+        spec = spec.step(step)
     el = Elaborator(program, training=training)
     el.model(name, hparams)
     add_loss(el, td, spec)

@@ -35,14 +35,16 @@ class Progress:
     batch: int = 0            # the next batch of that epoch
     step: int = 0             # optimizer steps taken
     loss_sum: float = 0.0     # this epoch's training loss so far (sum over batches)
+    loss_sum_g: float = 0.0   # a GAN's: its generator's loss this epoch (sum over its steps)
     best: float | None = None
     bad_epochs: int = 0       # epochs since the best (early stopping)
     stopped: str = ""         # why the run ended ("" while it goes on)
     history: list[dict] = field(default_factory=list)
 
 
-_KINDS = {"epoch": int, "batch": int, "step": int, "loss_sum": float, "best": (float, type(None)),
-          "bad_epochs": int, "stopped": str, "history": list}
+_KINDS = {"epoch": int, "batch": int, "step": int, "loss_sum": float, "loss_sum_g": float,
+          "best": (float, type(None)), "bad_epochs": int, "stopped": str, "history": list}
+_LATER = {"loss_sum_g": 0.0}  # fields added after checkpoints were first written: absent means this
 
 
 @dataclass
@@ -125,6 +127,7 @@ def _progress(path: Path, text: str) -> Progress:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: its progress record is damaged (not a JSON object)")
     names = {f.name for f in fields(Progress)}
+    raw = {**_LATER, **raw}
     unknown = sorted(set(raw) - names)
     missing = sorted(names - set(raw))
     if unknown or missing:

@@ -32,9 +32,23 @@ def correct(out: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
 
 
 def format_epoch(r: dict, epochs: int) -> str:
-    acc = f"  val acc {r['val_acc']:.2%}" if "val_acc" in r else ""
-    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}"
-            f"{acc}  {r['seconds']:.1f}s")
+    """One line per epoch: its losses, then its other validation figures (accuracy, a GAN's modes)."""
+    parts = [f"epoch {r['epoch']:>3}/{epochs}"]
+    for key, words in LOSSES.items():
+        if key in r:
+            parts.append(f"{words} {r[key]:.4f}")
+    if "val_acc" in r:
+        parts.append(f"val acc {r['val_acc']:.2%}")
+    parts += [f"{k[4:].replace('_', ' ')} {_figure(v)}" for k, v in r.items()
+              if k.startswith("val_") and k not in LOSSES and k != "val_acc"]
+    return "  ".join(parts + [f"{r['seconds']:.1f}s"])
+
+
+LOSSES = {"train_loss": "train loss", "train_loss_g": "generator loss", "val_loss": "val loss"}
+
+
+def _figure(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def plot(history: list[dict], path: Path, title: str) -> None:
@@ -46,8 +60,9 @@ def plot(history: list[dict], path: Path, title: str) -> None:
 
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [r["train_loss"] for r in history], label="train loss")
-    ax.plot(epochs, [r["val_loss"] for r in history], label="val loss")
+    for key, words in LOSSES.items():
+        if key in history[0]:
+            ax.plot(epochs, [r[key] for r in history], label=words)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(title)

@@ -115,7 +115,7 @@ def claim(out: str | Path | None, default: Path, *, resume: bool, overwrite: boo
         folder.replaces = found + ([CURVE] if found and (path / CURVE).exists() else [])
         return folder
     for k in itertools.count(1):
-        candidate = path if k == 1 else path.with_name(f"{path.name}-{k}")
+        candidate = _nth(path, k)
         if candidate.is_dir() and run_files(candidate):
             continue
         try:
@@ -127,6 +127,16 @@ def claim(out: str | Path | None, default: Path, *, resume: bool, overwrite: boo
                            f"(--resume --out {path} continues that one, --overwrite replaces it)")
         return folder
     raise AssertionError("unreachable")
+
+
+def _nth(path: Path, k: int) -> Path:
+    return path if k == 1 else path.with_name(f"{path.name}-{k}")
+
+
+def free_folder(default: Path) -> Path:
+    """The folder a run without --out would take now: `default` or the next name holding no run."""
+    return next(p for p in (_nth(Path(default), k) for k in itertools.count(1))
+                if not (p.is_dir() and run_files(p)))
 
 
 class _Locked(RunFolderError):

@@ -110,7 +110,7 @@ def test_show_axon_stages_params_and_loss(capsys):
     code, out, err = run(capsys, "show", EXAMPLES / "gan.axon", "--params")
     assert code == 0, err
     first = out.splitlines()[0].split()
-    assert first[:3] == ["gen.h1.w", "f32[16,", "32]"] and first[3] == "512"
+    assert first[:3] == ["gen.h1.w", "f32[2,", "64]"] and first[3] == "128"
     assert out.splitlines()[-1].endswith("values") and "parameters" in out.splitlines()[-1]
 
 

@@ -102,7 +102,7 @@ def test_gpt(gen):
 
 
 def test_gan_shares_the_discriminator(gen):
-    z, real = torch.randn(5, 16, generator=gen), torch.randn(5, 64, generator=gen)
+    z, real = torch.randn(5, 2, generator=gen), torch.randn(5, 2, generator=gen)
     out, p = run("gan", {"z": z, "real": real})
 
     def lin(x, name):
@@ -110,10 +110,10 @@ def test_gan_shares_the_discriminator(gen):
 
     h = F.leaky_relu(lin(z, "gen.h1"), 0.2)
     h = F.leaky_relu(lin(h, "gen.h2"), 0.2)
-    fake = torch.tanh(lin(h, "gen.linear"))
+    fake = torch.tanh(lin(h, "gen.dense"))
 
     def disc(x):
-        return lin(F.leaky_relu(lin(x, "disc.h1"), 0.2), "disc.linear")
+        return lin(F.leaky_relu(lin(x, "disc.h1"), 0.2), "disc.dense")
 
     assert_close(out["sample"], fake)
     assert_close(out["fake_score"], disc(fake))

@@ -1,0 +1,145 @@
+"""Data-parallel training: `axon train FILE --nproc N` and `torchrun --nproc-per-node N -m axon.train FILE`.
+
+Every rank compiles the same two graphs, cut from the one-process training step at the all-reduce:
+
+    gradient graph   the rank's rows of the batch -> `loss`, `grad.<p>` (and running statistics), its
+                     dropout drawing the random numbers one process draws for those rows
+                     (`passes/data_parallel.py`)
+    all-reduce       each tensor weighted by the rank's share of the rows and summed over the ranks, in
+                     buckets (`runtime/distributed.py`): the one-process gradient of the mean loss
+    update graph     the optimizer on the summed gradients (clipping sees the global norm)
+
+so every rank makes the one process's update and the parameters stay equal on all ranks without being
+sent. Every rank reads the same data order and runs the same validation; rank 0 alone writes checkpoints,
+metrics and the log. An interrupt seen by any rank stops all of them at the same step (one flag summed
+each step), rank 0 writing the checkpoint; `--resume` continues on any number of processes (the global
+batch stays the run's). Not yet overlapped: the backward is one compiled graph, so the buckets leave when
+it ends (all in flight together) rather than as each layer's gradients become ready.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import torch
+
+from axon.driver import executable, optimize
+from axon.frontend.builtins import UPDATE_PREFIX
+from axon.ir import Graph, GraphBuilder, verify
+from axon.optim import make_update
+from axon.passes.autocast import autocast
+from axon.passes.autodiff import GRAD_PREFIX, grad
+from axon.passes.data_parallel import ROWS_OFFSET, offset_rands
+from axon.runtime.distributed import Buckets, World
+
+NEW = "new."
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+def gradient_graph(loss_graph: Graph, precision: str = "f32") -> Graph:
+    """Forward, loss and backward: outputs `loss`, `grad.<p>` for each trained parameter, and the
+    `update.<b>` running statistics the model computes itself."""
+    loss_graph = autocast(loss_graph, precision)
+    buffers = [n[len(UPDATE_PREFIX):] for n in loss_graph.outputs if n.startswith(UPDATE_PREFIX)]
+    trained = [n for n, p in loss_graph.params.items() if p.dtype.is_float and n not in buffers]
+    g = grad(loss_graph, "loss", trained)
+    outputs = {"loss": g.outputs["loss"], **{GRAD_PREFIX + n: g.outputs[GRAD_PREFIX + n] for n in trained},
+               **{UPDATE_PREFIX + n: g.outputs[UPDATE_PREFIX + n] for n in buffers}}
+    graph, _ = optimize(Graph(g.nodes, outputs, g.name), verify=False, out=QUIET)
+    return verify(graph)
+
+
+def update_graph(grads: Graph, optimizer: dict) -> Graph:
+    """The optimizer's update of each parameter `gradient_graph` differentiates, from `grad.<p>` inputs."""
+    b = GraphBuilder("update")
+    names = [n[len(GRAD_PREFIX):] for n in grads.outputs if n.startswith(GRAD_PREFIX)]
+    params = {n: b.param(n, grads.params[n].dtype, grads.params[n].shape) for n in names}
+    inputs = {n: b.input(GRAD_PREFIX + n, p.dtype, p.shape) for n, p in params.items()}
+    new_params, _, new_states = make_update(b, params, inputs, optimizer)
+    for name, node in {**new_params, **new_states}.items():
+        b.output(NEW + name, node)
+    graph, _ = optimize(b.build(), verify=False, out=QUIET)
+    return verify(graph)
+
+
+class DataParallelStep:
+    """One rank's training step, called as the one-process step executable is (`feeds` for the whole
+    global batch, the parameters; returns `loss` and the `new.<...>` values)."""
+
+    def __init__(self, loss_graph: Graph, optimizer: dict, precision: str, world: World, device,
+                 rows: tuple[str, ...], batch_dim):
+        self.world, self.rows = world, rows
+        self.buckets = Buckets(world)
+        grads = gradient_graph(offset_rands(loss_graph, batch_dim), precision)
+        self.grad_exe = executable(grads, device)
+        self.update_exe = executable(update_graph(grads, optimizer), self.grad_exe.device)
+        self.graph = self.grad_exe.graph
+        self.kernels = [*self.grad_exe.kernels, *self.update_exe.kernels]
+
+    @property
+    def device(self):
+        return self.grad_exe.device
+
+    def __call__(self, feeds: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> dict:
+        n = len(feeds[self.rows[0]])
+        start, stop = self.world.rows(n)
+        ins = self.grad_exe.graph.inputs
+        local = {k: (v[start:stop] if k in self.rows else v) for k, v in feeds.items() if k in ins}
+        if ROWS_OFFSET in ins:
+            local[ROWS_OFFSET] = torch.tensor(start, dtype=torch.int64, device=self.device)
+        outs = self.grad_exe.graph.outputs
+        if stop > start:
+            got = self.grad_exe(local, params)
+            mine = {name: got[name] for name in outs}
+        else:  # more ranks than rows: this rank adds nothing
+            mine = {name: torch.zeros(tuple(int(d) for d in node.shape), dtype=node.dtype.torch,
+                                      device=self.device) for name, node in outs.items()}
+        summed = self.buckets.all_reduce(mine, (stop - start) / n)
+        update = {k: v for k, v in feeds.items() if k in self.update_exe.graph.inputs}
+        update.update({k: v for k, v in summed.items() if k.startswith(GRAD_PREFIX)})
+        new = self.update_exe(update, params)
+        new.update({NEW + k[len(UPDATE_PREFIX):]: v for k, v in summed.items()
+                    if k.startswith(UPDATE_PREFIX)})
+        new["loss"] = summed["loss"]
+        return new
+
+
+# --- the launcher ------------------------------------------------------------------------------------
+def launch(argv: list[str], nproc: int, out: str) -> int:
+    """Run `python -m axon.train ARGV --out OUT` as `nproc` local ranks (the environment torchrun would
+    give them); returns the first non-zero exit status, else 0. Ctrl-C reaches every rank (one process
+    group); SIGTERM is passed on to them."""
+    port = _free_port()
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "axon.train", *argv, "--out", out], env=env))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = []
+        for p in procs:
+            while True:
+                try:
+                    codes.append(p.wait())
+                    break
+                except KeyboardInterrupt:  # the ranks got it too: they checkpoint and exit
+                    continue
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    return next((c for c in codes if c != 0), 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

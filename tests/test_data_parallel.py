@@ -1,0 +1,99 @@
+"""Data-parallel training: two real processes (gloo) end with the weights of one process with the same
+global batch, dropout included; a resumed run continues on any number of processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from axon.driver import executable
+from axon.ir import DType, GraphBuilder
+from axon.ir.evaluate import evaluate
+from axon.ir.shapes import Sym
+from axon.passes.data_parallel import ROWS_OFFSET, offset_rands
+from axon.runtime.distributed import Buckets, World
+from axon.runtime.safetensors import load
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# The MLP example (dropout 0.1, Adam with weight decay; a constant rate, so that a run of one epoch can be
+# resumed for a second) on a fifth of the digits, with a batch that does not split evenly over two ranks
+# (33 rows: 16 and 17).
+SOURCE = (EXAMPLES / "mlp.axon").read_text().replace("digits(val = 0.2)", "digits(val = 0.8)").replace(
+    "batch = 64", "batch = 33").replace("hidden = 128", "hidden = 24").replace(', schedule = "cosine"', "")
+
+
+def _rand_graph():
+    b = GraphBuilder("r")
+    x = b.input("x", DType.F32, (Sym("n"), 7))
+    seed = b.input("seed", DType.I64, ())
+    b.output("y", b.mul(x, b.rand(seed, (Sym("n"), 7))))
+    return b.build()
+
+
+def test_a_rank_draws_the_random_numbers_of_its_rows():
+    """rand over [n, 7] with the rows' offset: rows 3..6 drawn alone equal rows 3..6 of the whole, on the
+    reference evaluator and in the generated kernel."""
+    g = offset_rands(_rand_graph(), Sym("n"))
+    assert ROWS_OFFSET in g.inputs
+    seed, whole = torch.tensor(5), torch.ones(10, 7)
+    full = evaluate(g, {"x": whole, "seed": seed, ROWS_OFFSET: torch.tensor(0)}, {})["y"]
+    part = {"x": whole[3:7], "seed": seed, ROWS_OFFSET: torch.tensor(3)}
+    assert torch.equal(evaluate(g, part, {})["y"], full[3:7])
+    assert torch.equal(executable(g, "cpu")(part, {})["y"], full[3:7])
+    assert not torch.equal(full[3:7], full[0:4])
+
+
+def test_shares_and_buckets():
+    world = World(rank=1, size=3, backend="gloo")
+    assert [World(r, 3, "gloo").rows(10) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    assert world.rows(2) == (0, 1) and World(0, 3, "gloo").rows(2) == (0, 0)  # a rank may get no row
+    tensors = {"a": torch.zeros(100), "b": torch.zeros(100), "c": torch.zeros(300)}
+    assert Buckets(world, limit=800).plan(tensors) == [["a", "b"], ["c"]]
+    assert Buckets(world, limit=10).plan(tensors) == [["a"], ["b"], ["c"]]
+
+
+def _train(tmp_path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "mlp.axon"
+    path.write_text(SOURCE)
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, "-m", "axon.cli", "train", str(path), "--out", str(tmp_path / out),
+                           *extra], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _close(a: Path, b: Path) -> None:
+    x, y = load(a / "checkpoint.safetensors"), load(b / "checkpoint.safetensors")
+    assert set(x) == set(y)
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_two_processes_end_with_the_weights_of_one(tmp_path):
+    one = _train(tmp_path, "one", "--epochs", "2")
+    assert one.returncode == 0, one.stderr
+    two = _train(tmp_path, "two", "--epochs", "2", "--nproc", "2")
+    assert two.returncode == 0, two.stderr
+    assert "data-parallel training on 2 processes" in two.stdout
+    assert "on each of 2 ranks" in two.stdout and two.stdout.count("epoch   2/2") == 1  # rank 0 speaks
+    _close(tmp_path / "one", tmp_path / "two")
+    # resumed: a 2-process run stopped after one epoch, continued by one process
+    assert _train(tmp_path, "resumed", "--epochs", "1", "--nproc", "2").returncode == 0
+    more = _train(tmp_path, "resumed", "--epochs", "2", "--resume")
+    assert more.returncode == 0, more.stderr
+    _close(tmp_path / "one", tmp_path / "resumed")
+
+
+def test_torchrun_without_out_is_refused(tmp_path, capsys):
+    from axon.cli import main
+
+    path = tmp_path / "mlp.axon"
+    path.write_text(SOURCE)
+    os.environ["WORLD_SIZE"] = "2"
+    try:
+        assert main(["train", str(path)]) == 1
+    finally:
+        del os.environ["WORLD_SIZE"]
+    assert "needs --out DIR" in capsys.readouterr().err
