@@ -200,3 +200,27 @@ def test_the_worker_imports_no_axon():
     out = subprocess.run([sys.executable, "-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())",
                           str(aot.WORKER)], capture_output=True)
     assert out.returncode == 0
+
+
+def test_data_parallel_and_gan_steps_compile_and_launch_on_sm90_without_spills():
+    """The kernels of `axon train --nproc N` (the MLP's gradient graph, its dropout drawing from a row
+    offset, and its update graph) and of a GAN's two steps."""
+    from axon.data_parallel import gradient_graph, update_graph
+    from axon.passes.data_parallel import ROWS_OFFSET, offset_rands
+
+    module = load_ast(EXAMPLES / "mlp.axon")
+    loss_graph, spec = training_graph(module)
+    grads = gradient_graph(offset_rands(loss_graph, loss_graph.inputs["x"].shape[0]))
+    assert ROWS_OFFSET in grads.inputs
+    graphs = [grads, update_graph(grads, {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs)})]
+    gan = load_ast(EXAMPLES / "gan.axon")
+    for role in ("discriminator", "generator"):
+        g, s = training_graph(gan, step=role)
+        group = getattr(s.gan, role).params + "."
+        graphs.append(step_graph(g, {"name": s.optimizer.name, **dict(s.optimizer.kwargs)},
+                                 wrt=[n for n in g.params if n.startswith(group)]))
+    rows = []
+    for g in graphs:
+        rows += sweep(g, bind_dims(g, {s: 64 for s in symbols(g)}))
+    assert len(rows) >= 30, aot.format_table(rows, SM90)  # every kernel of the four graphs
+    assert_clean(rows)
