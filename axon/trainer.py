@@ -36,6 +36,7 @@ from axon.passes.autocast import PRECISIONS, autocast
 from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.passes.masks import mask_input_name, mask_inputs, masked_gradients, masked_update, prunable
 from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE, SCALED_LOSS, keep_if, scale_loss, unscale
+from axon.passes.mixup import MIX_LABELS, MIX_LAMBDA, mixup_loss
 from axon.passes.qat import QAT
 from axon.passes.structured import apply as apply_structure
 from axon.codegen.files import atomic_write
@@ -249,7 +250,7 @@ class Trainer:
         self.schedule = Schedule.of(self.optimizer, steps)
         t0 = time.perf_counter()
         a = spec.augment
-        self.augment = Augment(a.crop, a.flip, a.rotate, a.noise) if a else None
+        self.augment = Augment(a.crop, a.flip, a.rotate, a.noise, a.mixup) if a else None
         if self.augment is not None:
             try:
                 self.augment.check(self.data.train["inputs"].shape, self.data.train["inputs"].dtype)
@@ -259,6 +260,8 @@ class Trainer:
             if spec.adversarial else None
         if self.adversarial:  # the attack and the loss at the attacked inputs, in the step
             loss_graph = adversarial_loss(loss_graph, self.binding.inputs, self.adversarial, self.data.train)
+        if self.augment is not None and self.augment.mixup:  # the loss against both label sets
+            loss_graph = mixup_loss(loss_graph, self.binding.labels)
         prune = prune if prune is not None else (spec.prune.record() if spec.prune else None)
         self.pruner = pruner(loss_graph, prune, self.epochs) if prune else None
         masked = self.pruner.layers if self.pruner else ()
@@ -314,8 +317,9 @@ class Trainer:
         from axon.data_parallel import DataParallelStep
 
         b = self.binding
-        self.dp = DataParallelStep(loss_graph, self.optimizer, self.precision, self.world, device,
-                                   (b.inputs, b.labels), loss_graph.inputs[b.inputs].shape[0])
+        rows = (b.inputs, b.labels, *([MIX_LABELS] if MIX_LABELS in loss_graph.inputs else []))
+        self.dp = DataParallelStep(loss_graph, self.optimizer, self.precision, self.world, device, rows,
+                                   loss_graph.inputs[b.inputs].shape[0])
         return self.dp.grad_exe
 
     def _open(self, path, model, out_dir, resume: bool, overwrite: bool, claim_folder: bool, settings_from,
@@ -424,9 +428,8 @@ class Trainer:
         p = self.progress
         t0, seen = time.perf_counter(), 0
         for i, batch in datasets.batches(self.data.train, self.batch, self.seed, p.epoch, start=p.batch):
-            if self.augment is not None:  # the same for this (seed, epoch, batch) in every run and resume
-                batch = {**batch, "inputs": self.augment(batch["inputs"].to(self.step_exe.device), self.seed,
-                                                         p.epoch, i)}
+            if self.augment is not None:
+                batch = self._augmented(batch, p.epoch, i)
             loss = self._step(batch)
             if not math.isfinite(loss):
                 p.stopped = f"non-finite loss ({loss}) at step {p.step + 1}"
@@ -454,6 +457,15 @@ class Trainer:
         """An interrupt asked for: here, or (data-parallel) on any rank, so all stop at the same step."""
         world = getattr(self, "world", None)
         return world.any(self.stop.requested) if world is not None else self.stop.requested
+
+    def _augmented(self, batch: dict, epoch: int, i: int) -> dict:
+        """Batch `i` of `epoch` augmented: the same for this (seed, epoch, batch) in every run and resume."""
+        a = self.augment
+        batch = {**batch, "inputs": a(batch["inputs"].to(self.step_exe.device), self.seed, epoch, i)}
+        if a.mixup:
+            x, mixed_in, lam = a.mix(batch["inputs"], batch["labels"], self.seed, epoch, i)
+            batch = {**batch, "inputs": x, MIX_LABELS: mixed_in, MIX_LAMBDA: lam}
+        return batch
 
     def _interrupted(self, saved: bool = False) -> None:
         """Stop between two steps: a checkpoint (unless told not to), the metrics, and `Interrupted`."""
@@ -484,6 +496,9 @@ class Trainer:
         p, dev = self.progress, self.step_exe.device
         t = p.step + 1
         feeds = {k: v.to(dev) for k, v in self.binding.feed(batch).items()}
+        if MIX_LAMBDA in batch:  # mixup: the labels mixed in and the batch's weight
+            feeds[MIX_LABELS] = batch[MIX_LABELS].to(device=dev, dtype=self.binding.label_dtype)
+            feeds[MIX_LAMBDA] = torch.tensor(batch[MIX_LAMBDA], dtype=torch.float32, device=dev)
         taken = t - (self.scaler.skipped if self.scaler else 0)  # the optimizer's count skips skipped steps
         scalars = {STEP_INPUT: float(taken), LR_INPUT: self.schedule(t)}
         for name, value in scalars.items():

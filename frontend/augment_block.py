@@ -1,6 +1,6 @@
 """The `augment` block inside a train block: data augmentation of the training batches.
 
-    augment { crop = 2  flip = true  rotate = 10  noise = 0.05 }
+    augment { crop = 2  flip = true  rotate = 10  noise = 0.05  mixup = 0.2 }
 
 Every key is optional (at least one is given); values are checked at their place in the file. What each
 does, and how it stays the same across runs and resumes: `runtime/augment.py`.
@@ -17,7 +17,7 @@ from .errors import ArityError, AxonTypeError, AxonValueError
 from .quantize_block import constant, read_settings
 from .values import show
 
-KEYS = ("crop", "flip", "rotate", "noise")
+KEYS = ("crop", "flip", "rotate", "noise", "mixup")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class AugmentSpec:
     flip: bool = False
     rotate: float = 0.0
     noise: float = 0.0
+    mixup: float = 0.0     # alpha of the Beta(alpha, alpha) the mixing weight is drawn from (0: off)
 
 
 def check_augment_item(it: A.TrainItem) -> AugmentSpec:
@@ -34,7 +35,7 @@ def check_augment_item(it: A.TrainItem) -> AugmentSpec:
         raise AxonTypeError("'augment' is a block of settings: augment { crop = 2  flip = true }", it.span)
     values, _ = read_settings(it.value.items, KEYS, "augment", _value)
     if not values:
-        raise ArityError("the augment block is empty: give crop, flip, rotate or noise", it.span)
+        raise ArityError("the augment block is empty: give crop, flip, rotate, noise or mixup", it.span)
     return AugmentSpec(span=it.span, **values)
 
 
@@ -53,6 +54,9 @@ def _value(it: A.TrainItem):
         raise AxonTypeError(f"'{key}' must be a number, got {show(v)}", e.span)
     if key == "rotate" and not 0 <= v <= 180:
         raise AxonValueError(f"'rotate' must be degrees in [0, 180], got {show(v)}", e.span)
+    if key == "mixup" and not 0 < v <= 100:
+        raise AxonValueError(f"'mixup' must be the Beta distribution's alpha in (0, 100], got {show(v)}",
+                             e.span)
     if key == "noise" and v < 0:
         raise AxonValueError(f"'noise' must be a standard deviation of at least 0, got {show(v)}", e.span)
     return float(v)

@@ -7,8 +7,12 @@ see exactly the same augmented batches. Evaluation never augments.
     flip = true  mirror left-right, each example with probability 1/2
     rotate = D   rotate each example by a uniform angle in [-D, D] degrees (bilinear, zeros outside)
     noise = S    add N(0, S^2) to every input value
+    mixup = A    mix each example with another of the batch (Zhang et al. 2018): one weight lam ~ Beta(A, A)
+                 per batch, x' = lam * x + (1 - lam) * x[perm], and the loss taken against both label sets
+                 (`passes/mixup.py`), after the other augmentations
 
-Spatial augmentations need image batches [batch, channels, height, width]; noise takes any float input.
+Spatial augmentations need image batches [batch, channels, height, width]; noise and mixup take any float
+input.
 """
 from __future__ import annotations
 
@@ -31,9 +35,11 @@ class Augment:
     flip: bool = False
     rotate: float = 0.0
     noise: float = 0.0
+    mixup: float = 0.0
 
     def record(self) -> dict:
-        return {"crop": self.crop, "flip": self.flip, "rotate": self.rotate, "noise": self.noise}
+        record = {"crop": self.crop, "flip": self.flip, "rotate": self.rotate, "noise": self.noise}
+        return {**record, "mixup": self.mixup} if self.mixup else record  # (as runs before mixup saved it)
 
     @property
     def spatial(self) -> bool:
@@ -74,6 +80,18 @@ class Augment:
         if self.noise:
             x = x + torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) * self.noise
         return x
+
+
+    def mix(self, x: torch.Tensor, labels: torch.Tensor, seed: int, epoch: int, index: int):
+        """Mixup of this batch: (mixed inputs, the labels of the rows mixed in, lam), the same for this
+        (seed, epoch, batch) in every run and resume."""
+        import numpy as np
+
+        key = _mix(seed, epoch, index)
+        lam = float(np.random.default_rng([key, 1]).beta(self.mixup, self.mixup))
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(key ^ 0x5DEECE66D))
+        perm = perm.to(x.device)
+        return x * lam + x[perm] * (1.0 - lam), labels[perm.to(labels.device)], lam
 
 
 def _mix(seed: int, epoch: int, index: int) -> int:
