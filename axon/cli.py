@@ -456,6 +456,8 @@ def _train(args) -> int:
     try:
         p = trainer.fit()
     except Interrupted as e:
+        if world is not None and world.rank > 0:  # rank 0 says where the run stopped
+            return e.exit_code
         e.hint = e.hint and e.hint.replace("--resume", f"axon train {args.file} --resume", 1)
         raise
     last = p.history[-1] if p.history else {}

@@ -13,8 +13,9 @@ so every rank makes the one process's update and the parameters stay equal on al
 sent. Every rank reads the same data order and runs the same validation; rank 0 alone writes checkpoints,
 metrics and the log. An interrupt seen by any rank stops all of them at the same step (one flag summed
 each step), rank 0 writing the checkpoint; `--resume` continues on any number of processes (the global
-batch stays the run's). Not yet overlapped: the backward is one compiled graph, so the buckets leave when
-it ends (all in flight together) rather than as each layer's gradients become ready.
+batch stays the run's). The all-reduce overlaps the backward: the gradient executable hands over each
+gradient as soon as the kernel that writes it is issued, and a bucket leaves as soon as it is full (the
+last layers' first) while the kernels of the earlier layers run.
 """
 from __future__ import annotations
 
@@ -34,9 +35,7 @@ from axon.passes.autocast import autocast
 from axon.passes.autodiff import GRAD_PREFIX, grad
 from axon.passes.data_parallel import ROWS_OFFSET, offset_rands
 from axon.runtime.distributed import Buckets, World
-
-NEW = "new."
-QUIET = lambda *a, **k: None  # noqa: E731
+from axon.train_graphs import NEW, QUIET
 
 
 def gradient_graph(loss_graph: Graph, precision: str = "f32") -> Graph:
@@ -90,14 +89,9 @@ class DataParallelStep:
         local = {k: (v[start:stop] if k in self.rows else v) for k, v in feeds.items() if k in ins}
         if ROWS_OFFSET in ins:
             local[ROWS_OFFSET] = torch.tensor(start, dtype=torch.int64, device=self.device)
-        outs = self.grad_exe.graph.outputs
-        if stop > start:
-            got = self.grad_exe(local, params)
-            mine = {name: got[name] for name in outs}
-        else:  # more ranks than rows: this rank adds nothing
-            mine = {name: torch.zeros(tuple(int(d) for d in node.shape), dtype=node.dtype.torch,
-                                      device=self.device) for name, node in outs.items()}
-        summed = self.buckets.all_reduce(mine, (stop - start) / n)
+        reduction = self.buckets.open((stop - start) / n)
+        self.grad_exe(local, params, on_ready=reduction.add)  # each bucket leaves once it is full
+        summed = reduction.finish()
         update = {k: v for k, v in feeds.items() if k in self.update_exe.graph.inputs}
         update.update({k: v for k, v in summed.items() if k.startswith(GRAD_PREFIX)})
         new = self.update_exe(update, params)

@@ -30,7 +30,8 @@ from axon.ir import init_params
 from axon.ir.text import print_graph
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule
 from axon.runtime.checkpoint import Progress
-from axon.trainer import NEW, QUIET, SEED_INPUT, Trainer, TrainError, step_graph
+from axon.train_graphs import NEW, QUIET, SEED_INPUT, TrainError, step_graph
+from axon.trainer import Trainer
 
 EMA = "ema."          # states "ema.<name>": the generator's weight average
 SAMPLES = 2000        # samples drawn each epoch

@@ -93,40 +93,51 @@ class World:
 
 
 class Buckets:
-    """Named tensors summed over the ranks in buckets of about `limit` bytes (in the order given: the
-    last parameters' gradients, which a backward makes first, go together)."""
+    """Named tensors summed over the ranks in buckets of about `limit` bytes, each sent as soon as it is
+    full: `open(weight)` starts one step's reduction, `add` gives it each tensor as the backward makes it
+    (the last layers' gradients first), `finish` sends the rest and waits for all. Every rank must add
+    the same tensors in the same order (they run the same plan), so the buckets match."""
 
     def __init__(self, world: World, limit: int = BUCKET_BYTES):
         self.world, self.limit = world, limit
         self.sent = 0  # buckets all-reduced so far (for tests and figures)
 
-    def plan(self, tensors: dict[str, torch.Tensor]) -> list[list[str]]:
-        buckets, size = [[]], 0
-        for name, t in tensors.items():
-            nbytes = t.numel() * t.element_size()
-            if buckets[-1] and size + nbytes > self.limit:
-                buckets.append([])
-                size = 0
-            buckets[-1].append(name)
-            size += nbytes
-        return [b for b in buckets if b]
+    def open(self, weight: float) -> Reduction:
+        return Reduction(self, weight)
 
-    def all_reduce(self, tensors: dict[str, torch.Tensor], weight: float) -> dict[str, torch.Tensor]:
-        """sum over the ranks of `weight` * each tensor (`weight`: this rank's share of the batch)."""
+
+class Reduction:
+    """One step's sums (see `Buckets`): `weight` * each tensor, summed over the ranks."""
+
+    def __init__(self, buckets: Buckets, weight: float):
+        self.buckets, self.weight = buckets, weight
+        self.filling: list[tuple[str, torch.Tensor]] = []
+        self.size = 0
+        self.pending: list[tuple[list[tuple[str, torch.Tensor]], torch.Tensor, object]] = []
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        nbytes = t.numel() * 4  # sent as f32
+        if self.filling and self.size + nbytes > self.buckets.limit:
+            self._send()
+        self.filling.append((name, t))
+        self.size += nbytes
+
+    def _send(self) -> None:
         import torch.distributed as dist
 
-        pending = []
-        for names in self.plan(tensors):
-            dtypes = {tensors[n].dtype for n in names}
-            flat = torch.cat([tensors[n].reshape(-1).to(torch.float32) for n in names]) * weight
-            pending.append((names, flat, dist.all_reduce(flat, async_op=True), dtypes))
+        flat = torch.cat([t.reshape(-1).to(torch.float32) for _, t in self.filling]) * self.weight
+        self.pending.append((self.filling, flat, dist.all_reduce(flat, async_op=True)))
+        self.buckets.sent += 1
+        self.filling, self.size = [], 0
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        if self.filling:
+            self._send()
         out = {}
-        for names, flat, work, _ in pending:
+        for members, flat, work in self.pending:
             work.wait()
-            self.sent += 1
             at = 0
-            for n in names:
-                t = tensors[n]
-                out[n] = flat[at:at + t.numel()].reshape(t.shape).to(t.dtype)
+            for name, t in members:
+                out[name] = flat[at:at + t.numel()].reshape(t.shape).to(t.dtype)
                 at += t.numel()
         return out

@@ -11,7 +11,7 @@ last call's plan was made for), allocates the outputs and runs the list.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -53,7 +53,8 @@ class Executable:
         self._tune_store = None
 
     def __call__(self, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
-                 *, poison: bool = False, check_indices: bool = True) -> dict[str, torch.Tensor]:
+                 *, poison: bool = False, check_indices: bool = True,
+                 on_ready: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
         """Run on named inputs and parameters; returns the named outputs (tensors on the device).
 
         `poison` fills every buffer with NaN (the largest integer for integers) right before the launch
@@ -61,6 +62,9 @@ class Executable:
         values in the same bytes).
         `check_indices` checks on the host that index inputs (token ids, labels) are in range; kernels
         never read out of bounds, but an out-of-range index would give NaN or 0 silently.
+        `on_ready(name, tensor)` is called for each output as soon as the launch that writes it is issued
+        (data-parallel training sends the first gradients while the backward goes on), in launch order;
+        outputs no launch writes (an input passed through, a literal) come last.
         """
         values, plan = self.bind(inputs, params, check_indices=check_indices)
         device = self.device
@@ -70,14 +74,22 @@ class Executable:
                     for n, (shape, dt) in zip(plan.fresh, plan.fresh_specs)]
         if not plan.tuned:
             self._tune(plan, dynamic)
-        for step in plan.steps:
+        slots = {name: i for name, i, _ in plan.outputs} if on_ready is not None else {}
+        for step, ready in zip(plan.steps, plan.ready):
             if poison:
                 for node in step.launch.outputs:
                     if node in plan.buffers:
                         _poison(plan.buffers[node])
             step.run(dynamic)
+            for name in ready if on_ready is not None else ():
+                on_ready(name, dynamic[slots[name]])
         # a literal is shared by every call: the caller gets a copy of it
-        return {name: dynamic[i] if i is not None else literal.clone() for name, i, literal in plan.outputs}
+        out = {name: dynamic[i] if i is not None else literal.clone() for name, i, literal in plan.outputs}
+        if on_ready is not None:
+            done = {name for ready in plan.ready for name in ready}
+            for name in [n for n in out if n not in done]:  # (in the graph's order: the same on every rank)
+                on_ready(name, out[name])
+        return out
 
     def bind(self, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
              *, check_indices: bool = True) -> tuple[dict[Node, torch.Tensor], Plan]:

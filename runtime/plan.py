@@ -73,6 +73,7 @@ class Plan:
     fresh_specs: list[tuple] = field(default_factory=list)  # (shape, dtype) of each fresh output
     steps: list[Step] = field(default_factory=list)
     outputs: list[tuple[str, int | None, torch.Tensor | None]] = field(default_factory=list)
+    ready: list[list[str]] = field(default_factory=list)  # per step: the graph outputs it finishes
     tuned: bool = False                    # each launch's config chosen (on a GPU, at the first call)
 
     def match(self, inputs, params, device) -> dict[Node, torch.Tensor] | None:
@@ -117,6 +118,8 @@ def make(graph: Graph, kernels: list[CompiledKernel], env: dict[str, int], devic
     slot = {n: i for i, n in enumerate([*plan.bound, *fresh])}
     plan.steps = [step(kernel, launch, slot, {**buffers, **constants}) for kernel, launch in launches]
     plan.outputs = [(name, slot.get(node), constants.get(node)) for name, node in graph.outputs.items()]
+    plan.ready = [[name for name, node in graph.outputs.items() if node in launch.outputs]
+                  for _, launch in launches]
     return plan
 
 

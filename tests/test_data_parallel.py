@@ -50,9 +50,31 @@ def test_shares_and_buckets():
     world = World(rank=1, size=3, backend="gloo")
     assert [World(r, 3, "gloo").rows(10) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
     assert world.rows(2) == (0, 1) and World(0, 3, "gloo").rows(2) == (0, 0)  # a rank may get no row
-    tensors = {"a": torch.zeros(100), "b": torch.zeros(100), "c": torch.zeros(300)}
-    assert Buckets(world, limit=800).plan(tensors) == [["a", "b"], ["c"]]
-    assert Buckets(world, limit=10).plan(tensors) == [["a"], ["b"], ["c"]]
+
+
+def test_a_bucket_leaves_as_soon_as_it_is_full():
+    """In a one-rank gloo group: 'a' and 'b' fill an 800-byte bucket, which is sent when 'c' comes (before
+    the step ends); the sums are weight * each tensor."""
+    import torch.distributed as dist
+
+    from axon.data_parallel import _free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        buckets = Buckets(World(0, 1, "gloo"), limit=800)
+        r = buckets.open(0.5)
+        tensors = {"a": torch.ones(100), "b": torch.arange(100.0), "c": torch.full((300,), 4.0)}
+        r.add("a", tensors["a"])
+        r.add("b", tensors["b"])
+        assert buckets.sent == 0
+        r.add("c", tensors["c"])
+        assert buckets.sent == 1
+        out = r.finish()
+        assert buckets.sent == 2
+        for k, t in tensors.items():
+            assert torch.equal(out[k], 0.5 * t), k
+    finally:
+        dist.destroy_process_group()
 
 
 def _train(tmp_path, out: str, *extra: str) -> subprocess.CompletedProcess:
