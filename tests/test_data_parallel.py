@@ -119,3 +119,30 @@ def test_torchrun_without_out_is_refused(tmp_path, capsys):
     finally:
         del os.environ["WORLD_SIZE"]
     assert "needs --out DIR" in capsys.readouterr().err
+
+
+def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes(tmp_path):
+    """SIGTERM to `axon train --nproc 2` mid-run: both ranks stop after the same step, rank 0 writes the
+    checkpoint, exit 143; `--resume` on two processes ends with the weights of the uninterrupted run."""
+    import signal
+    import time
+
+    path = tmp_path / "mlp.axon"
+    path.write_text(SOURCE)
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    env.pop("WORLD_SIZE", None)
+    out = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "axon.cli", "train", str(path), "--epochs", "4", "--nproc",
+                            "2", "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 143, err
+    assert err.count("checkpoint written to") == 1, err  # rank 0 speaks for both
+    more = _train(tmp_path, "killed", "--epochs", "4", "--resume", "--nproc", "2")
+    assert more.returncode == 0, more.stderr
+    assert _train(tmp_path, "whole", "--epochs", "4").returncode == 0
+    _close(tmp_path / "whole", tmp_path / "killed")
