@@ -545,7 +545,8 @@ def _eval(args) -> int:
     trainer = _trainer(args, log=lambda *a, **k: None, claim_folder=False, settings_from=args.checkpoint)
     trainer.load_params(args.checkpoint)
     metrics = trainer.validate()
-    print("  ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+    print("  ".join(f"val {k} {v:.4f}" if isinstance(v, float) else f"val {k} {v}"
+                    for k, v in metrics.items()))
     return 0
 
 

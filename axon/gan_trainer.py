@@ -29,7 +29,8 @@ from axon.driver import executable, optimize, read_source
 from axon.ir import init_params
 from axon.ir.text import print_graph
 from axon.optim import LR_INPUT, STEP_INPUT, Schedule
-from axon.runtime.checkpoint import Progress
+from axon.runtime.checkpoint import Progress, section
+from axon.runtime.safetensors import load
 from axon.train_graphs import NEW, QUIET, SEED_INPUT, TrainError, step_graph
 from axon.trainer import Trainer
 
@@ -156,6 +157,11 @@ class GanTrainer(Trainer):
         first = p.step - p.batch  # the epoch's first discriminator step, less one
         g_steps = p.step // self.k - first // self.k
         return {"train_loss_g": p.loss_sum_g / max(g_steps, 1)}
+
+    def load_params(self, path: str | Path) -> None:
+        """The parameters of a checkpoint, and its states (the generator's weight average among them)."""
+        super().load_params(path)
+        self.states = section(load(path, device=self.step_exe.device), "state/", self.states, path)
 
     # --- each epoch's samples --------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:

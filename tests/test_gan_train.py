@@ -159,3 +159,14 @@ def test_axon_train_draws_samples_and_resumes_exactly(tmp_path, capsys):
 def test_nproc_refuses_a_gan(tmp_path, capsys):
     assert _train(write(tmp_path), tmp_path / "r", "--nproc", "2") == 1
     assert "trains in one process" in capsys.readouterr().err
+
+
+def test_axon_eval_draws_from_the_saved_weight_average(tmp_path, capsys):
+    path = write(tmp_path)
+    assert _train(path, tmp_path / "r", "--epochs", "1") == 0
+    capsys.readouterr()
+    ck = tmp_path / "r" / "checkpoint.safetensors"
+    assert main(["eval", str(path), "--checkpoint", str(ck), "--set", "hidden=8"]) == 0
+    shown = capsys.readouterr().out.strip().splitlines()[-1]
+    last = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"][-1]
+    assert shown.startswith(f"val modes {last['val_modes']}  val near {last['val_near']:.4f}"), shown
