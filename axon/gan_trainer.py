@@ -166,9 +166,12 @@ class GanTrainer(Trainer):
     # --- each epoch's samples --------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """Samples of the generator (its weight average, and its last weights), drawn with noise fixed for
-        the run: `samples/epoch-N.png`, and the modes they cover when the data set has modes."""
+        the run: `samples/epoch-N.png`, and the modes they cover when the data set has modes. Nothing
+        without a `samples = <output>` setting."""
         from axon.gan_report import coverage, plot_samples
 
+        if self.gan.samples is None:
+            return {}
         drawn = {"last": self.sample(SAMPLES)}
         if self.gan.generator.ema:
             drawn = {"ema": self.sample(SAMPLES, average=True), **drawn}
@@ -201,7 +204,7 @@ class GanTrainer(Trainer):
         if average:
             params.update({name: self.states[EMA + name] for name in self.groups["generator"]})
         with torch.no_grad():
-            return exe(feeds, params)[self.gan.samples or "sample"].cpu()
+            return exe(feeds, params)[self.gan.samples].cpu()
 
 
 def _real_input(graph, noise: str, spec) -> str:

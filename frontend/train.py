@@ -99,7 +99,7 @@ def check_train_def(program, td: A.TrainDef) -> TrainSpec:
             raise ArityError(f"'{key}' belongs to a GAN's train block (with discriminator {{ ... }} and "
                              f"generator {{ ... }})", items[key].span)
     if gan is not None:
-        for key in ("prune", "adversarial", "augment"):
+        for key in ("prune", "adversarial", "augment", "early_stop"):
             if key in items:
                 raise ArityError(f"'{key}' is not supported in a GAN's train block", items[key].span)
         optim = gan.discriminator.optimizer

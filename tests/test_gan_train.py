@@ -53,6 +53,8 @@ def test_the_example_block_is_read():
     ('params = "disc"', "params = 3", AxonTypeError, "'params' must name a parameter group", "params = 3"),
     ("epochs  = 4", "epochs  = 4  loss = g_loss(fake_score)", ArityError, "goes inside the discriminator",
      "epochs  = 4  loss"),
+    ("epochs  = 4", "epochs  = 4  early_stop(patience = 2)", ArityError, "'early_stop' is not supported",
+     "early_stop"),
 ])
 def test_mistakes_are_located(old, new, error, words, at):
     assert old in SOURCE
@@ -170,3 +172,8 @@ def test_axon_eval_draws_from_the_saved_weight_average(tmp_path, capsys):
     shown = capsys.readouterr().out.strip().splitlines()[-1]
     last = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"][-1]
     assert shown.startswith(f"val modes {last['val_modes']}  val near {last['val_near']:.4f}"), shown
+
+
+def test_without_samples_an_epoch_draws_nothing(tmp_path):
+    t = GanTrainer(write(tmp_path, SOURCE.replace("samples = sample ", "")), hparams=HIDDEN, claim_folder=False)
+    assert t.gan.samples is None and t.validate() == {}
