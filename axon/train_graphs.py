@@ -162,12 +162,14 @@ def eval_feeds(exe, binding: Binding, part: dict[str, torch.Tensor]) -> dict[str
 
 
 def validate(exe, params: dict[str, torch.Tensor], split: dict[str, torch.Tensor], binding: Binding,
-             batch: int) -> dict[str, float]:
-    """Mean loss (and accuracy) of the evaluation executable `exe` over `split`, `batch` rows a call."""
+             batch: int, world=None) -> dict[str, float]:
+    """Mean loss (and accuracy) of the evaluation executable `exe` over `split`, `batch` rows a call;
+    data-parallel (`world`), each rank over its share of the rows, the sums added over the ranks."""
     n = datasets.num_examples(split)
     total, correct, counted = 0.0, 0.0, 0
-    for start in range(0, n, batch):
-        part = {k: v[start:start + batch] for k, v in split.items()}
+    first, end = world.rows(n) if world is not None else (0, n)
+    for start in range(first, end, batch):
+        part = {k: v[start:min(start + batch, end)] for k, v in split.items()}
         feeds = eval_feeds(exe, binding, part)
         out = exe(feeds, params)
         rows = len(part["inputs"])
@@ -175,6 +177,8 @@ def validate(exe, params: dict[str, torch.Tensor], split: dict[str, torch.Tensor
         if binding.output in out:
             c, k = report.correct(out[binding.output], feeds[binding.labels])
             correct, counted = correct + c, counted + k
+    if world is not None:
+        total, correct, counted = world.sum([total, correct, counted])
     result = {"loss": total / n}
     if counted:
         result["acc"] = correct / counted

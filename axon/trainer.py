@@ -391,7 +391,8 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Mean loss (and accuracy) over the validation split, dropout off."""
-        return validate(self.eval_exe, self.params, self.data.val, self.binding, self.batch)
+        return validate(self.eval_exe, self.params, self.data.val, self.binding, self.batch,
+                        getattr(self, "world", None))
 
     def _early_stop(self, val: dict[str, float]) -> None:
         p, es = self.progress, self.spec.early_stop

@@ -75,6 +75,14 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks (f64: validation totals)."""
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        dist.all_reduce(t)
+        return t.tolist()
+
     def barrier(self) -> None:
         import torch.distributed as dist
 

@@ -2,6 +2,7 @@
 global batch, dropout included; a resumed run continues on any number of processes."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,11 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
     assert "data-parallel training on 2 processes" in two.stdout
     assert "on each of 2 ranks" in two.stdout and two.stdout.count("epoch   2/2") == 1  # rank 0 speaks
     _close(tmp_path / "one", tmp_path / "two")
+    # validation split over the ranks, sums added: the one process's figures
+
+    h1, h2 = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in ("one", "two"))
+    for a, b in zip(h1, h2, strict=True):
+        assert a["val_acc"] == b["val_acc"] and abs(a["val_loss"] - b["val_loss"]) < 1e-6
     # resumed: a 2-process run stopped after one epoch, continued by one process
     assert _train(tmp_path, "resumed", "--epochs", "1", "--nproc", "2").returncode == 0
     more = _train(tmp_path, "resumed", "--epochs", "2", "--resume")

@@ -175,5 +175,6 @@ def test_axon_eval_draws_from_the_saved_weight_average(tmp_path, capsys):
 
 
 def test_without_samples_an_epoch_draws_nothing(tmp_path):
-    t = GanTrainer(write(tmp_path, SOURCE.replace("samples = sample ", "")), hparams=HIDDEN, claim_folder=False)
+    path = write(tmp_path, SOURCE.replace("samples = sample ", ""))
+    t = GanTrainer(path, hparams=HIDDEN, claim_folder=False)
     assert t.gan.samples is None and t.validate() == {}
