@@ -29,37 +29,42 @@ import torch
 
 from axon.driver import executable, optimize
 from axon.frontend.builtins import UPDATE_PREFIX
-from axon.ir import Graph, GraphBuilder, verify
-from axon.optim import make_update
+from axon.ir import DType, Graph, GraphBuilder, verify
 from axon.passes.autocast import autocast
 from axon.passes.autodiff import GRAD_PREFIX, grad
+from axon.passes.loss_scale import LOSS_SCALE, SCALED_LOSS, scale_loss
 from axon.passes.data_parallel import ROWS_OFFSET, offset_rands
 from axon.runtime.distributed import Buckets, World
-from axon.train_graphs import NEW, QUIET
+from axon.train_graphs import NEW, QUIET, update_part
 
 
 def gradient_graph(loss_graph: Graph, precision: str = "f32") -> Graph:
     """Forward, loss and backward: outputs `loss`, `grad.<p>` for each trained parameter, and the
-    `update.<b>` running statistics the model computes itself."""
+    `update.<b>` running statistics the model computes itself. In f16 the gradients are of the loss
+    times the `loss_scale` input (summed over the ranks as they are; the update graph unscales them)."""
     loss_graph = autocast(loss_graph, precision)
     buffers = [n[len(UPDATE_PREFIX):] for n in loss_graph.outputs if n.startswith(UPDATE_PREFIX)]
     trained = [n for n, p in loss_graph.params.items() if p.dtype.is_float and n not in buffers]
-    g = grad(loss_graph, "loss", trained)
+    if precision == "f16":
+        g = grad(scale_loss(loss_graph), SCALED_LOSS, trained)
+    else:
+        g = grad(loss_graph, "loss", trained)
     outputs = {"loss": g.outputs["loss"], **{GRAD_PREFIX + n: g.outputs[GRAD_PREFIX + n] for n in trained},
                **{UPDATE_PREFIX + n: g.outputs[UPDATE_PREFIX + n] for n in buffers}}
     graph, _ = optimize(Graph(g.nodes, outputs, g.name), verify=False, out=QUIET)
     return verify(graph)
 
 
-def update_graph(grads: Graph, optimizer: dict) -> Graph:
-    """The optimizer's update of each parameter `gradient_graph` differentiates, from `grad.<p>` inputs."""
+def update_graph(grads: Graph, optimizer: dict, masked=(), scaled: bool = False) -> Graph:
+    """The optimizer's update of each parameter `gradient_graph` differentiates, from `grad.<p>` inputs
+    (`step_graph`'s update part: pruning masks, f16 unscaling and skipped steps included)."""
     b = GraphBuilder("update")
     names = [n[len(GRAD_PREFIX):] for n in grads.outputs if n.startswith(GRAD_PREFIX)]
     params = {n: b.param(n, grads.params[n].dtype, grads.params[n].shape) for n in names}
     inputs = {n: b.input(GRAD_PREFIX + n, p.dtype, p.shape) for n, p in params.items()}
-    new_params, _, new_states = make_update(b, params, inputs, optimizer)
-    for name, node in {**new_params, **new_states}.items():
-        b.output(NEW + name, node)
+    scale = b.input(LOSS_SCALE, DType.F32, ()) if scaled else None
+    for name, node in update_part(b, params, inputs, optimizer, masked, scale).items():
+        b.output(name, node)
     graph, _ = optimize(b.build(), verify=False, out=QUIET)
     return verify(graph)
 
@@ -69,12 +74,13 @@ class DataParallelStep:
     global batch, the parameters; returns `loss` and the `new.<...>` values)."""
 
     def __init__(self, loss_graph: Graph, optimizer: dict, precision: str, world: World, device,
-                 rows: tuple[str, ...], batch_dim):
+                 rows: tuple[str, ...], batch_dim, masked=()):
         self.world, self.rows = world, rows
         self.buckets = Buckets(world)
         grads = gradient_graph(offset_rands(loss_graph, batch_dim), precision)
         self.grad_exe = executable(grads, device)
-        self.update_exe = executable(update_graph(grads, optimizer), self.grad_exe.device)
+        update = update_graph(grads, optimizer, masked, scaled=precision == "f16")
+        self.update_exe = executable(update, self.grad_exe.device)
         self.graph = self.grad_exe.graph
         self.kernels = [*self.grad_exe.kernels, *self.update_exe.kernels]
 

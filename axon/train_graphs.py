@@ -62,24 +62,36 @@ def step_graph(loss_graph: Graph, optimizer: dict, precision: str = "f32", maske
     params = {name: mapping[p] for name, p in g.params.items()
               if p.dtype.is_float and name not in buffers and (wrt is None or name in wrt)}
     grads = {name: mapping[g.outputs[GRAD_PREFIX + name]] for name in params}
-    if scaled:
-        grads, found_inf = unscale(b, grads, mapping[g.inputs[LOSS_SCALE]])
-    masks = mask_inputs(b, params, masked)
-    grads = masked_gradients(b, grads, masks)
-    new_params, state_inputs, new_states = make_update(b, params, grads, optimizer)
-    new_params, new_states = masked_update(b, masks, new_params, new_states)
-    if scaled:  # a skipped step leaves the parameters and the optimizer state as they were
-        new_params = keep_if(b, found_inf, params, new_params)
-        new_states = keep_if(b, found_inf, state_inputs, new_states)
+    scale = mapping[g.inputs[LOSS_SCALE]] if scaled else None
+    updates = update_part(b, params, grads, optimizer, masked, scale)
     full = b.build()
-    outputs = {"loss": full.outputs["loss"], **({FOUND_INF: found_inf} if scaled else {})}
+    outputs = {"loss": full.outputs["loss"]}
     outputs.update({NEW + name: node for name, node in buffers.items()})
-    outputs.update({NEW + name: node for name, node in new_params.items()})
-    outputs.update({NEW + name: node for name, node in new_states.items()})
+    outputs.update(updates)
     # Passes rebuild the graph through a builder, which types every node as it makes it: one check of
     # the result, not one after each pass (PassManager(verify=True) in the tests names a broken pass).
     step, _ = optimize(Graph(full.nodes, outputs, full.name), verify=False, out=QUIET)
     return verify(step)
+
+
+def update_part(b: GraphBuilder, params: dict, grads: dict, optimizer: dict, masked=(),
+                loss_scale=None) -> dict:
+    """The optimizer's update of `params` from `grads` (nodes of `b`), as outputs by name: `new.<p>`,
+    `new.state.<slot>.<p>`, and `found_inf` when the gradients are scaled by `loss_scale` (f16: unscaled
+    here, the step skipped on inf/NaN). The parameters in `masked` keep their pruned entries zero."""
+    if loss_scale is not None:
+        grads, found_inf = unscale(b, grads, loss_scale)
+    masks = mask_inputs(b, params, masked)
+    grads = masked_gradients(b, grads, masks)
+    new_params, state_inputs, new_states = make_update(b, params, grads, optimizer)
+    new_params, new_states = masked_update(b, masks, new_params, new_states)
+    outputs = {}
+    if loss_scale is not None:  # a skipped step leaves the parameters and the optimizer state as they were
+        new_params = keep_if(b, found_inf, params, new_params)
+        new_states = keep_if(b, found_inf, state_inputs, new_states)
+        outputs[FOUND_INF] = found_inf
+    outputs.update({NEW + name: node for name, node in {**new_params, **new_states}.items()})
+    return outputs
 
 
 def pruner(loss_graph: Graph, prune: dict, epochs: int) -> Pruner:

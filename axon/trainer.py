@@ -81,9 +81,10 @@ class Trainer:
             backend = CudaGraphs(choose(device))
 
         self.world = world  # data-parallel ranks (`runtime/distributed.py`), or None: one process
-        if world is not None and (cuda_graphs or precision == "f16" or prune):
-            raise TrainError("data-parallel training (--nproc) runs without CUDA graphs, f16 loss scaling "
-                             "and pruning for now; drop those options or train in one process")
+        if world is not None and cuda_graphs:
+            raise TrainError("data-parallel training (--nproc) runs without CUDA graphs for now (the step is "
+                             "two graphs with an all-reduce between); drop --cuda-graphs or train in one "
+                             "process")
         module, saved = self._open(path, model, out_dir, resume, overwrite, claim_folder and self.lead,
                                    settings_from, log if self.lead else QUIET)
         if saved:  # a resumed run keeps the settings it was started with unless told otherwise
@@ -181,8 +182,9 @@ class Trainer:
         update: `self.dp`, whose gradient executable is returned)."""
         if self.world is None:
             return executable(step, device)
-        if self.pruner is not None:
-            raise TrainError("data-parallel training (--nproc) runs without pruning for now", self.spec.span)
+        if self.pruner is not None and self.pruner.kind == "block":
+            raise TrainError("data-parallel training (--nproc) runs block-sparse pruning in one process for "
+                             "now (its kernels count block products into a shared counter)")
         if self.batch < self.world.size:
             raise TrainError(f"{self.world.size} processes need a batch of at least {self.world.size} rows "
                              f"(each takes a share of every batch); the batch is {self.batch}")
@@ -191,7 +193,8 @@ class Trainer:
         b = self.binding
         rows = (b.inputs, b.labels, *([MIX_LABELS] if MIX_LABELS in loss_graph.inputs else []))
         self.dp = DataParallelStep(loss_graph, self.optimizer, self.precision, self.world, device, rows,
-                                   loss_graph.inputs[b.inputs].shape[0])
+                                   loss_graph.inputs[b.inputs].shape[0],
+                                   self.pruner.layers if self.pruner else ())
         return self.dp.grad_exe
 
     def _open(self, path, model, out_dir, resume: bool, overwrite: bool, claim_folder: bool, settings_from,

@@ -174,3 +174,49 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes(tmp_path):
     assert more.returncode == 0, more.stderr
     assert _train(tmp_path, "whole", "--epochs", "4").returncode == 0
     _close(tmp_path / "whole", tmp_path / "killed")
+
+
+@needs_loopback
+@pytest.mark.parametrize("precision, masked", [("f32", ("h.w",)), ("f16", ()), ("bf16", ())])
+def test_the_step_cut_at_the_all_reduce_equals_the_whole_step(precision, masked, gen):
+    """One rank: the gradient graph, the all-reduce and the update graph give the one-graph step's
+    outputs — with a pruning mask (removed entries stay zero in weights and states), and in f16 with
+    loss scaling (the summed scaled gradients unscaled in the update, `found_inf` from them)."""
+    import torch.distributed as dist
+
+    from axon.data_parallel import DataParallelStep, _free_port
+    from axon.frontend import parse, training_graph
+    from axon.ir import init_params
+    from axon.passes.loss_scale import FOUND_INF, LOSS_SCALE
+    from axon.passes.masks import mask_input_name
+    from axon.trainer import step_graph
+
+    loss_graph, spec = training_graph(parse(SOURCE, "mlp.axon"))
+    optimizer = {"name": spec.optimizer.name, **dict(spec.optimizer.kwargs), "clip": 1.0}
+    step = step_graph(loss_graph, optimizer, precision, masked)
+    params = init_params(step, seed=2)
+    feeds = {"x": torch.rand(9, 64, generator=gen), "label": torch.randint(10, (9,), generator=gen),
+             "seed": torch.tensor(11), "step": torch.tensor(1.0, dtype=torch.float64),
+             "lr": torch.tensor(3e-3, dtype=torch.float64)}
+    feeds.update({n: torch.zeros_like(params[n[n.index(".", 6) + 1:]]) for n in step.inputs
+                  if n.startswith("state.")})
+    if precision == "f16":
+        feeds[LOSS_SCALE] = torch.tensor(1024.0)
+    for name in masked:
+        feeds[mask_input_name(name)] = (torch.rand(params[name].shape, generator=gen) > 0.5).float()
+    whole = executable(step, "cpu")(feeds, params)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        dp = DataParallelStep(loss_graph, optimizer, precision, World(0, 1, "gloo"), "cpu", ("x", "label"),
+                              loss_graph.inputs["x"].shape[0], masked)
+        cut = dp(feeds, params)
+    finally:
+        dist.destroy_process_group()
+    assert set(whole) == set(cut)
+    for k in whole:
+        torch.testing.assert_close(cut[k], whole[k], rtol=1e-5, atol=1e-6, msg=k)
+    for name in masked:
+        removed = feeds[mask_input_name(name)] == 0
+        assert bool((cut["new." + name][removed] == 0).all())
+    if precision == "f16":
+        assert not bool(cut[FOUND_INF])
