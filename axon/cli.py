@@ -491,8 +491,6 @@ def _world(args):
 def _launch(args) -> int:
     """`axon train --nproc N`: N local ranks of `python -m axon.train`, one run folder."""
     from axon.data_parallel import launch
-    from axon.driver import load_ast
-    from axon.frontend import train_spec
     from axon.runtime.runs import free_folder
 
     if not 1 <= args.nproc <= 256:
@@ -500,11 +498,6 @@ def _launch(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise AxonError("--nproc starts the ranks itself: give it outside torchrun, or drop it under "
                         "torchrun")
-    if args.file.endswith(".axon"):
-        spec = train_spec(load_ast(args.file), args.model)
-        if spec is not None and spec.gan is not None:
-            raise AxonError("a GAN's train block trains in one process (--nproc is for one-loss train "
-                            "blocks)")
     out = args.out if args.out is not None else str(free_folder(Path("runs") / _model_name(args)))
     rest, skip = [], False
     for a in args.argv[args.argv.index("train") + 1:]:  # the ranks': the command line less --nproc, --out

@@ -38,13 +38,15 @@ from axon.runtime.distributed import Buckets, World
 from axon.train_graphs import NEW, QUIET, update_part
 
 
-def gradient_graph(loss_graph: Graph, precision: str = "f32") -> Graph:
+def gradient_graph(loss_graph: Graph, precision: str = "f32", wrt=None) -> Graph:
     """Forward, loss and backward: outputs `loss`, `grad.<p>` for each trained parameter, and the
     `update.<b>` running statistics the model computes itself. In f16 the gradients are of the loss
-    times the `loss_scale` input (summed over the ranks as they are; the update graph unscales them)."""
+    times the `loss_scale` input (summed over the ranks as they are; the update graph unscales them).
+    `wrt`: the parameters trained (a GAN's step: its group), default every float one."""
     loss_graph = autocast(loss_graph, precision)
     buffers = [n[len(UPDATE_PREFIX):] for n in loss_graph.outputs if n.startswith(UPDATE_PREFIX)]
-    trained = [n for n, p in loss_graph.params.items() if p.dtype.is_float and n not in buffers]
+    trained = [n for n, p in loss_graph.params.items() if p.dtype.is_float and n not in buffers
+               and (wrt is None or n in wrt)]
     if precision == "f16":
         g = grad(scale_loss(loss_graph), SCALED_LOSS, trained)
     else:
@@ -74,15 +76,17 @@ class DataParallelStep:
     global batch, the parameters; returns `loss` and the `new.<...>` values)."""
 
     def __init__(self, loss_graph: Graph, optimizer: dict, precision: str, world: World, device,
-                 rows: tuple[str, ...], batch_dim, masked=()):
+                 rows: tuple[str, ...], batch_dim, masked=(), wrt=None):
         self.world, self.rows = world, rows
         self.buckets = Buckets(world)
-        grads = gradient_graph(offset_rands(loss_graph, batch_dim), precision)
+        grads = gradient_graph(offset_rands(loss_graph, batch_dim), precision, wrt)
         self.grad_exe = executable(grads, device)
         update = update_graph(grads, optimizer, masked, scaled=precision == "f16")
         self.update_exe = executable(update, self.grad_exe.device)
         self.graph = self.grad_exe.graph
         self.kernels = [*self.grad_exe.kernels, *self.update_exe.kernels]
+        # every input a call takes: the gradient graph's and the update graph's
+        self.inputs = {**self.update_exe.graph.inputs, **self.grad_exe.graph.inputs}
 
     @property
     def device(self):

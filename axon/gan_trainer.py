@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from axon import data as datasets
+from axon.data_parallel import DataParallelStep
 from axon.driver import executable, optimize, read_source
 from axon.ir import init_params
 from axon.ir.text import print_graph
@@ -48,13 +49,15 @@ class GanTrainer(Trainer):
                  batch: int | None = None, seed: int | None = None, checkpoint_every: int = 0,
                  log=print, resume: bool = False, overwrite: bool = False,
                  checkpoint_on_interrupt: bool = True, claim_folder: bool = True,
-                 settings_from: str | Path | None = None, **unsupported):
+                 settings_from: str | Path | None = None, world=None, **unsupported):
         from axon.frontend import training_graph
 
         given = sorted(k for k, v in unsupported.items() if v)
         if given:
             raise TrainError(f"a GAN's train block does not take {', '.join(given)}")
-        module, saved = self._open(path, model, out_dir, resume, overwrite, claim_folder, settings_from, log)
+        self.world = world  # data-parallel ranks, or None (`axon/data_parallel.py`)
+        module, saved = self._open(path, model, out_dir, resume, overwrite, claim_folder and self.lead,
+                                   settings_from, log if self.lead else QUIET)
         if saved:
             epochs, batch = epochs or saved.get("epochs"), batch or saved.get("batch")
             seed = seed if seed is not None else saved.get("seed")
@@ -95,9 +98,10 @@ class GanTrainer(Trainer):
             "seed": self.seed, "epochs": self.epochs, "optimizer": self.optimizer, "early_stop": None,
             "gan": {role: getattr(self.gan, role).record() for role in ROLES}, "checkpoint_every":
             checkpoint_every, "device": None, "precision": "f32"}
-        self.step_exe = self.exes["discriminator"] = executable(steps["discriminator"], device)
-        self.exes["generator"] = executable(steps["generator"], self.step_exe.device)
-        self.step_call = self.step_exe
+        for role in ROLES:
+            self.exes[role] = self._executable(steps[role], graphs[role][0], role, device)
+            device = self.exes[role].device
+        self.step_exe = self.step_call = self.exes["discriminator"]
         self.run["device"] = str(self.step_exe.device)
         if resume:
             self._check_resume(saved)
@@ -107,11 +111,23 @@ class GanTrainer(Trainer):
         dev = self.step_exe.device
         self.params = {k: v.to(dev) for k, v in init_params(loss_graph, self.seed).items()}
         self.states = {name: torch.zeros(tuple(n.shape), dtype=n.dtype.torch, device=dev)
-                       for exe in self.exes.values() for name, n in exe.graph.inputs.items()
+                       for exe in self.exes.values() for name, n in _inputs(exe).items()
                        if name.startswith("state.")}
         if self.gan.generator.ema:
             self.states.update({EMA + n: self.params[n].clone() for n in self.groups["generator"]})
         self.masks, self.progress = {}, Progress()
+
+    def _executable(self, step, loss_graph, role: str, device):
+        """`role`'s step compiled: one executable, or (data-parallel) the step cut at the all-reduce, each
+        rank on its rows of the real samples and the noise."""
+        if self.world is None:
+            return executable(step, device)
+        if self.batch < self.world.size:
+            raise TrainError(f"{self.world.size} processes need a batch of at least {self.world.size} rows; "
+                             f"the batch is {self.batch}")
+        return DataParallelStep(loss_graph, self.optimizers[role], "f32", self.world, device,
+                                (self.real, self.gan.noise), loss_graph.inputs[self.real].shape[0],
+                                wrt=self.groups[role])
 
     # --- the steps -------------------------------------------------------------------------------------
     def _step(self, batch: dict[str, torch.Tensor]) -> float:
@@ -136,17 +152,18 @@ class GanTrainer(Trainer):
         feeds = {self.real: real, self.gan.noise: self._noise(len(real), role, t),
                  STEP_INPUT: torch.tensor(float(t), dtype=torch.float64, device=dev),
                  LR_INPUT: torch.tensor(self.schedules[role](t), dtype=torch.float64, device=dev)}
-        if SEED_INPUT in exe.graph.inputs:
+        inputs = _inputs(exe)
+        if SEED_INPUT in inputs:
             feeds[SEED_INPUT] = torch.tensor(self.seed * 1_000_003 + 2 * t + ROLES.index(role), device=dev)
-        feeds.update({name: v for name, v in self.states.items() if name in exe.graph.inputs})
-        out = exe({name: v for name, v in feeds.items() if name in exe.graph.inputs}, self.params)
+        feeds.update({name: v for name, v in self.states.items() if name in inputs})
+        out = exe({name: v for name, v in feeds.items() if name in inputs}, self.params)
         self.params = {name: out.get(NEW + name, v) for name, v in self.params.items()}
         self.states.update({name: out[NEW + name] for name in self.states if NEW + name in out})
         return float(out["loss"])
 
     def _noise(self, rows: int, role: str, t: int) -> torch.Tensor:
         """N(0, 1) noise for step `t` of `role`: the same in every run and resume of this seed."""
-        node = self.exes[role].graph.inputs[self.gan.noise]
+        node = _inputs(self.exes[role])[self.gan.noise]
         shape = (rows, *(int(d) for d in node.shape[1:]))
         key = hashlib.sha256(f"{self.seed}/{role}/{t}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
@@ -205,6 +222,11 @@ class GanTrainer(Trainer):
             params.update({name: self.states[EMA + name] for name in self.groups["generator"]})
         with torch.no_grad():
             return exe(feeds, params)[self.gan.samples].cpu()
+
+
+def _inputs(exe) -> dict:
+    """The inputs a step takes by name: its graph's, or (data-parallel) its two graphs'."""
+    return exe.inputs if isinstance(exe, DataParallelStep) else exe.graph.inputs
 
 
 def _real_input(graph, noise: str, spec) -> str:

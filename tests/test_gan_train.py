@@ -14,6 +14,7 @@ from axon.frontend import AxonNameError, AxonTypeError, AxonValueError, ArityErr
 from axon.gan_trainer import EMA, GanTrainer
 from axon.ir import AxonError
 from axon.runtime.safetensors import load
+from loopback import needs_loopback
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gan.axon"
 SOURCE = EXAMPLE.read_text().replace("gaussians()", "gaussians(n = 320)")
@@ -158,9 +159,25 @@ def test_axon_train_draws_samples_and_resumes_exactly(tmp_path, capsys):
         assert torch.equal(whole[k], split[k]), k
 
 
-def test_nproc_refuses_a_gan(tmp_path, capsys):
-    assert _train(write(tmp_path), tmp_path / "r", "--nproc", "2") == 1
-    assert "trains in one process" in capsys.readouterr().err
+@needs_loopback
+def test_two_processes_train_the_gan_as_one(tmp_path):
+    """`--nproc 2`: each step's rows of real samples and noise split over two ranks, both groups'
+    gradients summed: the checkpoint equals one process's (both groups, both optimizers, the average)."""
+    import os
+    import subprocess
+    import sys
+
+    path = write(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        command = [sys.executable, "-m", "axon.cli", "train", str(path), "--set", "hidden=8", "--batch", "32",
+                   "--epochs", "1", "--out", str(tmp_path / name), *extra]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+    one, two = (load(tmp_path / d / "checkpoint.safetensors") for d in ("one", "two"))
+    assert set(one) == set(two)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_axon_eval_draws_from_the_saved_weight_average(tmp_path, capsys):
