@@ -440,11 +440,19 @@ def _trainer(args, **extra):
 
 
 def _train(args) -> int:
-    from axon.runtime.interrupts import Interrupted
-
     if args.nproc != 1:
         return _launch(args)
     world = _world(args)
+    try:
+        return _fit(args, world)
+    finally:  # (a process group left to the interpreter's exit can abort it: gloo's threads still up)
+        if world is not None:
+            world.close()
+
+
+def _fit(args, world) -> int:
+    from axon.runtime.interrupts import Interrupted
+
     if world is not None and world.rank > 0:  # rank 0 speaks for the run
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -112,6 +113,8 @@ class DataParallelStep:
 
 
 # --- the launcher ------------------------------------------------------------------------------------
+ORPHAN_GRACE_S = 10.0  # after a rank fails, how long the others get to end before they are killed
+
 def launch(argv: list[str], nproc: int, out: str) -> int:
     """Run `python -m axon.train ARGV --out OUT` as `nproc` local ranks (the environment torchrun would
     give them); returns the first non-zero exit status, else 0. Ctrl-C reaches every rank (one process
@@ -129,18 +132,28 @@ def launch(argv: list[str], nproc: int, out: str) -> int:
                 p.send_signal(signum)
 
     old = signal.signal(signal.SIGTERM, forward)
+    failed_at = None
     try:
-        codes = []
-        for p in procs:
-            while True:
-                try:
-                    codes.append(p.wait())
-                    break
-                except KeyboardInterrupt:  # the ranks got it too: they checkpoint and exit
-                    continue
+        while any(p.poll() is None for p in procs):
+            try:
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # the ranks got it too: they checkpoint and exit
+                continue
+            failed = [p for p in procs if p.poll() not in (None, 0, 130, 143)]
+            if failed and failed_at is None:
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > ORPHAN_GRACE_S:
+                for p in procs:  # a rank died: the others wait for it in a collective forever
+                    if p.poll() is None:
+                        p.kill()
     finally:
         signal.signal(signal.SIGTERM, old)
-    return next((c for c in codes if c != 0), 0)
+    codes = [p.wait() for p in procs]
+    for rank, code in enumerate(codes):
+        if code < 0:  # killed by a signal: nothing of its own was said
+            print(f"axon train: rank {rank} of {nproc} was killed by {signal.Signals(-code).name}",
+                  file=sys.stderr)
+    return next((c if c > 0 else 128 - c for c in codes if c != 0), 0)
 
 
 def _free_port() -> int:

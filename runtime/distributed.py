@@ -12,6 +12,7 @@ messages than one per parameter), all launched before the first is waited on.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,8 @@ class World:
         import torch.distributed as dist
 
         t = torch.tensor([1.0 if flag else 0.0], device=self._device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        with lost_ranks(self.rank):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
     def sum(self, values: list[float]) -> list[float]:
@@ -80,7 +82,8 @@ class World:
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=self._device())
-        dist.all_reduce(t)
+        with lost_ranks(self.rank):
+            dist.all_reduce(t)
         return t.tolist()
 
     def barrier(self) -> None:
@@ -98,6 +101,18 @@ class World:
         if self.backend == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+@contextmanager
+def lost_ranks(rank: int):
+    """A collective whose peers are gone (a rank killed or crashed) as one clear error, not gloo's trace."""
+    try:
+        yield
+    except RuntimeError as e:  # (torch.distributed.DistBackendError is one)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(f"rank {rank} lost contact with the other ranks ({first[:200]}); "
+                               f"the run's last checkpoint stays whole",
+                               hint="see the other ranks' errors; continue with --resume") from None
 
 
 class Buckets:
@@ -143,7 +158,8 @@ class Reduction:
             self._send()
         out = {}
         for members, flat, work in self.pending:
-            work.wait()
+            with lost_ranks(self.buckets.world.rank):
+                work.wait()
             at = 0
             for name, t in members:
                 out[name] = flat[at:at + t.numel()].reshape(t.shape).to(t.dtype)
