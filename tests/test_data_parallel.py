@@ -84,7 +84,7 @@ def test_a_bucket_leaves_as_soon_as_it_is_full():
 def _train(tmp_path, out: str, *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "mlp.axon"
     path.write_text(SOURCE)
-    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    env = dict(os.environ)
     env.pop("WORLD_SIZE", None)
     return subprocess.run([sys.executable, "-m", "axon.cli", "train", str(path), "--out", str(tmp_path / out),
                            *extra], capture_output=True, text=True, env=env, timeout=600)
@@ -136,7 +136,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes(tmp_path):
 
     path = tmp_path / "mlp.axon"
     path.write_text(SOURCE)
-    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    env = dict(os.environ)
     env.pop("WORLD_SIZE", None)
     out = tmp_path / "killed"
     run = subprocess.Popen([sys.executable, "-m", "axon.cli", "train", str(path), "--epochs", "4", "--nproc",
