@@ -84,8 +84,7 @@ class DataParallelStep:
         self.grad_exe = executable(grads, device)
         update = update_graph(grads, optimizer, masked, scaled=precision == "f16")
         self.update_exe = executable(update, self.grad_exe.device)
-        self.graph = self.grad_exe.graph
-        self.kernels = [*self.grad_exe.kernels, *self.update_exe.kernels]
+        self.kernels = [*self.grad_exe.kernels, *self.update_exe.kernels]  # (as an executable's)
         # every input a call takes: the gradient graph's and the update graph's
         self.inputs = {**self.update_exe.graph.inputs, **self.grad_exe.graph.inputs}
 

@@ -1,4 +1,5 @@
-"""The `train` block, checked into a `TrainSpec` (the training loop that runs it comes with a later issue).
+"""The `train` block, checked into a `TrainSpec` (run by `axon/trainer.py`; a GAN's, with discriminator and
+generator blocks, by `axon/gan_trainer.py`: `gan_block.py`).
 
     train MLP {
         data   = digits(val = 0.2)

@@ -86,11 +86,6 @@ class World:
             dist.all_reduce(t)
         return t.tolist()
 
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
-
     def close(self) -> None:
         import torch.distributed as dist
 
